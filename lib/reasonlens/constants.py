@@ -1,0 +1,31 @@
+"""Artifact file names, special tokens and paper defaults, defined once."""
+
+from __future__ import annotations
+
+# --- Artifact names under data/runs/<profile>/ -------------------------------------------------
+PROBLEMS = "world/problems.parquet"  # one row per problem: family, split, text, answer, ...
+STEPS = "world/steps.parquet"  # one row per reasoning step, with ground-truth labels
+DOCUMENTS = "world/documents.parquet"  # formatted training texts (traces and plain exchanges)
+TOKENIZER_DIR = "tokenizer"  # a transformers tokenizer (save_pretrained)
+CONTEXTS = "contexts/{split}.parquet"  # fixed-length contexts, a `tokens` column (SAELens-ready)
+REASONING_MODEL_DIR = "models/reasoning"  # HF causal LM (save_pretrained, safetensors)
+BASE_MODEL_DIR = "models/base"  # the same LM trained without reasoning traces
+MODEL_HISTORY = "models/history.parquet"  # loss curves of both toy models
+MODEL_EVAL = "models/eval.json"  # held-out accuracy of both models, with intervals
+MODEL_COMPLETIONS = "models/completions.parquet"  # their held-out completions
+MANIFEST_SUFFIX = ".manifest.json"  # beside every artifact: the config that made it
+
+# --- Special tokens of the synthetic world's tokenizer -------------------------------------------
+BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+USER, ASSISTANT = "<|user|>", "<|assistant|>"
+SPECIAL_TOKENS = (BOS, EOS, PAD, THINK_OPEN, THINK_CLOSE, USER, ASSISTANT)
+
+# --- DeepSeek-R1 chat template (Galichin et al., 2025, Sec. 3; the R1-Distill tokenizer) ---------
+R1_USER, R1_ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
+
+# --- The paper's reasoning vocabulary (Galichin et al., 2025, Sec. 3.2) ----------------------------
+REASONING_WORDS = (
+    "alternatively", "hmm", "maybe", "wait", "perhaps",
+    "let me", "therefore", "however", "but", "another",
+)

@@ -1,0 +1,156 @@
+"""Generation, answer checking and confidence intervals (notebooks 02 and 07).
+
+Accuracy of a proportion gets a Wilson score interval; a difference between two models or two
+conditions on the same problems gets a paired bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from reasonlens import constants as K
+from reasonlens.world import prompt
+
+ANSWER_RE = re.compile(r"answer is (-?\d+)")
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 160,
+             batch_size: int = 64, temperature: float = 0.0, seed: int = 0,
+             desc: str = "generate", return_ids: bool = False):
+    """Complete each prompt with a transformers causal LM (KV cache, left padding).
+
+    Args:
+        model: a transformers causal LM.
+        tokenizer: its tokenizer (with a pad token).
+        prompts: texts to complete; special tokens are spelled out in them.
+        max_new_tokens: generation budget per prompt.
+        batch_size: prompts per ``generate`` call.
+        temperature: 0 for greedy decoding, else sampling temperature.
+        seed: sampling seed.
+        desc: progress-bar label.
+
+        return_ids: also return the new token ids of each completion (up to its EOS).
+
+    Returns:
+        The completions (new tokens only, up to EOS), decoded with special tokens kept; with
+        ``return_ids``, a pair ``(completions, ids)``.
+    """
+    if temperature < 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature={temperature!r} must be a finite number >= 0.")
+    torch.manual_seed(seed)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    out: list[list[int]] = []
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, mininterval=2.0):
+            batch = tokenizer(list(prompts[start: start + batch_size]), return_tensors="pt",
+                              padding=True, add_special_tokens=False)
+            sampling = dict(do_sample=True, temperature=temperature, top_k=0) if temperature > 0 \
+                else dict(do_sample=False)
+            ids = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 max_new_tokens=max_new_tokens, use_cache=True,
+                                 pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id, **sampling)
+            for row in ids[:, batch["input_ids"].shape[1]:].tolist():
+                end = row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else len(row)
+                out.append(row[:end])
+    finally:
+        tokenizer.padding_side = side
+    texts = tokenizer.batch_decode(out, skip_special_tokens=False)
+    return (texts, out) if return_ids else texts
+
+
+def parse_answer(completion: str) -> int | None:
+    """The final answer stated in a completion: the last "answer is N" after ``</think>`` if the
+    trace closed, else the last one anywhere; None if there is none."""
+    tail = completion.split(K.THINK_CLOSE)[-1]
+    found = ANSWER_RE.findall(tail) or ANSWER_RE.findall(completion)
+    return int(found[-1]) if found else None
+
+
+def reasoning_length(ids: Sequence[int], tokenizer) -> int:
+    """Generated tokens before ``</think>`` (all of them if the trace never closes)."""
+    close = tokenizer.convert_tokens_to_ids(K.THINK_CLOSE)
+    return ids.index(close) if close in ids else len(ids)
+
+
+def evaluate_answers(model, tokenizer, problems: pd.DataFrame, reasoning: bool,
+                     max_new_tokens: int = 160, batch_size: int = 64,
+                     desc: str = "evaluate") -> pd.DataFrame:
+    """Greedy answers of ``model`` on ``problems`` and whether each is right.
+
+    Args:
+        model, tokenizer: a transformers causal LM and its tokenizer.
+        problems: rows with ``problem_id``, ``question``, ``answer``.
+        reasoning: prompt with ``<think>`` (the reasoning model) or ask for the answer directly.
+        max_new_tokens, batch_size: generation settings.
+        desc: progress-bar label.
+
+    Returns:
+        One row per problem: problem_id, family, completion, predicted, is_correct,
+        reasoning_tokens.
+    """
+    if len(problems) == 0:
+        raise ValueError("problems is empty: nothing to evaluate. Check the split and n_eval.")
+    prompts = [prompt(q, reasoning=reasoning) for q in problems["question"]]
+    completions, ids = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc,
+                                return_ids=True)
+    predicted = [parse_answer(c) for c in completions]
+    return pd.DataFrame({
+        "problem_id": problems["problem_id"].to_numpy(),
+        "family": problems["family"].to_numpy(),
+        "completion": completions,
+        "predicted": pd.array(predicted, dtype="Int64"),
+        "is_correct": [p is not None and p == a for p, a in zip(predicted, problems["answer"])],
+        "reasoning_tokens": [reasoning_length(i, tokenizer) if reasoning else 0 for i in ids],
+    })
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a proportion (95% by default)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+def accuracy_table(results: dict[str, pd.DataFrame], by: str | None = None) -> pd.DataFrame:
+    """Accuracy with Wilson 95% intervals per model (and per ``by`` group, e.g. family)."""
+    rows = []
+    for name, frame in results.items():
+        groups = frame.groupby(by) if by else [("all", frame)]
+        for key, group in groups:
+            k, n = int(group["is_correct"].sum()), len(group)
+            lo, hi = wilson_interval(k, n)
+            rows.append({"model": name, **({by: key} if by else {}), "n": n,
+                         "accuracy": k / n, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows)
+
+
+def paired_bootstrap_difference(a: Sequence[float], b: Sequence[float], n_boot: int = 5000,
+                                seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over paired items with a percentile bootstrap interval.
+
+    Returns:
+        ``(difference, ci_low, ci_high)``.
+
+    Raises:
+        ValueError: when ``a`` and ``b`` differ in length or are empty.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"a and b must be paired, non-empty samples (got {a.shape}, {b.shape}).")
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(diff.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))

@@ -1,0 +1,316 @@
+"""The toy reasoning model, loading real ones, and one hook interface over two backends.
+
+A model is a Hugging Face causal LM saved with ``save_pretrained``. Later notebooks drive it either
+through TransformerLens (``as_hooked_transformer``: a HookedTransformer with the matching config and
+converted, unprocessed weights, so its residual stream is the HF one) or through plain transformers
+with forward hooks (``HFHookedModel``). Both expose ``forward``, ``run_with_cache`` and ``hooks``
+with TransformerLens hook names (``blocks.{L}.hook_resid_post``) and ``fn(activation, hook)``
+hook functions, so steering and scoring code is written once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import re
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.pretrained import weight_conversions
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from reasonlens.config import Config, check_range
+
+log = logging.getLogger(__name__)
+
+HookFn = Callable[[torch.Tensor, object], torch.Tensor | None]
+HOOK_KINDS = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyModelConfig(Config):
+    """A small Llama-style causal LM (the toy reasoning and base models).
+
+    Args:
+        d_model: residual stream width.
+        n_layers: transformer blocks.
+        n_heads: attention heads (d_head = d_model / n_heads).
+        d_mlp: gated MLP width.
+        n_ctx: longest sequence (rotary positions; at least the context size).
+    """
+
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_mlp: int = 384
+    n_ctx: int = 512
+
+    def __post_init__(self):
+        check_range("n_layers", self.n_layers, 1)
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}.")
+
+
+def build_toy_model(cfg: ToyModelConfig, tokenizer, seed: int = 0) -> LlamaForCausalLM:
+    """A freshly initialised ``LlamaForCausalLM`` sized by ``cfg`` for ``tokenizer``."""
+    torch.manual_seed(seed)
+    hf_cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_heads, max_position_embeddings=cfg.n_ctx,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, rms_norm_eps=1e-5)
+    return LlamaForCausalLM(hf_cfg)
+
+
+def load_hf_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32,
+                  device: str = "cpu", trust_remote_code: bool = False):
+    """Load a causal LM and its tokenizer from a local directory or a hub id.
+
+    Args:
+        path_or_id: a ``save_pretrained`` directory or a hub id (fetched only when called).
+        dtype: weights' dtype.
+        device: where to put the model.
+        trust_remote_code: only when a profile asks for it.
+
+    Returns:
+        ``(model, tokenizer)``, the model in eval mode.
+
+    Raises:
+        FileNotFoundError: a local-looking path that does not exist.
+    """
+    text = str(path_or_id)
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1
+    if looks_local and not Path(text).expanduser().exists():
+        raise FileNotFoundError(f"model path {text!r} does not exist. Pass a save_pretrained "
+                                "directory or a hub id like 'deepseek-ai/DeepSeek-R1-Distill-Llama-8B'.")
+    text = str(Path(text).expanduser()) if looks_local else text
+    tokenizer = AutoTokenizer.from_pretrained(text, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(text, torch_dtype=dtype,
+                                                 trust_remote_code=trust_remote_code)
+    return model.to(device).eval(), tokenizer
+
+
+def hooked_transformer_config(hf_config, n_ctx: int | None = None,
+                              device: str = "cpu", dtype: torch.dtype = torch.float32
+                              ) -> HookedTransformerConfig:
+    """The HookedTransformerConfig matching a Llama or Qwen2 HF config.
+
+    Args:
+        hf_config: the HF model's config.
+        n_ctx: longest sequence TransformerLens should support (defaults to the model's, capped at
+            8192 because TransformerLens allocates an n_ctx x n_ctx mask).
+        device, dtype: as for the model.
+
+    Raises:
+        ValueError: an architecture other than those in ``SUPPORTED_ARCHITECTURES``.
+    """
+    arch = (hf_config.architectures or ["?"])[0]
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"model architecture {arch!r} has no TransformerLens conversion here; "
+                         f"supported: {SUPPORTED_ARCHITECTURES}. Use backend='hf' instead.")
+    d_head = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+    fields = dict(
+        d_model=hf_config.hidden_size, d_head=d_head, n_heads=hf_config.num_attention_heads,
+        n_key_value_heads=hf_config.num_key_value_heads, d_mlp=hf_config.intermediate_size,
+        n_layers=hf_config.num_hidden_layers,
+        n_ctx=n_ctx or min(hf_config.max_position_embeddings, 8192),
+        eps=hf_config.rms_norm_eps, d_vocab=hf_config.vocab_size, act_fn=hf_config.hidden_act,
+        normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=d_head,
+        rotary_adjacent_pairs=False, rotary_base=getattr(hf_config, "rope_theta", 10000.0),
+        final_rms=True, gated_mlp=True, original_architecture=arch, device=device, dtype=dtype,
+        default_prepend_bos=False, tokenizer_prepends_bos=False,
+    )
+    scaling = getattr(hf_config, "rope_scaling", None) or {}
+    if scaling.get("rope_type", scaling.get("type")) == "llama3":  # Llama 3.1 (R1-Distill-Llama)
+        fields.update(use_NTK_by_parts_rope=True, NTK_by_parts_factor=scaling["factor"],
+                      NTK_by_parts_low_freq_factor=scaling["low_freq_factor"],
+                      NTK_by_parts_high_freq_factor=scaling["high_freq_factor"],
+                      NTK_original_ctx_len=scaling["original_max_position_embeddings"])
+    return HookedTransformerConfig(**fields)
+
+
+def as_hooked_transformer(hf_model, tokenizer, n_ctx: int | None = None) -> HookedTransformer:
+    """Convert a Llama or Qwen2 HF model into a HookedTransformer with the same logits.
+
+    Weights are converted with TransformerLens's own conversion functions and loaded without
+    processing (no LayerNorm folding or centring), so ``blocks.{L}.hook_resid_post`` equals the HF
+    model's hidden state after layer L.
+
+    Args:
+        hf_model: a loaded ``LlamaForCausalLM`` or ``Qwen2ForCausalLM``.
+        tokenizer: its tokenizer (attached to the HookedTransformer, as SAEDashboard needs).
+        n_ctx: see ``hooked_transformer_config``.
+
+    Returns:
+        The HookedTransformer in eval mode.
+    """
+    param = next(hf_model.parameters())
+    cfg = hooked_transformer_config(hf_model.config, n_ctx, device=str(param.device),
+                                    dtype=param.dtype)
+    convert = {"LlamaForCausalLM": weight_conversions.convert_llama_weights,
+               "Qwen2ForCausalLM": weight_conversions.convert_qwen2_weights}[cfg.original_architecture]
+    state_dict = convert(hf_model, cfg)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(state_dict, fold_ln=False, center_writing_weights=False,
+                                      center_unembed=False, fold_value_biases=False)
+    return model.eval()
+
+
+def parse_hook_name(hook_name: str, n_layers: int) -> tuple[int, str]:
+    """Split ``blocks.{L}.{kind}`` into ``(L, kind)``.
+
+    Raises:
+        ValueError: a name that is not a supported hook or a layer the model lacks.
+    """
+    match = re.fullmatch(r"blocks\.(\d+)\.(\w+)", hook_name)
+    if not match or match.group(2) not in HOOK_KINDS:
+        raise ValueError(f"hook_name={hook_name!r} is not a supported hook point; use "
+                         f"blocks.{{layer}}.{{kind}} with kind in {HOOK_KINDS}.")
+    layer = int(match.group(1))
+    if layer >= n_layers:
+        raise ValueError(f"hook_name={hook_name!r} is not in this model ({n_layers} layers). "
+                         f"Use a layer from 0 to {n_layers - 1}, e.g. "
+                         f"blocks.{n_layers - 1}.hook_resid_post.")
+    return layer, match.group(2)
+
+
+class HFHookedModel:
+    """A plain transformers causal LM with TransformerLens-named forward hooks.
+
+    Example:
+        >>> model = HFHookedModel(hf_model, tokenizer)  # doctest: +SKIP
+        >>> logits, cache = model.run_with_cache(tokens, ["blocks.1.hook_resid_post"])  # doctest: +SKIP
+    """
+
+    backend = "hf"
+
+    def __init__(self, hf_model, tokenizer):
+        self.model = hf_model.eval()
+        self.tokenizer = tokenizer
+        self.n_layers = hf_model.config.num_hidden_layers
+        self.d_model = hf_model.config.hidden_size
+        self.layers = hf_model.model.layers
+
+    @property
+    def hook_names(self) -> list[str]:
+        return [f"blocks.{layer}.{kind}" for layer in range(self.n_layers) for kind in HOOK_KINDS]
+
+    def forward(self, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Logits ``[batch, pos, d_vocab]`` for ``tokens`` ``[batch, pos]``."""
+        return self.model(input_ids=tokens, use_cache=False, **kwargs).logits
+
+    __call__ = forward
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: list[tuple[str, HookFn]]) -> Iterator[HFHookedModel]:
+        """Attach ``fn(activation, hook)`` hooks by TransformerLens name; removed on exit, always.
+
+        A hook that returns a tensor replaces the activation, as in TransformerLens.
+        """
+        handles = []
+        try:
+            for name, fn in fwd_hooks:
+                handles.append(self._attach(name, fn))
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def run_with_cache(self, tokens: torch.Tensor, names: list[str], **kwargs
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and the activations at ``names`` (detached)."""
+        cache: dict[str, torch.Tensor] = {}
+
+        def save(activation, hook):
+            cache[hook.name] = activation.detach()
+
+        with self.hooks([(name, save) for name in names]):
+            logits = self.forward(tokens, **kwargs)
+        return logits, cache
+
+    def _attach(self, name: str, fn: HookFn):
+        layer, kind = parse_hook_name(name, self.n_layers)
+        hook = types.SimpleNamespace(name=name)
+        block = self.layers[layer]
+        if kind == "hook_resid_pre":
+            def pre(module, args, kwargs):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                out = fn(hidden, hook)
+                if out is None:
+                    return None
+                if args:
+                    return (out, *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": out}
+            return block.register_forward_pre_hook(pre, with_kwargs=True)
+        module = {"hook_resid_post": block, "hook_attn_out": block.self_attn,
+                  "hook_mlp_out": block.mlp}[kind]
+
+        def post(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            out = fn(hidden, hook)
+            if out is None:
+                return None
+            return (out, *output[1:]) if isinstance(output, tuple) else out
+        return module.register_forward_hook(post)
+
+
+class TLHookedModel:
+    """A HookedTransformer behind the same small interface as ``HFHookedModel``."""
+
+    backend = "transformer_lens"
+
+    def __init__(self, model: HookedTransformer):
+        self.model = model.eval()
+        self.tokenizer = model.tokenizer
+        self.n_layers = model.cfg.n_layers
+        self.d_model = model.cfg.d_model
+
+    @property
+    def hook_names(self) -> list[str]:
+        return [f"blocks.{layer}.{kind}" for layer in range(self.n_layers) for kind in HOOK_KINDS]
+
+    def forward(self, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.model(tokens, **kwargs)
+
+    __call__ = forward
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: list[tuple[str, HookFn]]) -> Iterator[TLHookedModel]:
+        for name, _ in fwd_hooks:
+            parse_hook_name(name, self.n_layers)
+        with self.model.hooks(fwd_hooks=fwd_hooks):
+            yield self
+
+    def run_with_cache(self, tokens, names, **kwargs):
+        for name in names:
+            parse_hook_name(name, self.n_layers)
+        logits, cache = self.model.run_with_cache(tokens, names_filter=list(names), **kwargs)
+        return logits, {name: cache[name] for name in names}
+
+
+def load_hooked(path: str | Path, backend: str = "transformer_lens", n_ctx: int | None = None):
+    """Load a saved model behind the hook interface, on either backend.
+
+    Args:
+        path: a ``save_pretrained`` directory (or hub id).
+        backend: ``"transformer_lens"`` or ``"hf"``.
+        n_ctx: TransformerLens context length (see ``hooked_transformer_config``).
+
+    Returns:
+        A ``TLHookedModel`` or ``HFHookedModel``.
+
+    Raises:
+        ValueError: an unknown backend.
+    """
+    if backend not in ("transformer_lens", "hf"):
+        raise ValueError(f"backend={backend!r} is unknown; use 'transformer_lens' or 'hf'.")
+    hf_model, tokenizer = load_hf_model(path)
+    if backend == "hf":
+        return HFHookedModel(hf_model, tokenizer)
+    return TLHookedModel(as_hooked_transformer(hf_model, tokenizer, n_ctx))

@@ -1,0 +1,86 @@
+"""Figures of the book. Each function draws one figure, optionally saves it, and returns it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+matplotlib.rcParams.update({"figure.dpi": 100, "axes.spines.top": False,
+                            "axes.spines.right": False})
+
+
+def _finish(fig, save_to: str | Path | None):
+    fig.tight_layout()
+    if save_to is not None:
+        fig.savefig(save_to, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def word_rate_bars(rates: pd.DataFrame, save_to=None):
+    """Grouped bars: reasoning-word rate (per 1,000 words) in each kind of text.
+
+    Args:
+        rates: index = words, columns = kinds of text (e.g. trace, plain, chat).
+    """
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    width = 0.8 / len(rates.columns)
+    x = np.arange(len(rates))
+    for i, kind in enumerate(rates.columns):
+        ax.bar(x + i * width, rates[kind], width, label=kind)
+    ax.set_xticks(x + width * (len(rates.columns) - 1) / 2, rates.index, rotation=30)
+    ax.set_ylabel("per 1,000 words")
+    ax.set_title("Reasoning vocabulary by kind of text")
+    ax.legend()
+    return _finish(fig, save_to)
+
+
+def length_histogram(lengths: dict[str, np.ndarray], xlabel: str = "tokens", save_to=None):
+    """Overlaid histograms of lengths per group (e.g. trace vs plain documents)."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    top = max(int(np.max(v)) for v in lengths.values())
+    bins = np.linspace(0, top + 1, 40)
+    for name, values in lengths.items():
+        ax.hist(values, bins=bins, alpha=0.6, label=f"{name} (median {np.median(values):.0f})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("documents")
+    ax.legend()
+    return _finish(fig, save_to)
+
+
+def loss_curves(histories: dict[str, pd.DataFrame], save_to=None):
+    """Training (smoothed) and validation loss per model."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for i, (name, h) in enumerate(histories.items()):
+        color = f"C{i}"
+        smooth = h["train_loss"].rolling(max(1, len(h) // 50), min_periods=1).mean()
+        ax.plot(h["step"], smooth, color=color, alpha=0.7, label=f"{name} train")
+        val = h.dropna(subset=["val_loss"])
+        ax.plot(val["step"], val["val_loss"], "o--", color=color, label=f"{name} val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("next-token loss")
+    ax.set_yscale("log")
+    ax.legend()
+    return _finish(fig, save_to)
+
+
+def accuracy_bars(table: pd.DataFrame, group: str = "family", save_to=None):
+    """Accuracy with 95% intervals, one bar per model within each group."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    groups = list(dict.fromkeys(table[group]))
+    names = list(dict.fromkeys(table["model"]))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        rows = table[table["model"] == name].set_index(group).loc[groups]
+        x = np.arange(len(groups)) + i * width
+        err = np.vstack([rows["accuracy"] - rows["ci_low"], rows["ci_high"] - rows["accuracy"]])
+        ax.bar(x, rows["accuracy"], width, yerr=err, capsize=3, label=name)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(names) - 1) / 2, groups)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (95% CI)")
+    ax.legend()
+    return _finish(fig, save_to)

@@ -1,0 +1,179 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 1. Data: a synthetic reasoning world, tokenized into contexts
+#
+# What does the model learn from? On the embedded default no dataset can be downloaded, so we
+# *generate* one: problems with verifiable answers (arithmetic chains, the largest of a list,
+# counting a letter), solved either by a plain answer or by a `<think>` trace that uses the
+# reasoning vocabulary of Galichin et al. (2025) in its real roles. Traces make deliberate
+# mistakes that a reflection ("Wait, let me check.") catches *most* of the time, so reflecting
+# changes the outcome. Every step carries ground-truth labels (correct, length, first token).
+#
+# For real models (`data_source: openthoughts_lmsys`), the same notebook formats OpenThoughts-114k
+# traces with the DeepSeek-R1 template and LMSYS-Chat-1M conversations instead.
+#
+# Writes: `world/problems.parquet`, `world/steps.parquet`, `world/documents.parquet`,
+# `tokenizer/`, and `contexts/{mix}_{split}.parquet` (a SAELens-ready `tokens` column).
+
+# %% tags=["parameters"]
+profile = "default"
+data_source = "synthetic"  # or "openthoughts_lmsys" (real models)
+seed = 0
+# synthetic world (reasonlens.world.WorldConfig)
+families = ["arithmetic", "maximum", "counting"]
+n_problems = 6000
+min_items = 3  # difficulty: updates per problem
+max_items = 5
+mistake_rate = 0.15  # deliberate mistakes per compute step
+catch_rate = 0.7  # share of mistakes caught by a reflection
+verify_rate = 0.1  # share of right steps verified anyway
+hesitation_rate = 0.15
+explore_rate = 0.2
+chat_fraction = 0.3
+vocab_size = 512
+context_size = 256
+# real models (reasonlens.sources.SourceMixConfig)
+model_name = None  # its tokenizer is used for real data
+openthoughts_source = "open-thoughts/OpenThoughts-114k"
+lmsys_source = "lmsys/lmsys-chat-1m"
+n_reasoning = 4096
+n_chat = 4096
+reasoning_fraction = 0.5
+
+# %%
+import numpy as np
+import pandas as pd
+from IPython.display import display
+
+from reasonlens import artifacts, data, plotting, sources
+from reasonlens import constants as K
+from reasonlens.world import WorldConfig, generate_world
+
+run = artifacts.RunDir(profile)
+run
+
+# %% [markdown]
+# ## The synthetic world
+# One config holds every knob of the generator; the same seed gives byte-identical tables.
+
+# %%
+if data_source not in ("synthetic", "openthoughts_lmsys"):
+    raise ValueError(f"data_source={data_source!r}; use 'synthetic' or 'openthoughts_lmsys'.")
+if data_source == "synthetic":
+    world_cfg = WorldConfig(
+        seed=seed, families=tuple(families), n_problems=n_problems, min_items=min_items,
+        max_items=max_items, mistake_rate=mistake_rate, catch_rate=catch_rate,
+        verify_rate=verify_rate, hesitation_rate=hesitation_rate, explore_rate=explore_rate,
+        chat_fraction=chat_fraction)
+    world = generate_world(world_cfg)
+    documents = world.documents
+    display(world.problems.groupby(["family", "split"]).size().unstack())
+else:
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(model_name)
+    mix_cfg = sources.SourceMixConfig(
+        openthoughts_source=openthoughts_source, lmsys_source=lmsys_source,
+        n_reasoning=n_reasoning, n_chat=n_chat, reasoning_fraction=reasoning_fraction, seed=seed)
+    documents = data.real_documents(sources.load_mixed_texts(mix_cfg), tokenizer, seed=seed)
+documents.groupby(["kind", "split"]).size().unstack()
+
+# %% [markdown]
+# A trace and the plain exchange for the same problem, and a piece of small talk. Look for the
+# roles of the reasoning words: *hmm/maybe/perhaps* before a step the writer is unsure of,
+# *wait/let me* before a check, *but/however* in a correction, *alternatively/another* when
+# weighing approaches, *therefore* at the conclusion.
+
+# %%
+for kind in ("trace", "plain", "chat"):
+    example = documents[documents.kind == kind].iloc[0].text
+    print(f"--- {kind} ---\n{example}\n")
+
+# %% [markdown]
+# Deliberate mistakes and their fate: how often a trace makes one, how often it is caught, and
+# how often the trace's final answer is still right.
+
+# %%
+if data_source == "synthetic":
+    display(world.problems.groupby("family").agg(
+        mistakes_per_trace=("n_mistakes", "mean"), corrections_per_trace=("n_corrections", "mean"),
+        trace_accuracy=("trace_is_correct", "mean")).round(3))
+
+# %% [markdown]
+# ## Where the reasoning vocabulary lives
+# Rates per 1,000 words: the ten words of the paper's vocabulary are concentrated in traces,
+# but some (*but*, *another*, *maybe*, *wait*) also occur in small talk in ordinary roles, as in
+# real chat data. A feature that merely detects a word should therefore not score as a reasoning
+# feature.
+
+# %%
+rates = pd.DataFrame({kind: data.word_rates(documents[documents.kind == kind].text,
+                                            K.REASONING_WORDS)
+                      for kind in documents.kind.unique()})
+plotting.word_rate_bars(rates, save_to=run.figure("01_word_rates"));
+
+# %% [markdown]
+# ## Tokenizer and contexts
+# A byte-level BPE tokenizer trained on the training split (digits one per token; case and
+# leading-space variants such as "Wait" and " wait" are distinct tokens, as in real vocabularies),
+# saved as a transformers tokenizer. Real profiles use the model's own tokenizer.
+
+# %%
+train_texts = data.mix_documents(documents, "train", data.MIXES["reasoning"])
+if data_source == "synthetic":
+    tokenizer_cfg = data.TokenizerConfig(vocab_size=vocab_size)
+    tokenizer = data.train_tokenizer(train_texts, tokenizer_cfg)
+else:
+    tokenizer_cfg = {"model_name": model_name}
+print(len(tokenizer), "tokens;", tokenizer.tokenize(documents[documents.kind == "trace"].text.iloc[0])[:40])
+
+# %%
+lengths = {kind: np.array([len(ids) for ids in data.tokenize(tokenizer, group.text)])
+           for kind, group in documents.groupby("kind")}
+plotting.length_histogram(lengths, xlabel="tokens per document", save_to=run.figure("01_lengths"));
+
+# %% [markdown]
+# Documents are shuffled, concatenated and cut into contexts of `context_size` tokens, per
+# training mix (the reasoning model's: traces + plain + chat; the base model's: no traces) and
+# per split.
+
+# %%
+context_cfg = data.ContextConfig(context_size=context_size, seed=seed)
+contexts = {}
+for mix, kinds in data.MIXES.items():
+    for split in ("train", "val", "test"):
+        texts = data.mix_documents(documents, split, kinds)
+        if texts:
+            contexts[f"{mix}_{split}"] = data.pack_contexts(data.tokenize(tokenizer, texts),
+                                                            context_cfg)
+pd.Series({name: len(frame) for name, frame in contexts.items()}, name="contexts")
+
+# %% [markdown]
+# ## Write the artifacts
+
+# %%
+if data_source == "synthetic":
+    run.write(K.PROBLEMS, world.problems, config=world_cfg)
+    run.write(K.STEPS, data.label_step_tokens(world.steps, tokenizer), config=world_cfg)
+run.write(K.DOCUMENTS, documents, config=world_cfg if data_source == "synthetic" else mix_cfg)
+with run.write_dir(K.TOKENIZER_DIR, config=tokenizer_cfg) as path:
+    tokenizer.save_pretrained(path)
+for name, frame in contexts.items():
+    run.write(K.CONTEXTS.format(split=name), frame, config=context_cfg)
+sorted(str(p.relative_to(run.root)) for p in run.root.rglob("*.parquet"))
+
+# %% [markdown]
+# **Summary.** The world gives problems whose answers can be checked, traces whose reasoning
+# words sit in their real roles, and step labels for free. Notebook 02 trains the toy reasoning
+# model on the reasoning mix and a base model on the same problems without traces.

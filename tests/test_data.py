@@ -1,0 +1,70 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers import build_context_config, build_tokenizer_config
+
+from reasonlens import constants as K
+from reasonlens import data
+
+
+def test_tokenizer_round_trips_documents_and_keeps_special_tokens(world, tokenizer):
+    texts = world.documents.text.tolist()[:20]
+    for text, ids in zip(texts, data.tokenize(tokenizer, texts)):
+        assert tokenizer.decode(ids) == text
+        assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    for special in K.SPECIAL_TOKENS:
+        assert len(tokenizer(special, add_special_tokens=False)["input_ids"]) == 1, special
+    assert tokenizer.pad_token_id is not None
+
+
+def test_digits_are_single_tokens_and_word_variants_differ(tokenizer):
+    pieces = tokenizer.tokenize("1234")
+    assert [p.lstrip("Ġ") for p in pieces] == ["1", "2", "3", "4"]
+    assert tokenizer.tokenize("Wait") != tokenizer.tokenize(" wait")
+
+
+def test_tokenizer_saves_and_reloads(tmp_path, tokenizer):
+    from transformers import AutoTokenizer
+    tokenizer.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    text = f"{K.BOS}{K.USER}Compute 12 + 3.{K.ASSISTANT}{K.THINK_OPEN}\nWait.{K.EOS}"
+    assert again(text, add_special_tokens=False)["input_ids"] == tokenizer(
+        text, add_special_tokens=False)["input_ids"]
+
+
+def test_empty_training_texts_are_a_clear_error():
+    with pytest.raises(ValueError, match="texts is empty"):
+        data.train_tokenizer([], build_tokenizer_config())
+
+
+def test_pack_contexts_concatenates_all_tokens_in_a_seeded_order():
+    docs = [list(range(start, start + 5)) for start in range(0, 20, 5)]
+    frame = data.pack_contexts(docs, build_context_config(context_size=8, seed=1))
+    rows = np.stack(frame.tokens.to_numpy())
+    assert rows.shape == (2, 8)  # 20 tokens -> two full contexts, remainder dropped
+    assert len(set(rows.ravel())) == 16 and set(rows.ravel()) <= set(range(20))
+    assert rows.ravel()[:5].tolist() in [d for d in docs]  # documents stay contiguous
+    again = data.pack_contexts(docs, build_context_config(context_size=8, seed=1))
+    assert np.array_equal(rows, np.stack(again.tokens.to_numpy()))
+
+
+def test_too_few_tokens_for_a_context_is_a_clear_error():
+    with pytest.raises(ValueError, match="context_size=64"):
+        data.pack_contexts([[1, 2, 3]], build_context_config())
+
+
+def test_contexts_tensor_checks_its_input():
+    frame = pd.DataFrame({"tokens": [np.arange(4), np.arange(4)]})
+    assert data.contexts_tensor(frame).shape == (2, 4)
+    assert data.contexts_tensor(frame).dtype == torch.long
+    with pytest.raises(ValueError, match="tokens"):
+        data.contexts_tensor(pd.DataFrame({"text": ["a"]}))
+
+
+def test_mixes_differ_only_by_traces(world):
+    reasoning = data.mix_documents(world.documents, "train", data.MIXES["reasoning"])
+    base = data.mix_documents(world.documents, "train", data.MIXES["base"])
+    assert set(base) < set(reasoning)
+    assert not any(K.THINK_OPEN in t for t in base)
+    assert all(K.THINK_OPEN in t for t in set(reasoning) - set(base))
