@@ -96,7 +96,7 @@ documents.groupby(["kind", "split"]).size().unstack()
 # weighing approaches, *therefore* at the conclusion.
 
 # %%
-for kind in ("trace", "plain", "chat"):
+for kind in documents.kind.unique():
     example = documents[documents.kind == kind].iloc[0].text
     print(f"--- {kind} ---\n{example}\n")
 

@@ -97,8 +97,8 @@ def load_hf_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32,
 
 
 def hooked_transformer_config(hf_config, n_ctx: int | None = None,
-                              device: str = "cpu", dtype: torch.dtype = torch.float32
-                              ) -> HookedTransformerConfig:
+                              device: str = "cpu", dtype: torch.dtype = torch.float32,
+                              architecture: str | None = None) -> HookedTransformerConfig:
     """The HookedTransformerConfig matching a Llama or Qwen2 HF config.
 
     Args:
@@ -106,11 +106,12 @@ def hooked_transformer_config(hf_config, n_ctx: int | None = None,
         n_ctx: longest sequence TransformerLens should support (defaults to the model's, capped at
             8192 because TransformerLens allocates an n_ctx x n_ctx mask).
         device, dtype: as for the model.
+        architecture: the HF class name, when the config does not record it (an unsaved model).
 
     Raises:
         ValueError: an architecture other than those in ``SUPPORTED_ARCHITECTURES``.
     """
-    arch = (hf_config.architectures or ["?"])[0]
+    arch = architecture or (hf_config.architectures or ["?"])[0]
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"model architecture {arch!r} has no TransformerLens conversion here; "
                          f"supported: {SUPPORTED_ARCHITECTURES}. Use backend='hf' instead.")
@@ -152,7 +153,7 @@ def as_hooked_transformer(hf_model, tokenizer, n_ctx: int | None = None) -> Hook
     """
     param = next(hf_model.parameters())
     cfg = hooked_transformer_config(hf_model.config, n_ctx, device=str(param.device),
-                                    dtype=param.dtype)
+                                    dtype=param.dtype, architecture=type(hf_model).__name__)
     convert = {"LlamaForCausalLM": weight_conversions.convert_llama_weights,
                "Qwen2ForCausalLM": weight_conversions.convert_qwen2_weights}[cfg.original_architecture]
     state_dict = convert(hf_model, cfg)

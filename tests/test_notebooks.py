@@ -1,0 +1,96 @@
+"""Every notebook runs under papermill on the smoke profile, and the book renders them.
+
+The real-model path of notebooks 01-02 runs on a small local Llama checkpoint and tiny local
+datasets with the OpenThoughts-114k and LMSYS-Chat-1M schemas (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from reasonlens import artifacts, runner
+from reasonlens import constants as K
+from reasonlens.config import repo_root
+
+pytestmark = pytest.mark.slow
+NOTEBOOKS = sorted(p.stem for p in (repo_root() / "notebooks").glob("[0-9][0-9]_*.py"))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REASONLENS_HOME", str(home))
+        report = runner.run("smoke")
+        yield home, report
+
+
+def test_every_notebook_runs_on_the_smoke_profile(smoke_run):
+    home, report = smoke_run
+    assert report.ran == NOTEBOOKS and report.skipped == []
+    for name in NOTEBOOKS:
+        assert (home / "build" / "smoke" / "notebooks" / f"{name}.ipynb").is_file()
+    run = artifacts.RunDir("smoke", root=home / "data" / "runs" / "smoke")
+    for name in (K.PROBLEMS, K.STEPS, K.DOCUMENTS, K.REASONING_MODEL_DIR, K.BASE_MODEL_DIR,
+                 K.MODEL_EVAL, K.CONTEXTS.format(split="reasoning_train")):
+        assert run.path(name).exists(), name
+        assert run.manifest(name)["profile"] == "smoke"
+    steps = run.read_parquet(K.STEPS)
+    assert {"n_tokens", "first_token"} <= set(steps.columns)
+    evaluation = run.read_json(K.MODEL_EVAL)
+    assert evaluation["tl_max_logit_diff"] < 1e-4
+    assert {row["model"] for row in evaluation["overall"]} == {"reasoning", "base"}
+
+
+def test_the_book_shows_each_notebook_with_its_figures(smoke_run):
+    home, report = smoke_run
+    html_dir = report.book_index.parent
+    for name in NOTEBOOKS:
+        page = (html_dir / f"{name}.html").read_text()
+        assert "<img" in page, f"{name}.html shows no figure"
+    assert "Held-out accuracy" in (html_dir / "02_model.html").read_text()
+
+
+def test_a_second_run_skips_every_unchanged_notebook(smoke_run, monkeypatch):
+    home, _ = smoke_run
+    monkeypatch.setenv("REASONLENS_HOME", str(home))
+    report = runner.run("smoke", build=False)
+    assert report.ran == [] and report.skipped == NOTEBOOKS
+
+
+def test_a_missing_upstream_artifact_names_the_notebook_to_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("REASONLENS_HOME", str(tmp_path))
+    with pytest.raises(runner.NotebookError, match=r"02_model.*01_data.py writes it"):
+        runner.run("smoke", only="02", build=False)
+
+
+def _tiny_real_sources(tmp_path):
+    ot = [{"problem": f"What is {i} + {i}?", "deepseek_reasoning": f"Hmm, {i} + {i} = {2 * i}.",
+           "deepseek_solution": f"The answer is {2 * i}.", "domain": "math", "test_cases": "",
+           "starter_code": ""} for i in range(40)]
+    chat = [{"conversation": [{"role": "user", "content": f"Name a colour {i}."},
+                              {"role": "assistant", "content": "Blue, but maybe red."}],
+             "language": "English", "model": "toy"} for i in range(40)]
+    pd.DataFrame(ot).to_json(tmp_path / "ot.jsonl", orient="records", lines=True)
+    pd.DataFrame(chat).to_json(tmp_path / "chat.jsonl", orient="records", lines=True)
+
+
+def test_the_real_model_path_runs_on_local_checkpoints(tmp_path, monkeypatch, saved_toy_model):
+    _tiny_real_sources(tmp_path)
+    profile = tmp_path / "tinyreal.yaml"
+    profile.write_text(json.dumps({
+        "data_source": "openthoughts_lmsys", "model_name": str(saved_toy_model),
+        "openthoughts_source": str(tmp_path / "ot.jsonl"),
+        "lmsys_source": str(tmp_path / "chat.jsonl"),
+        "n_reasoning": 30, "n_chat": 30, "context_size": 32}))
+    monkeypatch.setenv("REASONLENS_HOME", str(tmp_path / "home"))
+    report = runner.run(str(profile), start="01", stop="02", build=False)
+    assert report.ran == ["01_data", "02_model"]
+    run = artifacts.RunDir("tinyreal", root=tmp_path / "home" / "data" / "runs" / "tinyreal")
+    documents = run.read_parquet(K.DOCUMENTS)
+    assert set(documents.kind) == {"trace", "chat"}
+    assert documents.text.str.contains(K.R1_ASSISTANT + "<think>", regex=False).any()
+    assert len(run.read_parquet(K.CONTEXTS.format(split="reasoning_train"))) > 0

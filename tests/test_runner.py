@@ -1,0 +1,293 @@
+"""Tests for reasonlens.runner: real jupytext, papermill and jupyter-book on three tiny notebooks.
+
+One module-scoped run executes the notebooks once; each test that runs again works on a copy of
+that run's home directory ($REASONLENS_HOME), so tests stay independent and kernels stay few.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from reasonlens import runner
+
+hash_library = runner.hash_library  # the real one; the tests below pin runner.hash_library
+
+NOTEBOOKS = {
+    "01_make.py": """
+        # %% [markdown]
+        # # 1. Make numbers
+
+        # %% tags=["parameters"]
+        profile = "default"
+        n_numbers = 5
+
+        # %%
+        from reasonlens.artifacts import RunDir
+        run = RunDir(profile)
+        run.write("numbers.json", list(range(n_numbers)))
+        """,
+    "02_plot.py": """
+        # %% [markdown]
+        # # 2. Plot the numbers
+
+        # %% tags=["parameters"]
+        profile = "default"
+        scale = 1.0
+
+        # %%
+        import matplotlib.pyplot as plt
+        from reasonlens.artifacts import RunDir
+        run = RunDir(profile)
+        scaled = [scale * x for x in run.read_json("numbers.json")]
+        fig, ax = plt.subplots(figsize=(2, 1.5))
+        ax.plot(scaled)
+        fig.savefig(run.figure("scaled"))
+        plt.show()
+
+        # %%
+        run.write("scaled.json", scaled)
+        """,
+    "03_sum.py": """
+        # %% [markdown]
+        # # 3. Sum both
+
+        # %% tags=["parameters"]
+        profile = "default"
+
+        # %%
+        from reasonlens.artifacts import RunDir
+        run = RunDir(profile)
+        total = sum(run.read_json("numbers.json")) + sum(run.read_json("scaled.json"))
+        run.write("total.json", {"total": total})
+        """,
+}
+FAILING_02 = """
+    # %% [markdown]
+    # # 2. Fails on purpose
+
+    # %% tags=["parameters"]
+    profile = "default"
+    scale = 1.0
+
+    # %%
+    y = scale / 0  # the failing line
+    """
+NAMES = ["01_make", "02_plot", "03_sum"]
+
+
+def write_notebooks(directory: Path, overrides: dict[str, str] | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for filename, text in {**NOTEBOOKS, **(overrides or {})}.items():
+        (directory / filename).write_text(textwrap.dedent(text).lstrip())
+    (directory / "helpers.py").write_text("# not a numbered notebook: ignored\n")
+    return directory
+
+
+def write_profile(path: Path, **values) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in values.items()))
+    return path
+
+
+# The library's hash is pinned so that edits to lib/ while the tests run do not re-run notebooks;
+# test_hash_library_follows_the_source tests the real function.
+PINNED_LIBRARY_SHA256 = "pinned-library-hash"
+
+
+@pytest.fixture(autouse=True)
+def _pin_library_hash(monkeypatch):
+    monkeypatch.setattr(runner, "hash_library", lambda: PINNED_LIBRARY_SHA256)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """Run all three notebooks once on profile 'tiny'; return the directories and the report."""
+    root = tmp_path_factory.mktemp("runner")
+    notebooks_dir = write_notebooks(root / "notebooks")
+    profiles_dir = root / "profiles"
+    write_profile(profiles_dir / "tiny.yaml", n_numbers=4, scale=2.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "hash_library", lambda: PINNED_LIBRARY_SHA256)
+        mp.setenv("REASONLENS_HOME", str(root / "home"))
+        mp.setenv("REASONLENS_PROFILES", str(profiles_dir))
+        report = runner.run("tiny", notebooks_dir=notebooks_dir, build=False)
+    return {"root": root, "notebooks_dir": notebooks_dir, "profiles_dir": profiles_dir,
+            "home": root / "home", "report": report}
+
+
+@pytest.fixture
+def home(first_run, tmp_path, monkeypatch):
+    """A private copy of the first run's home, set as $REASONLENS_HOME."""
+    home = tmp_path / "home"
+    shutil.copytree(first_run["home"], home, symlinks=True)
+    monkeypatch.setenv("REASONLENS_HOME", str(home))
+    monkeypatch.setenv("REASONLENS_PROFILES", str(first_run["profiles_dir"]))
+    return home
+
+
+def read_manifest(home: Path, name: str) -> dict:
+    return json.loads((home / "data/runs/tiny/.runner" / f"{name}.json").read_text())
+
+
+def test_run_executes_all_and_writes_manifests(first_run):
+    home, report = first_run["home"], first_run["report"]
+    assert report.ran == NAMES and report.skipped == [] and report.book_index is None
+    for name in NAMES:
+        assert 'profile = "tiny"' in injected_source(home, name)
+        assert report.seconds[name] > 0
+    assert "n_numbers = 4" in injected_source(home, "01_make")
+    made = read_manifest(home, "01_make")
+    assert made["inputs"]["parameters"] == {"n_numbers": 4, "profile": "tiny"}
+    assert set(made["outputs"]) == {"data/runs/tiny/numbers.json",
+                                    "data/runs/tiny/numbers.json.manifest.json"}
+    plotted = read_manifest(home, "02_plot")
+    assert plotted["inputs"]["parameters"] == {"scale": 2.0, "profile": "tiny"}
+    assert "figures/tiny/scaled.png" in plotted["outputs"]
+    assert plotted["inputs"]["upstream"]["01_make"] == {
+        "data/runs/tiny/numbers.json": made["outputs"]["data/runs/tiny/numbers.json"]["sha256"]}
+    assert json.loads((home / "data/runs/tiny/total.json").read_text()) == {"total": 18.0}
+
+
+def injected_source(home: Path, name: str) -> str:
+    """The parameters cell papermill injected into the executed notebook ``name``."""
+    executed = json.loads((home / "build/tiny/notebooks" / f"{name}.ipynb").read_text())
+    (cell,) = [c for c in executed["cells"]
+               if "injected-parameters" in c["metadata"].get("tags", [])]
+    return "".join(cell["source"])
+
+
+def test_second_run_skips_all(first_run, home, caplog):
+    caplog.set_level(logging.INFO, logger="reasonlens.runner")
+    status = runner.main(["--profile", "tiny", "--notebooks-dir", str(first_run["notebooks_dir"]),
+                          "--no-book"])
+    assert status == 0
+    assert [m for m in caplog.messages if "unchanged, skipped" in m] == [
+        f"{name}: unchanged, skipped" for name in NAMES]
+    assert not any(": running" in m for m in caplog.messages)
+
+
+def test_changed_parameter_reruns_that_notebook_and_later_ones(first_run, home, tmp_path):
+    profile = write_profile(tmp_path / "tiny.yaml", n_numbers=4, scale=3.0)
+    report = runner.run(str(profile), notebooks_dir=first_run["notebooks_dir"], build=False)
+    assert report.skipped == ["01_make"]
+    assert report.ran == ["02_plot", "03_sum"]
+    assert json.loads((home / "data/runs/tiny/total.json").read_text()) == {"total": 24.0}
+
+
+def test_modified_output_reruns_its_notebook_only_when_content_changes(first_run, home):
+    numbers = home / "data/runs/tiny/numbers.json"
+    numbers.write_text("[9]")  # someone edits an artifact: 01 must restore it
+    report = runner.run("tiny", notebooks_dir=first_run["notebooks_dir"], build=False)
+    # 01 rewrites the same bytes, so the fingerprints of 02 and 03 do not change.
+    assert report.ran == ["01_make"] and report.skipped == ["02_plot", "03_sum"]
+    assert json.loads(numbers.read_text()) == [0, 1, 2, 3]
+
+
+def test_force_and_only_run_exactly_the_selected_notebook(first_run, home):
+    report = runner.run("tiny", notebooks_dir=first_run["notebooks_dir"], only="03", force=True,
+                        build=False)
+    assert report.ran == ["03_sum"] and report.skipped == []
+    report = runner.run("tiny", notebooks_dir=first_run["notebooks_dir"], only="02_plot",
+                        build=False)
+    assert report.ran == [] and report.skipped == ["02_plot"]
+
+
+def test_select_notebooks_by_number_name_and_range(first_run):
+    notebooks = runner.discover_notebooks(first_run["notebooks_dir"])
+    assert [nb.name for nb in notebooks] == NAMES  # helpers.py is not a notebook
+    names = lambda **kw: [nb.name for nb in runner.select_notebooks(notebooks, **kw)]  # noqa: E731
+    assert names(only="2") == ["02_plot"] and names(only="02_plot.py") == ["02_plot"]
+    assert names(start="02") == ["02_plot", "03_sum"]
+    assert names(start="01", stop="02_plot") == ["01_make", "02_plot"]
+    with pytest.raises(ValueError, match=r"only='07' matches no notebook.*02_plot"):
+        runner.select_notebooks(notebooks, only="07")
+    with pytest.raises(ValueError, match="range is empty"):
+        runner.select_notebooks(notebooks, start="03", stop="01")
+    with pytest.raises(ValueError, match="cannot be combined"):
+        runner.select_notebooks(notebooks, only="01", stop="02")
+
+
+def test_read_parameter_names_handles_tuples_and_annotations(tmp_path):
+    path = tmp_path / "01_x.py"
+    path.write_text('# %% tags=["parameters"]\nprofile = "p"\na, b = 1, 2\nc: int = 3\n'
+                    'd = e = (1, 2)  # comment\n\n# %%\nf = 4\n')
+    assert runner.read_parameter_names(path) == ("profile", "a", "b", "c", "d", "e")
+
+
+def test_failing_notebook_names_the_cell_and_stops(first_run, home, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="reasonlens.runner")
+    notebooks_dir = write_notebooks(tmp_path / "notebooks", {"02_plot.py": FAILING_02})
+    with pytest.raises(runner.NotebookError,
+                       match=r"02_plot\.py failed in cell .*`y = scale / 0  # the failing line`"
+                             r": ZeroDivisionError"):
+        runner.run("tiny", notebooks_dir=notebooks_dir, build=False)
+    executed_dir = home / "build/tiny/notebooks"
+    assert (executed_dir / "02_plot.failed.ipynb").is_file()
+    assert not list(executed_dir.glob(".*"))  # no temporary notebooks left behind
+    assert not (home / "data/runs/tiny/.runner/02_plot.json").exists()  # no stale record
+    assert "01_make: unchanged, skipped" in caplog.messages
+    assert not any(m.startswith("03_sum") for m in caplog.messages)  # later notebooks never ran
+
+
+def test_unknown_profile_parameter_lists_valid_names(first_run, tmp_path):
+    profile = write_profile(tmp_path / "typo.yaml", n_numbrs=3, scale=1.0)
+    with pytest.raises(ValueError, match=r"\['n_numbrs'\].*Valid parameters: "
+                                         r"\['n_numbers', 'profile', 'scale'\]"):
+        runner.run(str(profile), notebooks_dir=first_run["notebooks_dir"], build=False)
+
+
+def test_unknown_profile_is_a_clear_error(first_run, home, caplog):
+    with pytest.raises(FileNotFoundError, match=r"profile='nope' not found.*\['tiny'\]"):
+        runner.run("nope", notebooks_dir=first_run["notebooks_dir"], build=False)
+    status = runner.main(["--profile", "nope", "--notebooks-dir", str(first_run["notebooks_dir"])])
+    assert status == 1
+    assert any("profile='nope' not found" in m for m in caplog.messages)
+
+
+@pytest.mark.slow
+def test_book_builds_from_executed_notebooks(first_run, home):
+    report = runner.run("tiny", notebooks_dir=first_run["notebooks_dir"])
+    assert report.ran == [] and report.skipped == NAMES
+    assert report.book_index == home / "build/tiny/book/_build/html/index.html"
+    assert report.book_index.is_file()
+    html_dir = report.book_index.parent
+    page = (html_dir / "02_plot.html").read_text()
+    assert '<img alt="_images/' in page
+    assert list((html_dir / "_images").glob("*.png"))
+    assert "tiny" in (html_dir / "intro.html").read_text()
+    toc = (home / "build/tiny/book/_toc.yml").read_text()
+    assert toc.index("01_make") < toc.index("02_plot") < toc.index("03_sum")
+
+
+def test_stale_reason_names_what_changed(first_run):
+    home = first_run["home"]
+    manifest = read_manifest(home, "02_plot")
+    executed = home / "build/tiny/notebooks/02_plot.ipynb"
+    inputs = manifest["inputs"]
+    assert runner.stale_reason(manifest, inputs, executed, home) is None
+    assert runner.stale_reason(None, inputs, executed, home) == "no record of an earlier run"
+    changed = {**inputs, "library_sha256": "0" * 64, "upstream": {"01_make": None}}
+    assert runner.stale_reason(manifest, changed, executed, home) == (
+        "changed: library_sha256, outputs of 01_make")
+    assert "is missing" in runner.stale_reason(manifest, inputs, home / "gone.ipynb", home)
+
+
+
+def test_hash_library_follows_the_source(tmp_path):
+    library = tmp_path / "pkg"
+    (library / "sub" / "__pycache__").mkdir(parents=True)
+    (library / "a.py").write_text("x = 1\n")
+    (library / "sub" / "b.py").write_text("y = 2\n")
+    first = hash_library(library)
+    (library / "sub" / "__pycache__" / "c.py").write_text("ignored\n")
+    (library / "notes.txt").write_text("not Python\n")
+    assert hash_library(library) == first
+    (library / "sub" / "b.py").write_text("y = 3\n")
+    assert hash_library(library) != first
+    assert len(hash_library()) == 64  # the real library
