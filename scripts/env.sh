@@ -21,20 +21,27 @@ stamp="$VENV/.reasonlens-installed"
 want="$(cat "$ROOT/requirements/lock.txt" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-torch$TORCH_VERSION"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo ">> installing pinned dependencies into $VENV (first run only, a few minutes)"
-  python -m pip install -q --upgrade pip==24.3.1
+  quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }  # local-index noise
   if [ -n "${TORCH_INDEX_URL:-}" ]; then
-    python -m pip install -q "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX_URL"
+    quiet python -m pip install -q "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX_URL"
   else
-    python -m pip install -q "torch==$TORCH_VERSION"
+    quiet python -m pip install -q "torch==$TORCH_VERSION"
   fi
   # --no-deps: the lock is the whole closure; it leaves out decode-clt (a dependency of sae-dashboard
   # that drags in CUDA torchvision/torchaudio, which break `import transformers` on a CPU torch).
-  python -m pip install -q --no-deps -r "$ROOT/requirements/lock.txt"
-  python -m pip install -q --no-deps "sae-dashboard==0.8.0"
-  python -m pip install -q --no-deps -e "$ROOT"
+  quiet python -m pip install -q --no-deps -r "$ROOT/requirements/lock.txt"
+  quiet python -m pip install -q --no-deps "sae-dashboard==0.8.0"
+  quiet python -m pip install -q --no-deps -e "$ROOT"
   python -m pip uninstall -q -y torchvision torchaudio decode-clt 2>/dev/null || true
   python -c "import torch, transformers, transformer_lens, sae_lens, sae_dashboard, reasonlens" \
     || { echo "error: the environment in $VENV does not import; delete it and retry" >&2; exit 1; }
   echo "$want" > "$stamp"
+fi
+# JupyterLab opens the jupytext .py notebooks as notebooks on double click.
+settings="$VENV/share/jupyter/lab/settings"
+if [ ! -f "$settings/overrides.json" ]; then
+  mkdir -p "$settings"
+  echo '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' \
+    > "$settings/overrides.json"
 fi
 export PYTHONHASHSEED=0

@@ -18,10 +18,12 @@ def test_tokenizer_round_trips_documents_and_keeps_special_tokens(world, tokeniz
     assert tokenizer.pad_token_id is not None
 
 
-def test_digits_are_single_tokens_and_word_variants_differ(tokenizer):
-    pieces = tokenizer.tokenize("1234")
-    assert [p.lstrip("Ġ") for p in pieces] == ["1", "2", "3", "4"]
+def test_numbers_split_into_at_most_three_digits_and_word_variants_differ(world, tokenizer):
+    pieces = tokenizer.tokenize("1234567")
+    assert "".join(pieces) == "1234567" and all(len(p) <= 3 for p in pieces)
     assert tokenizer.tokenize("Wait") != tokenizer.tokenize(" wait")
+    big = data.train_tokenizer(world.documents.text.tolist(), build_tokenizer_config(vocab_size=1024))
+    assert all(len(big.tokenize(f" {n}")) == 1 for n in range(10, 100))  # frequent numbers
 
 
 def test_tokenizer_saves_and_reloads(tmp_path, tokenizer):
@@ -68,3 +70,30 @@ def test_mixes_differ_only_by_traces(world):
     assert set(base) < set(reasoning)
     assert not any(K.THINK_OPEN in t for t in base)
     assert all(K.THINK_OPEN in t for t in set(reasoning) - set(base))
+
+
+def test_word_rates_count_whole_words_case_insensitively():
+    rates = data.word_rates(["Wait, but wait.", "butter is not but"], ["wait", "but", "hmm"])
+    # 7 words in all: wait x2, but x2 ("butter" does not count), hmm x0
+    assert rates["wait"] == pytest.approx(2000 / 7)
+    assert rates["but"] == pytest.approx(2000 / 7)
+    assert rates["hmm"] == 0
+
+
+def test_label_step_tokens_adds_lengths_and_first_tokens(world, tokenizer):
+    steps = data.label_step_tokens(world.steps.head(30), tokenizer)
+    for _, row in steps.iterrows():
+        ids = tokenizer(row.text, add_special_tokens=False)["input_ids"]
+        assert row.n_tokens == len(ids)
+        assert row.first_token == tokenizer.convert_ids_to_tokens(ids[0])
+    assert {"Let", "Therefore"} <= set(data.label_step_tokens(world.steps, tokenizer).first_token)
+
+
+def test_real_documents_wrap_texts_and_split_them(tokenizer):
+    mixed = pd.DataFrame({"text": [f"t{i}" for i in range(50)], "kind": ["trace", "chat"] * 25})
+    docs = data.real_documents(mixed, tokenizer, seed=1)
+    assert docs.text.str.startswith(K.BOS).all() and docs.text.str.endswith(K.EOS).all()
+    assert docs.split.value_counts().to_dict() == {"train": 40, "val": 5, "test": 5}
+    assert list(docs.kind) == list(mixed.kind)
+    with pytest.raises(ValueError, match="mixed is empty"):
+        data.real_documents(mixed.head(0), tokenizer)

@@ -30,7 +30,7 @@ class TokenizerConfig(Config):
         min_frequency: a merge must occur this often.
     """
 
-    vocab_size: int = 512
+    vocab_size: int = 1024
     min_frequency: int = 2
 
     def __post_init__(self):
@@ -39,7 +39,7 @@ class TokenizerConfig(Config):
 
 
 def train_tokenizer(texts: Sequence[str], cfg: TokenizerConfig) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer (digits split one per token) with the world's special tokens.
+    """Train a byte-level BPE tokenizer with the world's special tokens.
 
     Args:
         texts: training texts; special tokens inside them are kept whole.
@@ -57,10 +57,12 @@ def train_tokenizer(texts: Sequence[str], cfg: TokenizerConfig) -> PreTrainedTok
         raise ValueError("texts is empty: the tokenizer needs training documents. "
                          "Check that notebook 01 generated documents for the train split.")
     tok = Tokenizer(models.BPE())
-    # One digit per pre-token (a leading space stays attached: " 7", "8"), words with their
-    # leading space, runs of punctuation; then GPT-2 style byte-level mapping.
+    # Numbers of up to three digits, words, and runs of punctuation, each with its leading space
+    # (as in Llama 3's tokenizer, frequent numbers become single tokens); then GPT-2 style
+    # byte-level mapping.
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r" ?\d| ?[A-Za-z]+| ?[^\sA-Za-z\d]+|\s+"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(r" ?\d{1,3}| ?[A-Za-z]+| ?[^\sA-Za-z\d]+|\s+"),
+                             behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()

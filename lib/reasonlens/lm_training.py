@@ -29,6 +29,8 @@ class LMTrainConfig(Config):
         n_eval_contexts: validation contexts per evaluation.
         seed: batch order and initialisation.
         n_threads: torch CPU threads (None leaves torch's default).
+        keep_best: restore the weights of the evaluation with the lowest validation loss (early
+            stopping without stopping: the base model, with little data, overfits).
     """
 
     n_steps: int = 1000
@@ -40,6 +42,7 @@ class LMTrainConfig(Config):
     n_eval_contexts: int = 64
     seed: int = 0
     n_threads: int | None = None
+    keep_best: bool = True
 
     def __post_init__(self):
         check_range("n_steps", self.n_steps, 1)
@@ -60,7 +63,8 @@ def train_lm(model: torch.nn.Module, train_tokens: torch.Tensor, val_tokens: tor
 
     Returns:
         The loss history: one row per step with ``step``, ``train_loss`` and ``val_loss`` (NaN
-        between evaluations).
+        between evaluations). With ``cfg.keep_best`` the model ends with the weights of the
+        lowest ``val_loss``.
 
     Raises:
         ValueError: empty token sets.
@@ -78,7 +82,7 @@ def train_lm(model: torch.nn.Module, train_tokens: torch.Tensor, val_tokens: tor
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, cfg))
-    history = []
+    history, best_loss, best_state = [], math.inf, None
     model.train()
     bar = tqdm(range(cfg.n_steps), desc=desc, mininterval=2.0)
     for step in bar:
@@ -93,9 +97,14 @@ def train_lm(model: torch.nn.Module, train_tokens: torch.Tensor, val_tokens: tor
         row = {"step": step + 1, "train_loss": loss.item(), "val_loss": math.nan}
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.n_steps:
             row["val_loss"] = evaluate_loss(model, val_tokens[: cfg.n_eval_contexts], cfg.batch_size)
+            if cfg.keep_best and row["val_loss"] < best_loss:
+                best_loss = row["val_loss"]
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.train()
             bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{row['val_loss']:.3f}")
         history.append(row)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     return pd.DataFrame(history)
 

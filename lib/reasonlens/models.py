@@ -181,7 +181,20 @@ def parse_hook_name(hook_name: str, n_layers: int) -> tuple[int, str]:
     return layer, match.group(2)
 
 
-class HFHookedModel:
+class HookedModel:
+    """What both backends share: TransformerLens hook names and ``model(tokens)`` -> logits."""
+
+    n_layers: int
+
+    @property
+    def hook_names(self) -> list[str]:
+        return [f"blocks.{layer}.{kind}" for layer in range(self.n_layers) for kind in HOOK_KINDS]
+
+    def __call__(self, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.forward(tokens, **kwargs)
+
+
+class HFHookedModel(HookedModel):
     """A plain transformers causal LM with TransformerLens-named forward hooks.
 
     Example:
@@ -198,15 +211,9 @@ class HFHookedModel:
         self.d_model = hf_model.config.hidden_size
         self.layers = hf_model.model.layers
 
-    @property
-    def hook_names(self) -> list[str]:
-        return [f"blocks.{layer}.{kind}" for layer in range(self.n_layers) for kind in HOOK_KINDS]
-
     def forward(self, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
         """Logits ``[batch, pos, d_vocab]`` for ``tokens`` ``[batch, pos]``."""
         return self.model(input_ids=tokens, use_cache=False, **kwargs).logits
-
-    __call__ = forward
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: list[tuple[str, HookFn]]) -> Iterator[HFHookedModel]:
@@ -261,7 +268,7 @@ class HFHookedModel:
         return module.register_forward_hook(post)
 
 
-class TLHookedModel:
+class TLHookedModel(HookedModel):
     """A HookedTransformer behind the same small interface as ``HFHookedModel``."""
 
     backend = "transformer_lens"
@@ -272,14 +279,8 @@ class TLHookedModel:
         self.n_layers = model.cfg.n_layers
         self.d_model = model.cfg.d_model
 
-    @property
-    def hook_names(self) -> list[str]:
-        return [f"blocks.{layer}.{kind}" for layer in range(self.n_layers) for kind in HOOK_KINDS]
-
     def forward(self, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.model(tokens, **kwargs)
-
-    __call__ = forward
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: list[tuple[str, HookFn]]) -> Iterator[TLHookedModel]:

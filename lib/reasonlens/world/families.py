@@ -21,7 +21,6 @@ class Problem:
     start: int
     items: tuple
     answer: int
-    target: str = ""  # counting: the letter counted
 
 
 class Family:
@@ -61,15 +60,14 @@ class Family:
 
 
 class Arithmetic(Family):
-    """Add and subtract one-digit numbers to a two-digit start: ``Compute 23 + 8 - 5 + 9.``"""
+    """Add and subtract distinct one-digit numbers to a two-digit start: ``Compute 23 + 8 - 5 + 9.``"""
 
     name = "arithmetic"
 
     def sample(self, rng, n_items):
         start = rng.randint(10, 89)
         state, items = start, []
-        for _ in range(n_items):
-            d = rng.randint(1, 9)
+        for d in rng.sample(range(1, 10), n_items):  # distinct operands
             sign = rng.choice("+-") if 10 <= state - d and state + d <= 99 else (
                 "+" if state - d < 10 else "-")
             items.append((sign, d))
@@ -127,34 +125,33 @@ class Maximum(Family):
 
 
 class Counting(Family):
-    """Count a letter in a list: ``How many times does a appear in b a c a a?``"""
+    """Count the even numbers in a list: ``How many of 12, 7, 33, 8 are even?``"""
 
     name = "counting"
-    letters = "abcd"
 
     def sample(self, rng, n_items):
-        target = rng.choice(self.letters)
-        items = tuple(rng.choice(self.letters) for _ in range(n_items))
-        question = rng.choice((f"How many times does {target} appear in {' '.join(items)}?",
-                               f"Count the {target} in {' '.join(items)}."))
-        return Problem(self.name, question, 0, items, items.count(target), target=target)
+        items = tuple(rng.sample(range(1, 100), n_items))
+        listed = ", ".join(map(str, items))
+        question = rng.choice((f"How many of {listed} are even?",
+                               f"Count the even numbers in {listed}."))
+        return Problem(self.name, question, 0, items, sum(x % 2 == 0 for x in items))
 
     def update(self, problem, state, item):
-        return state + int(item == problem.target)
+        return state + int(item % 2 == 0)
 
     def claim(self, problem, state, item, result):
-        return f"{item} makes {result}."
+        return f"{item} is {'even' if item % 2 == 0 else 'odd'}, so {result}."
 
     def wrong(self, rng, problem, state, item):
         right = self.update(problem, state, item)
         return right - 1 if right > state else right + 1
 
     def is_hard(self, problem, state, item):
-        return item == problem.target
+        return item % 2 == 0
 
     def plan(self):
-        return ("Let me count one letter at a time.", "Let me keep a running count.",
-                "I will go through the letters in order.")
+        return ("Let me check the numbers one at a time.", "Let me keep a running count.",
+                "I will go through the numbers in order.")
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (Arithmetic(), Maximum(), Counting())}
