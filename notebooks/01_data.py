@@ -15,8 +15,8 @@
 # # 1. Data: a synthetic reasoning world, tokenized into contexts
 #
 # What does the model learn from? On the embedded default no dataset can be downloaded, so we
-# *generate* one: problems with verifiable answers (arithmetic chains, the largest of a list,
-# counting a letter), solved either by a plain answer or by a `<think>` trace that uses the
+# *generate* one: problems with verifiable answers (repeated addition or subtraction, alternating
+# steps, a 12-hour clock; also the largest of a list and counting even numbers), solved either by a plain answer or by a `<think>` trace that uses the
 # reasoning vocabulary of Galichin et al. (2025) in its real roles. Traces make deliberate
 # mistakes that a reflection ("Wait, let me check.") catches *most* of the time, so reflecting
 # changes the outcome. Every step carries ground-truth labels (correct, length, first token).
@@ -32,8 +32,8 @@ profile = "default"
 data_source = "synthetic"  # or "openthoughts_lmsys" (real models)
 seed = 0
 # synthetic world (reasonlens.world.WorldConfig)
-families = ["arithmetic", "maximum", "counting"]
-n_problems = 6000
+families = ["arithmetic", "alternating", "clock"]  # also: "maximum", "counting"
+n_problems = 20000
 min_items = 3  # difficulty: updates per problem
 max_items = 5
 mistake_rate = 0.15  # deliberate mistakes per compute step

@@ -37,9 +37,9 @@ n_layers = 4
 n_heads = 4
 d_mlp = 384
 # training (reasonlens.lm_training.LMTrainConfig)
-n_steps = 400
+n_steps = 600
 batch_size = 32
-lr = 3e-3
+lr = 4e-3
 n_threads = None
 # evaluation on held-out problems
 n_eval = 300

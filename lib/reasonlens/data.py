@@ -30,7 +30,7 @@ class TokenizerConfig(Config):
         min_frequency: a merge must occur this often.
     """
 
-    vocab_size: int = 1024
+    vocab_size: int = 512
     min_frequency: int = 2
 
     def __post_init__(self):
@@ -57,12 +57,10 @@ def train_tokenizer(texts: Sequence[str], cfg: TokenizerConfig) -> PreTrainedTok
         raise ValueError("texts is empty: the tokenizer needs training documents. "
                          "Check that notebook 01 generated documents for the train split.")
     tok = Tokenizer(models.BPE())
-    # Numbers of up to three digits, words, and runs of punctuation, each with its leading space
-    # (as in Llama 3's tokenizer, frequent numbers become single tokens); then GPT-2 style
-    # byte-level mapping.
+    # One digit per token (as Qwen's tokenizer does; a leading space stays attached: " 5", "8"),
+    # words and runs of punctuation with their leading space; then GPT-2 style byte-level mapping.
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r" ?\d{1,3}| ?[A-Za-z]+| ?[^\sA-Za-z\d]+|\s+"),
-                             behavior="isolated"),
+        pre_tokenizers.Split(Regex(r" ?\d| ?[A-Za-z]+| ?[^\sA-Za-z\d]+|\s+"), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()

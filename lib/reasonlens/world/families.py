@@ -38,6 +38,10 @@ class Family:
         """The step's sentence asserting that ``update(state, item) == result``."""
         raise NotImplementedError
 
+    def progress(self, remaining: int) -> str:
+        """Text a compute step appends before its full stop (e.g. how many steps are left)."""
+        return ""
+
     def wrong(self, rng: random.Random, problem: Problem, state: int, item) -> int:
         """A plausible wrong result for one update (never the right one)."""
         raise NotImplementedError
@@ -59,22 +63,31 @@ class Family:
         return states
 
 
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
 class Arithmetic(Family):
-    """Add and subtract distinct one-digit numbers to a two-digit start: ``Compute 23 + 8 - 5 + 9.``"""
+    """Add or subtract a one-digit number several times: ``Start at 17 and add 8, four times.``
+
+    Each step needs only the previous result, the operand and the count of steps left (stated on
+    every step: "17 + 8 = 25, three to go."), so a small model can learn to reason step by step,
+    while answering directly needs start + n * d in one go.
+    """
 
     name = "arithmetic"
 
     def sample(self, rng, n_items):
-        start = rng.randint(10, 89)
-        state, items = start, []
-        for d in rng.sample(range(1, 10), n_items):  # distinct operands
-            sign = rng.choice("+-") if 10 <= state - d and state + d <= 99 else (
-                "+" if state - d < 10 else "-")
-            items.append((sign, d))
-            state = state + d if sign == "+" else state - d
-        expr = f"{start} " + " ".join(f"{s} {d}" for s, d in items)
-        question = rng.choice((f"Compute {expr}.", f"What is {expr}?"))
-        return Problem(self.name, question, start, tuple(items), state)
+        d, sign = rng.randint(1, 9), rng.choice("+-")
+        low, high = (10, 99 - n_items * d) if sign == "+" else (10 + n_items * d, 99)
+        start = rng.randint(low, high)
+        verb = "add" if sign == "+" else "subtract"
+        question = rng.choice((f"Start at {start} and {verb} {d}, {NUMBER_WORDS[n_items]} times.",
+                               f"What do you get if you {verb} {d} from {start} "
+                               f"{NUMBER_WORDS[n_items]} times?" if sign == "-" else
+                               f"What do you get if you {verb} {d} to {start} "
+                               f"{NUMBER_WORDS[n_items]} times?"))
+        answer = start + n_items * d if sign == "+" else start - n_items * d
+        return Problem(self.name, question, start, ((sign, d),) * n_items, answer)
 
     def update(self, problem, state, item):
         sign, d = item
@@ -82,6 +95,9 @@ class Arithmetic(Family):
 
     def claim(self, problem, state, item, result):
         return f"{state} {item[0]} {item[1]} = {result}."
+
+    def progress(self, remaining):
+        return f", {NUMBER_WORDS[remaining]} to go" if remaining else ", done"
 
     def wrong(self, rng, problem, state, item):
         right = self.update(problem, state, item)
@@ -92,8 +108,75 @@ class Arithmetic(Family):
         return (state // 10) != (self.update(problem, state, item) // 10)
 
     def plan(self):
-        return ("Let me add the numbers one at a time.", "Let me keep a running total.",
-                "I will go through the numbers in order.")
+        return ("Let me do it one step at a time.", "Let me keep a running total.",
+                "I will count the steps as I go.")
+
+
+class Alternating(Arithmetic):
+    """Add one number and subtract another in turn: ``Start at 40, then add 7 and subtract 3 in
+    turn, four steps in all.`` Each step's operation is the one from two steps before."""
+
+    name = "alternating"
+
+    def sample(self, rng, n_items):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        items = tuple(("+", a) if i % 2 == 0 else ("-", b) for i in range(n_items))
+        starts = [x for x in range(10, 100) if all(
+            10 <= v <= 99 for v in self._walk(x, items))]
+        start = rng.choice(starts)
+        question = (f"Start at {start}, then add {a} and subtract {b} in turn, "
+                    f"{NUMBER_WORDS[n_items]} steps in all.")
+        return Problem(self.name, question, start, items, self._walk(start, items)[-1])
+
+    def _walk(self, start, items):
+        values, state = [], start
+        for item in items:
+            state = self.update(None, state, item)
+            values.append(state)
+        return values
+
+    def plan(self):
+        return ("Let me alternate one step at a time.", "Let me keep a running total.",
+                "I will count the steps as I go.")
+
+
+class Clock(Family):
+    """Move a 12-hour clock forward: ``It is 9 o'clock. What time is it after 5 hours, four times
+    over?`` Like arithmetic, but the result wraps past 12."""
+
+    name = "clock"
+
+    def sample(self, rng, n_items):
+        start, d = rng.randint(1, 12), rng.randint(1, 11)
+        question = rng.choice((
+            f"It is {start} o'clock. What time is it after {d} hours, {NUMBER_WORDS[n_items]} "
+            "times over?",
+            f"A clock shows {start}. Move it forward {d} hours, {NUMBER_WORDS[n_items]} times."))
+        answer = (start - 1 + n_items * d) % 12 + 1
+        return Problem(self.name, question, start, (d,) * n_items, answer)
+
+    def update(self, problem, state, item):
+        return (state - 1 + item) % 12 + 1
+
+    def claim(self, problem, state, item, result):
+        return f"{state} and {item} hours make {result}."
+
+    def progress(self, remaining):
+        return f", {NUMBER_WORDS[remaining]} to go" if remaining else ", done"
+
+    def wrong(self, rng, problem, state, item):
+        right = self.update(problem, state, item)
+        # The typical slip is forgetting to wrap past 12; otherwise an off-by-one.
+        if self.is_hard(problem, state, item):
+            return state + item
+        return right % 12 + 1 if rng.random() < 0.5 else (right - 2) % 12 + 1
+
+    def is_hard(self, problem, state, item):
+        return state + item > 12
+
+    def plan(self):
+        return ("Let me move the clock one step at a time.", "Let me keep track of the hour.",
+                "I will count the steps as I go.")
 
 
 class Maximum(Family):
@@ -154,7 +237,11 @@ class Counting(Family):
                 "I will go through the numbers in order.")
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (Arithmetic(), Maximum(), Counting())}
+# Families whose every step needs only the previous result, the question's rule and the count of
+# steps left; and list families whose steps must also find the next item of the question (harder
+# for a small model to learn: it needs induction-style lookup).
+FAMILIES: dict[str, Family] = {f.name: f for f in (Arithmetic(), Alternating(), Clock(), Maximum(),
+                                                   Counting())}
 
 
 def get_family(name: str) -> Family:

@@ -78,7 +78,8 @@ def sample_trace(family: Family, problem: Problem, rates: TraceRates,
     if rng.random() < rates.explore_rate:
         steps.append(Step(rng.choice(EXPLORATIONS), "explore", True, True))
     state, true_states = problem.start, family.states(problem)
-    for item, true_state in zip(problem.items, true_states):
+    for index, (item, true_state) in enumerate(zip(problem.items, true_states)):
+        n_left = len(problem.items) - index - 1
         right = family.update(problem, state, item)
         # Error-prone updates (carries, close calls) go wrong three times as often.
         p_mistake = min(0.9, rates.mistake_rate * (2.0 if family.is_hard(problem, state, item) else 0.5))
@@ -86,8 +87,8 @@ def sample_trace(family: Family, problem: Problem, rates: TraceRates,
         result = family.wrong(rng, problem, state, item) if is_mistake else right
         p_hesitate = min(0.9, rates.hesitation_rate * (3.0 if is_mistake else 1.0))
         prefix = rng.choice(HESITATIONS) if rng.random() < p_hesitate else ""
-        steps.append(Step(prefix + family.claim(problem, state, item, result), "compute",
-                          not is_mistake, result == true_state))
+        claim = family.claim(problem, state, item, result)[:-1] + family.progress(n_left) + "."
+        steps.append(Step(prefix + claim, "compute", not is_mistake, result == true_state))
         if is_mistake and rng.random() < rates.catch_rate:
             fix = family.claim(problem, state, item, right)[:-1]
             text = f"{rng.choice(REFLECTIONS)} {rng.choice(CONTRASTS)}{fix}, not {result}."
