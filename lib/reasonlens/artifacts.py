@@ -35,6 +35,10 @@ PRODUCED_BY = {
     constants.MODEL_HISTORY: "02_model",
     constants.MODEL_EVAL: "02_model",
     constants.MODEL_COMPLETIONS: "02_model",
+    constants.SAE_DIR: "03_train_sae",
+    constants.SAE_EVAL: "03_train_sae",
+    constants.SAE_HISTORY: "03_train_sae",
+    constants.REASON_SCORES: "04_reason_score",
 }
 
 

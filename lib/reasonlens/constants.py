@@ -13,6 +13,11 @@ BASE_MODEL_DIR = "models/base"  # the same LM trained without reasoning traces
 MODEL_HISTORY = "models/history.parquet"  # loss curves of both toy models
 MODEL_EVAL = "models/eval.json"  # held-out accuracy of both models, with intervals
 MODEL_COMPLETIONS = "models/completions.parquet"  # their held-out completions
+SAE_DIR = "sae/trained"  # SAELens format (cfg.json + safetensors), reloadable by SAE.load_from_disk
+SAE_CHECKPOINTS_DIR = "sae/checkpoints"  # SAELens checkpoints, for resuming an interrupted run
+SAE_EVAL = "sae/eval.json"  # held-out reconstruction metrics
+SAE_HISTORY = "sae/history.parquet"  # training curves
+REASON_SCORES = "scores/reason_scores.parquet"  # one row per feature: ReasonScore and its parts
 MANIFEST_SUFFIX = ".manifest.json"  # beside every artifact: the config that made it
 
 # --- Special tokens of the synthetic world's tokenizer -------------------------------------------
