@@ -39,6 +39,7 @@ PRODUCED_BY = {
     constants.SAE_EVAL: "03_train_sae",
     constants.SAE_HISTORY: "03_train_sae",
     constants.REASON_SCORES: "04_reason_score",
+    constants.WINDOW_SHARES: "04_reason_score",
 }
 
 

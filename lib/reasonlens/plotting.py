@@ -84,3 +84,42 @@ def accuracy_bars(table: pd.DataFrame, group: str = "family", save_to=None):
     ax.set_ylabel("accuracy (95% CI)")
     ax.legend()
     return _finish(fig, save_to)
+
+
+def score_vs_density(scores: pd.DataFrame, top_k: int = 20, save_to=None):
+    """ReasonScore against log10 feature density, the top-k features highlighted."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    density = np.log10(scores["density"].clip(lower=1e-7))
+    top = scores.nlargest(top_k, "reason_score")
+    ax.scatter(density, scores["reason_score"], s=6, alpha=0.4, color="grey", label="all features")
+    ax.scatter(np.log10(top["density"].clip(lower=1e-7)), top["reason_score"], s=18, color="C3",
+               label=f"top {top_k}")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel("log10 activation density")
+    ax.set_ylabel("ReasonScore")
+    ax.legend()
+    return _finish(fig, save_to)
+
+
+def word_profile_heatmap(profile: pd.DataFrame, save_to=None):
+    """Rows = features, columns = words, cells = p_i (the share of a feature's word activation)."""
+    fig, ax = plt.subplots(figsize=(0.6 * profile.shape[1] + 2, 0.28 * profile.shape[0] + 1.5))
+    image = ax.imshow(profile.to_numpy(), aspect="auto", cmap="viridis", vmin=0)
+    ax.set_xticks(range(profile.shape[1]), profile.columns, rotation=40, ha="right")
+    ax.set_yticks(range(profile.shape[0]), [str(i) for i in profile.index])
+    ax.set_ylabel("feature")
+    fig.colorbar(image, ax=ax, label="p_i (per-word share)")
+    return _finish(fig, save_to)
+
+
+def grouped_histogram(values: dict[str, np.ndarray], xlabel: str, save_to=None):
+    """Overlaid density histograms of one quantity per group (e.g. prompt scores by text kind)."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bins = np.linspace(min(v.min() for v in values.values()), max(v.max() for v in values.values()),
+                       40)
+    for name, v in values.items():
+        ax.hist(v, bins=bins, alpha=0.55, density=True, label=f"{name} (mean {v.mean():.3f})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.legend()
+    return _finish(fig, save_to)

@@ -1,0 +1,1 @@
+"""Slow, plainly written reference implementations used to check the fast library code."""

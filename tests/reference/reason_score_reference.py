@@ -1,0 +1,143 @@
+"""A slow ReasonScore written straight from the paper, sharing no code with reasonlens.scoring.
+
+Galichin et al. (2025), arXiv 2503.18878, Sec. 3.2: for each reasoning word i, mu_i(f) is the mean
+activation of feature f over the tokens of every occurrence of the word (any case or leading-space
+variant) widened by a window, ignoring BOS/EOS/PAD. Then
+p_i = mu_i / sum_j mu_j, H = -sum p_i log p_i / log|R|, and
+score = mu_pos / sum mu_pos * H^alpha - mu_neg / sum mu_neg.
+
+Organised like the paper's code: masks are built with plain Python loops, and the model is run once
+per batch of 48 features (so a d_sae-wide SAE costs ceil(d_sae / 48) passes over the tokens).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+FEATURE_BATCH = 48
+
+
+def variant_ids(tokenizer, word):
+    """Token-id sequences of the word's variants: lower/Capitalised, with/without a leading space."""
+    lower = word.lower()
+    capital = lower[0].upper() + lower[1:]
+    out = []
+    for text in [lower, " " + lower, capital, " " + capital]:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if ids and tokenizer.decode(ids) == text and list(ids) not in out:
+            out.append(list(ids))
+    return out
+
+
+def masks_for(tokens, sequences_per_word, window, ignore_ids):
+    """Per word, a list (per context) of lists (per position) of booleans."""
+    left, right = window
+    rows = tokens.tolist()
+    result = []
+    for sequences in sequences_per_word:
+        word_mask = []
+        for row in rows:
+            marks = [False] * len(row)
+            for seq in sequences:
+                n = len(seq)
+                for start in range(len(row) - n + 1):
+                    if row[start:start + n] == list(seq):
+                        for pos in range(start - left, start + n + right):
+                            if 0 <= pos < len(row):
+                                marks[pos] = True
+            for pos, tok in enumerate(row):
+                if tok in ignore_ids:
+                    marks[pos] = False
+            word_mask.append(marks)
+        result.append(word_mask)
+    return result
+
+
+def reference_reason_score(model, sae, tokens, words=None, token_ids=None, window=(1, 2),
+                           alpha=0.7, ignore_ids=None, hook_name=None, context_batch=4):
+    """Returns a dict: words, and per-feature lists reason_score, mu_pos, mu_neg, entropy,
+    max_activation, word_means (a list per word)."""
+    tokenizer = model.tokenizer
+    if ignore_ids is None:
+        ignore_ids = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    ignore_ids = set(ignore_ids)
+    if token_ids is not None:
+        sequences_per_word = [[list(s) for s in group] for group in token_ids]
+    else:
+        sequences_per_word = []
+        kept = []
+        for word in words:
+            seqs = variant_ids(tokenizer, word)
+            if seqs:
+                sequences_per_word.append(seqs)
+                kept.append(word)
+        words = kept
+    masks = masks_for(tokens, sequences_per_word, window, ignore_ids)
+    rows = tokens.tolist()
+    n_words = len(sequences_per_word)
+    positive = [[any(masks[i][c][p] for i in range(n_words)) for p in range(len(rows[c]))]
+                for c in range(len(rows))]
+    negative = [[(not positive[c][p]) and rows[c][p] not in ignore_ids
+                 for p in range(len(rows[c]))] for c in range(len(rows))]
+
+    sae = copy.deepcopy(sae)
+    sae.fold_W_dec_norm()
+    d_sae = sae.cfg.d_sae
+    word_means = [[0.0] * d_sae for _ in range(n_words)]
+    mu_pos, mu_neg, max_act = [0.0] * d_sae, [0.0] * d_sae, [0.0] * d_sae
+
+    def mean_over(mask_rows, acts_rows):
+        total, count = 0.0, 0
+        for c, marks in enumerate(mask_rows):
+            for p, on in enumerate(marks):
+                if on:
+                    total += acts_rows[c][p]
+                    count += 1
+        return total / count if count else 0.0
+
+    for first in range(0, d_sae, FEATURE_BATCH):
+        features = list(range(first, min(first + FEATURE_BATCH, d_sae)))
+        chunks = []
+        for c0 in range(0, len(rows), context_batch):  # one model pass per feature batch
+            batch = tokens[c0:c0 + context_batch]
+            _, cache = model.run_with_cache(batch, [hook_name])
+            with torch.no_grad():
+                acts = sae.encode(cache[hook_name])[..., features]
+            chunks.append(acts.double())
+        acts = torch.cat(chunks)  # [contexts, pos, len(features)]
+        for j, f in enumerate(features):
+            per_feature = acts[..., j].tolist()
+            for i in range(n_words):
+                word_means[i][f] = mean_over(masks[i], per_feature)
+            mu_pos[f] = mean_over(positive, per_feature)
+            mu_neg[f] = mean_over(negative, per_feature)
+            valid = [per_feature[c][p] for c in range(len(rows)) for p in range(len(rows[c]))
+                     if rows[c][p] not in ignore_ids]
+            max_act[f] = max(valid)
+
+    entropy, scores = [], []
+    sum_pos, sum_neg = sum(mu_pos), sum(mu_neg)
+    for f in range(d_sae):
+        column = [word_means[i][f] for i in range(n_words)]
+        total = sum(column)
+        if n_words == 1:
+            h = 1.0
+        elif total == 0:
+            h = 0.0
+        else:
+            h = 0.0
+            for m in column:
+                p = m / total
+                if p > 0:
+                    h -= p * math.log(p)
+            h /= math.log(n_words)
+        entropy.append(h)
+        pos_term = mu_pos[f] / sum_pos if sum_pos else 0.0
+        neg_term = mu_neg[f] / sum_neg if sum_neg else 0.0
+        scores.append(pos_term * h ** alpha - neg_term)
+    return {"words": list(words) if words is not None else None, "reason_score": scores,
+            "mu_pos": mu_pos, "mu_neg": mu_neg, "entropy": entropy, "max_activation": max_act,
+            "word_means": word_means}
