@@ -35,7 +35,8 @@ def test_every_notebook_runs_on_the_smoke_profile(smoke_run):
         assert (home / "build" / "smoke" / "notebooks" / f"{name}.ipynb").is_file()
     run = artifacts.RunDir("smoke", root=home / "data" / "runs" / "smoke")
     for name in (K.PROBLEMS, K.STEPS, K.DOCUMENTS, K.REASONING_MODEL_DIR, K.BASE_MODEL_DIR,
-                 K.MODEL_EVAL, K.CONTEXTS.format(split="reasoning_train")):
+                 K.MODEL_EVAL, K.CONTEXTS.format(split="reasoning_train"), K.SAE_DIR, K.SAE_EVAL,
+                 K.REASON_SCORES, K.WINDOW_SHARES):
         assert run.path(name).exists(), name
         assert run.manifest(name)["profile"] == "smoke"
     steps = run.read_parquet(K.STEPS)
@@ -43,6 +44,10 @@ def test_every_notebook_runs_on_the_smoke_profile(smoke_run):
     evaluation = run.read_json(K.MODEL_EVAL)
     assert evaluation["tl_max_logit_diff"] < 1e-4
     assert {row["model"] for row in evaluation["overall"]} == {"reasoning", "base"}
+    from sae_lens import SAE
+    sae = SAE.load_from_disk(str(run.path(K.SAE_DIR)))
+    scores = run.read_parquet(K.REASON_SCORES)
+    assert len(scores) == sae.cfg.d_sae and scores.reason_score.notna().all()
 
 
 def test_the_book_shows_each_notebook_with_its_figures(smoke_run):

@@ -91,7 +91,7 @@ def load_hf_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32,
                                 "directory or a hub id like 'deepseek-ai/DeepSeek-R1-Distill-Llama-8B'.")
     text = str(Path(text).expanduser()) if looks_local else text
     tokenizer = AutoTokenizer.from_pretrained(text, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(text, torch_dtype=dtype,
+    model = AutoModelForCausalLM.from_pretrained(text, dtype=dtype,
                                                  trust_remote_code=trust_remote_code)
     return model.to(device).eval(), tokenizer
 

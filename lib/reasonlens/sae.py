@@ -1,0 +1,614 @@
+"""Sparse autoencoders on one residual-stream hook point: training, saving, evaluation (notebook 03).
+
+Training goes through SAELens (``LanguageModelSAETrainingRunner``) with the HookedTransformer and
+our packed contexts injected (``override_model``, ``override_dataset``), W&B off. Checkpoints are
+SAELens's own (SAE weights, optimizer and scheduler state, activation-store position); an
+interrupted run resumes from the latest complete one. SAELens only logs training metrics to W&B,
+so ``train_sae`` records them itself, every ``log_every`` steps, with SAELens's own
+``SAETrainer.build_train_step_log_dict``, and keeps them in each checkpoint so a resumed run keeps
+its history.
+
+The paper's SAE (Galichin et al., 2025, Sec. 3.1): DeepSeek-R1-Distill-Llama-8B, layer 19
+``hook_resid_post``, expansion 16 (d_sae = 65,536), L1 coefficient 5, context 1024, 819.2M tokens,
+lr 5e-5, trained with SAELens on OpenThoughts + LMSYS-Chat, BOS/EOS/PAD excluded.
+
+Example:
+    >>> cfg = SAETrainConfig(hook_name="blocks.2.hook_resid_post", context_size=256,
+    ...                      training_tokens=1_000_000, lr=1e-3)  # doctest: +SKIP
+    >>> sae, history = train_sae(model, contexts_frame, cfg, checkpoint_dir)  # doctest: +SKIP
+    >>> evaluate_sae(model, sae, val_tokens).metrics()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import shutil
+import signal
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from reasonlens.config import Config, check_range
+from reasonlens.models import parse_hook_name
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = ("standard", "topk", "jumprelu")
+NORMALIZATIONS = ("none", "expected_average_only_in")
+TRAIN_CONFIG_FILENAME = "reasonlens_train_config.json"  # beside the checkpoints: what made them
+HISTORY_FILENAME = "history.parquet"  # in each checkpoint: the training curve so far
+_CHECKPOINT_FILES = ("sae_weights.safetensors", "cfg.json", "trainer_state.pt",
+                     "activations_store_state.safetensors")
+
+
+@dataclasses.dataclass(frozen=True)
+class SAETrainConfig(Config):
+    """How to train one SAE with SAELens. Defaults are the paper's (Galichin et al., 2025, Sec. 3.1).
+
+    Args:
+        hook_name: TransformerLens hook point (paper: ``blocks.19.hook_resid_post``).
+        architecture: ``"standard"`` (ReLU + L1, the paper's), ``"topk"`` or ``"jumprelu"``,
+            mapped to SAELens's ``StandardTrainingSAEConfig``, ``TopKTrainingSAEConfig`` and
+            ``JumpReLUTrainingSAEConfig``.
+        expansion_factor: d_sae = expansion_factor * d_in (paper: 16).
+        l1_coefficient: sparsity penalty: L1 (decoder-norm weighted) for ``standard``, the L0
+            coefficient for ``jumprelu``; unused by ``topk`` (paper: 5).
+        l1_warm_up_steps: steps over which the sparsity coefficient ramps up from 0.
+        k: active features per token for ``topk``.
+        training_tokens: activations to train on (paper: 819.2M = 800 x 1024^2).
+        lr: Adam learning rate (paper: 5e-5).
+        lr_warm_up_steps: linear warm-up steps.
+        lr_decay_steps: linear decay to 0 over the last steps.
+        batch_size: activations (tokens) per training step (SAELens's ``train_batch_size_tokens``).
+        context_size: tokens per context (paper: 1024); wider contexts are cut to it.
+        store_batch_size_prompts: contexts per model forward pass when collecting activations.
+        normalize_activations: ``"none"`` or ``"expected_average_only_in"`` (scale inputs to
+            norm sqrt(d_in) while training; folded into the weights at the end).
+        exclude_special_tokens: drop BOS/EOS/PAD activations from training (as the paper does).
+        n_checkpoints: intermediate checkpoints (0: none; an interruption still writes one).
+        dead_feature_window: steps without firing after which SAELens counts a feature dead.
+        log_every: record training metrics every this many steps.
+        seed: seeds the SAE initialisation and activation shuffling.
+        device: where the SAE (and its activation buffer) lives.
+        dtype: the SAE's dtype (``"float32"``, ``"bfloat16"``, ...).
+    """
+
+    hook_name: str = "blocks.19.hook_resid_post"  # paper: layer 19 of R1-Distill-Llama-8B
+    architecture: str = "standard"  # paper: ReLU SAE with an L1 penalty
+    expansion_factor: int = 16  # paper: 16 (d_sae 65,536 on d_model 4096)
+    l1_coefficient: float = 5.0  # paper: 5
+    l1_warm_up_steps: int = 0
+    k: int = 64
+    training_tokens: int = 819_200_000  # paper: 819.2M
+    lr: float = 5e-5  # paper: 5e-5
+    lr_warm_up_steps: int = 0
+    lr_decay_steps: int = 0
+    batch_size: int = 4096  # SAELens default
+    context_size: int = 1024  # paper: 1024
+    store_batch_size_prompts: int = 16
+    normalize_activations: str = "none"
+    exclude_special_tokens: bool = True  # paper: BOS/EOS/PAD ignored
+    n_checkpoints: int = 0
+    dead_feature_window: int = 1000  # SAELens default
+    log_every: int = 10
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture={self.architecture!r} is unknown; use one of "
+                             f"{ARCHITECTURES}.")
+        if self.normalize_activations not in NORMALIZATIONS:
+            raise ValueError(f"normalize_activations={self.normalize_activations!r} is unknown; "
+                             f"use one of {NORMALIZATIONS}.")
+        check_range("expansion_factor", self.expansion_factor, 1)
+        check_range("l1_coefficient", self.l1_coefficient, 0)
+        check_range("k", self.k, 1)
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr!r} must be positive, e.g. 5e-5.")
+        check_range("batch_size", self.batch_size, 1)
+        check_range("context_size", self.context_size, 1)
+        check_range("store_batch_size_prompts", self.store_batch_size_prompts, 1)
+        check_range("training_tokens", self.training_tokens, self.batch_size,
+                    hint="Train on at least one batch (batch_size tokens).")
+        check_range("n_checkpoints", self.n_checkpoints, 0)
+        check_range("log_every", self.log_every, 1)
+        for name in ("l1_warm_up_steps", "lr_warm_up_steps", "lr_decay_steps",
+                     "dead_feature_window"):
+            check_range(name, getattr(self, name), 0)
+        if self.lr_warm_up_steps + self.lr_decay_steps > self.n_steps:
+            raise ValueError(f"lr_warm_up_steps + lr_decay_steps = "
+                             f"{self.lr_warm_up_steps + self.lr_decay_steps} exceeds the "
+                             f"{self.n_steps} training steps (training_tokens // batch_size).")
+
+    @property
+    def n_steps(self) -> int:
+        """Training steps: ``training_tokens // batch_size``."""
+        return self.training_tokens // self.batch_size
+
+
+# --- inputs and checks --------------------------------------------------------------------------
+def _hooked_transformer(model):
+    """The HookedTransformer behind a ``TLHookedModel`` (or the model itself)."""
+    inner = getattr(model, "model", model)
+    if not hasattr(inner, "run_with_cache") or not hasattr(inner, "cfg"):
+        raise TypeError(f"model must be a TransformerLens HookedTransformer or a "
+                        f"reasonlens TLHookedModel, got {type(model).__name__}. Load it with "
+                        "models.load_hooked(path, 'transformer_lens').")
+    return inner
+
+
+def _tokens_tensor(tokens) -> torch.Tensor:
+    """``[n_contexts, pos]`` long tensor from a tensor, a ``tokens`` DataFrame or a Dataset."""
+    if isinstance(tokens, pd.DataFrame):
+        if "tokens" not in tokens.columns:
+            raise ValueError(f"tokens: the table has no 'tokens' column (columns "
+                             f"{list(tokens.columns)}); pass contexts/<split>.parquet of notebook 01.")
+        tokens = (np.stack(tokens["tokens"].to_numpy()) if len(tokens)
+                  else np.zeros((0, 0), dtype=np.int64))
+    elif not isinstance(tokens, torch.Tensor | np.ndarray):  # a datasets.Dataset
+        tokens = np.asarray(tokens["tokens"]) if len(tokens) else np.zeros((0, 0), np.int64)
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    if tokens.ndim != 2 or tokens.numel() == 0:
+        raise ValueError(f"tokens is empty or not [n_contexts, pos] (shape {tuple(tokens.shape)}). "
+                         "Pass a non-empty contexts table from notebook 01.")
+    return tokens
+
+
+def check_sae_matches_model(model, sae, hook_name: str | None = None) -> str:
+    """Check that ``sae`` can read ``model`` at its hook point; return the hook name.
+
+    Raises:
+        ValueError: a hook point the model lacks, or ``sae.cfg.d_in`` != the model's d_model.
+    """
+    ht = _hooked_transformer(model)
+    hook_name = hook_name or sae.cfg.metadata.hook_name
+    if hook_name is None:
+        raise ValueError("hook_name is not given and the SAE's metadata does not record one; "
+                         "pass hook_name='blocks.{layer}.hook_resid_post'.")
+    parse_hook_name(hook_name, ht.cfg.n_layers)
+    if sae.cfg.d_in != ht.cfg.d_model:
+        raise ValueError(f"SAE d_in={sae.cfg.d_in} does not match the model's d_model="
+                         f"{ht.cfg.d_model}. Use an SAE trained on this model (or its release "
+                         "for this model), or retrain with notebook 03.")
+    return hook_name
+
+
+def special_token_ids(tokenizer) -> list[int]:
+    """BOS, EOS and PAD ids of ``tokenizer`` (the tokens the paper ignores)."""
+    ids = {getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad")}
+    return sorted(i for i in ids if i is not None)
+
+
+# --- training -----------------------------------------------------------------------------------
+def _training_sae_config(cfg: SAETrainConfig, d_in: int):
+    from sae_lens import (JumpReLUTrainingSAEConfig, StandardTrainingSAEConfig,
+                          TopKTrainingSAEConfig)
+
+    common = dict(d_in=d_in, d_sae=cfg.expansion_factor * d_in, dtype=cfg.dtype,
+                  device=cfg.device, normalize_activations=cfg.normalize_activations)
+    if cfg.architecture == "standard":
+        return StandardTrainingSAEConfig(l1_coefficient=cfg.l1_coefficient,
+                                         l1_warm_up_steps=cfg.l1_warm_up_steps, **common)
+    if cfg.architecture == "topk":
+        return TopKTrainingSAEConfig(k=cfg.k, **common)
+    return JumpReLUTrainingSAEConfig(l0_coefficient=cfg.l1_coefficient,
+                                     l0_warm_up_steps=cfg.l1_warm_up_steps, **common)
+
+
+def latest_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
+    """The complete SAELens checkpoint with the most training tokens under ``checkpoint_dir``."""
+    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
+        return None
+    found = []
+    for path in Path(checkpoint_dir).iterdir():
+        digits = path.name.removeprefix("final_")
+        if path.is_dir() and digits.isdigit() and all((path / f).exists() for f in _CHECKPOINT_FILES):
+            found.append((int(digits), path))
+    return max(found)[1] if found else None
+
+
+def _runner_class():
+    from sae_lens import LanguageModelSAETrainingRunner
+    from sae_lens.training._interruption import InterruptedException, interrupt_callback
+
+    class RecordingRunner(LanguageModelSAETrainingRunner):
+        """SAELens's runner, plus: metrics recorded without W&B, full checkpoints on interrupt."""
+
+        history: list[dict[str, Any]]
+        log_every: int = 10
+        on_step: Callable[[int], None] | None = None
+
+        def run_trainer_with_interruption_handling(self, trainer):
+            self._install_recorder(trainer)
+            with _interrupt_signals(interrupt_callback):
+                try:
+                    return trainer.fit()
+                except (KeyboardInterrupt, InterruptedException):
+                    if self.cfg.checkpoint_path is not None:
+                        # SAELens's own handler saves only the activation-store state; save the
+                        # SAE, optimizer and position too, so that the run can resume from here.
+                        log.warning("interrupted at %d tokens; saving a checkpoint",
+                                    trainer.n_training_samples)
+                        trainer.save_checkpoint(checkpoint_name=str(trainer.n_training_samples))
+                    raise
+
+        def save_checkpoint(self, checkpoint_path):
+            super().save_checkpoint(checkpoint_path)
+            if checkpoint_path is not None:
+                pd.DataFrame(self.history).to_parquet(Path(checkpoint_path) / HISTORY_FILENAME)
+                # Keep only the newest checkpoint (a real-model one holds GBs of Adam state).
+                for old in Path(checkpoint_path).parent.iterdir():
+                    if old.is_dir() and old != Path(checkpoint_path):
+                        shutil.rmtree(old, ignore_errors=True)
+
+        def _install_recorder(self, trainer):
+            step, update_pbar = trainer.step, trainer._update_pbar
+            total_steps = trainer.cfg.total_training_steps
+
+            def recording_step(batch):
+                output = step(batch)
+                n_step = trainer.n_training_steps + 1  # the step that just finished
+                if n_step % self.log_every == 0 or n_step in (1, total_steps):
+                    metrics = trainer.build_train_step_log_dict(output, trainer.n_training_samples)
+                    self.history.append({"step": n_step, **{
+                        key.split("/", 1)[-1]: float(value) for key, value in metrics.items()
+                        if isinstance(value, int | float)}})
+                return output
+
+            def after_step(step_output, pbar, *args, **kwargs):
+                update_pbar(step_output, pbar, *args, **kwargs)
+                if self.on_step is not None:
+                    self.on_step(trainer.n_training_steps)
+
+            trainer.step, trainer._update_pbar = recording_step, after_step
+
+    return RecordingRunner
+
+
+@contextlib.contextmanager
+def _interrupt_signals(handler) -> Iterator[None]:
+    """SIGINT/SIGTERM raise SAELens's InterruptedException inside; restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in previous:
+            signal.signal(sig, handler)
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def train_sae(model, tokens, cfg: SAETrainConfig, checkpoint_dir: str | Path | None = None,
+              resume: bool = True, on_step: Callable[[int], None] | None = None):
+    """Train an SAE on ``model``'s activations at ``cfg.hook_name`` over ``tokens``, with SAELens.
+
+    Checkpoints (``cfg.n_checkpoints`` during training, one whenever training is interrupted by
+    SIGINT/SIGTERM/KeyboardInterrupt, and a final one) go to ``checkpoint_dir/<n_tokens>/``; only
+    the newest is kept. With ``resume``, a run whose config, contexts and model match the ones
+    that wrote ``checkpoint_dir`` continues from its checkpoint (weights, Adam and scheduler state,
+    step count, dataset position), or just loads the result if training had finished; anything
+    else, or ``resume=False``, clears ``checkpoint_dir`` and starts over.
+
+    Args:
+        model: a ``TLHookedModel`` or ``HookedTransformer`` (with its tokenizer attached).
+        tokens: contexts: a ``[n_contexts, pos]`` tensor, a DataFrame with a ``tokens`` column
+            (``contexts/<split>.parquet``) or a ``datasets.Dataset`` with a ``tokens`` column.
+            Read in order and repeated as needed to reach ``cfg.training_tokens``.
+        cfg: the training configuration.
+        checkpoint_dir: where checkpoints go (None: no checkpoints, no resuming).
+        resume: continue from the latest matching checkpoint in ``checkpoint_dir``.
+        on_step: called with the number of finished steps after every step (e.g. to stop early
+            by raising ``KeyboardInterrupt``, which writes a checkpoint first).
+
+    Returns:
+        ``(sae, history)``: the trained inference ``sae_lens.SAE`` (normalisation folded in) and
+        a DataFrame with one row per logged step (step, n_training_samples, overall_loss,
+        mse_loss, l1_loss or the architecture's losses, explained_variance, l0, dead_features,
+        current_learning_rate, ...), measured on the training batch.
+
+    Raises:
+        ValueError: a hook point the model lacks, empty tokens, or contexts shorter than
+            ``cfg.context_size``.
+
+    Used by notebooks/03_train_sae.py.
+    """
+    from datasets import Dataset
+    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
+
+    ht = _hooked_transformer(model)
+    parse_hook_name(cfg.hook_name, ht.cfg.n_layers)
+    tokens = _tokens_tensor(tokens)
+    if tokens.shape[1] < cfg.context_size:
+        raise ValueError(f"context_size={cfg.context_size} is longer than the contexts "
+                         f"({tokens.shape[1]} tokens). Set context_size <= {tokens.shape[1]} "
+                         "or rebuild the contexts in notebook 01.")
+    excluded = special_token_ids(ht.tokenizer) if cfg.exclude_special_tokens else []
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    fingerprint = {"config": cfg.to_dict(), "data": _fingerprint(tokens, ht)}
+    resume_from = _prepare_checkpoint_dir(checkpoint_dir, fingerprint, resume)
+    if resume_from is not None and resume_from.name.startswith("final_"):
+        log.info("training already finished in %s; loading it", resume_from)
+        return load_sae(resume_from, device=cfg.device), pd.DataFrame(_read_history(resume_from))
+
+    runner_cfg = LanguageModelSAERunnerConfig(
+        sae=_training_sae_config(cfg, ht.cfg.d_model),
+        model_name=getattr(ht.cfg, "model_name", "reasonlens-model"),
+        hook_name=cfg.hook_name, dataset_path="reasonlens/contexts", is_dataset_tokenized=True,
+        streaming=False, context_size=cfg.context_size, prepend_bos=False,
+        training_tokens=cfg.training_tokens, train_batch_size_tokens=cfg.batch_size,
+        store_batch_size_prompts=cfg.store_batch_size_prompts,
+        n_batches_in_buffer=max(20, math.ceil(4 * cfg.batch_size / cfg.context_size)),
+        lr=cfg.lr, lr_warm_up_steps=cfg.lr_warm_up_steps, lr_decay_steps=cfg.lr_decay_steps,
+        dead_feature_window=cfg.dead_feature_window, seed=cfg.seed, device=cfg.device,
+        dtype=cfg.dtype, exclude_special_tokens=excluded or False,
+        logger=LoggingConfig(log_to_wandb=False), n_checkpoints=cfg.n_checkpoints,
+        checkpoint_path=None, output_path=None, model_from_pretrained_kwargs={},
+        save_final_checkpoint=checkpoint_dir is not None,
+        resume_from_checkpoint=str(resume_from) if resume_from else None, verbose=False)
+    # SAELens appends a random id to checkpoint_path; we want the directory we were given.
+    runner_cfg.checkpoint_path = str(checkpoint_dir) if checkpoint_dir is not None else None
+
+    dataset = Dataset.from_dict({"tokens": tokens[:, :cfg.context_size].tolist()})
+    torch.manual_seed(cfg.seed)
+    with warnings.catch_warnings(), _quiet_sae_lens():
+        # SAELens compares contexts with tokens here and warns about "epochs"; we repeat on purpose.
+        warnings.filterwarnings("ignore", message=".*fewer samples.*")
+        warnings.filterwarnings("ignore", message=".*exhausted.*")
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+        runner = _runner_class()(runner_cfg, override_dataset=dataset, override_model=ht)
+        runner.history = _read_history(resume_from)
+        runner.log_every, runner.on_step = cfg.log_every, on_step
+        if resume_from is not None:
+            log.info("resuming SAE training from %s", resume_from)
+        training_sae = runner.run()
+    return _to_inference(training_sae), pd.DataFrame(runner.history)
+
+
+@contextlib.contextmanager
+def _quiet_sae_lens() -> Iterator[None]:
+    """SAELens warns that an injected model/dataset makes the config alone irreproducible."""
+    from sae_lens import logger as sae_lens_logger
+
+    level = sae_lens_logger.level
+    sae_lens_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        sae_lens_logger.setLevel(level)
+
+
+def _fingerprint(tokens: torch.Tensor, ht) -> dict[str, Any]:
+    """What else must match for a checkpoint to be resumed: the contexts and the model."""
+    weights = ht.W_E[:256].detach().float().cpu().numpy().tobytes()
+    return {"tokens": hashlib.sha1(tokens.numpy().tobytes()).hexdigest(),
+            "shape": list(tokens.shape), "model": hashlib.sha1(weights).hexdigest(),
+            "d_model": ht.cfg.d_model, "n_layers": ht.cfg.n_layers}
+
+
+def _prepare_checkpoint_dir(checkpoint_dir: Path | None, fingerprint: dict[str, Any],
+                            resume: bool) -> Path | None:
+    """The checkpoint to resume from (or None), after clearing a stale ``checkpoint_dir``."""
+    if checkpoint_dir is None:
+        return None
+    record = checkpoint_dir / TRAIN_CONFIG_FILENAME
+    same = record.exists() and json.loads(record.read_text()) == fingerprint
+    if checkpoint_dir.exists() and not (resume and same):
+        if record.exists() and not same:
+            log.warning("checkpoints in %s were made with another config, model or data; "
+                        "starting over",
+                        checkpoint_dir)
+        shutil.rmtree(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(fingerprint, indent=2))
+    return latest_checkpoint(checkpoint_dir)
+
+
+def _read_history(checkpoint: Path | None) -> list[dict[str, Any]]:
+    if checkpoint is None or not (checkpoint / HISTORY_FILENAME).exists():
+        return []
+    return pd.read_parquet(checkpoint / HISTORY_FILENAME).to_dict("records")
+
+
+def _to_inference(training_sae):
+    """The inference ``SAE`` equivalent to a ``TrainingSAE`` (via SAELens's own save format)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        training_sae.save_inference_model(tmp)
+        return load_sae(tmp, device=str(training_sae.cfg.device))
+
+
+# --- saving and loading -------------------------------------------------------------------------
+def save_sae(sae, path: str | Path) -> Path:
+    """Write ``sae`` in SAELens's format (``cfg.json`` + ``sae_weights.safetensors``) to ``path``.
+
+    Use inside ``RunDir.write_dir(constants.SAE_DIR)`` for an atomic write.
+    """
+    save = getattr(sae, "save_inference_model", None) or sae.save_model
+    save(str(path))
+    return Path(path)
+
+
+def load_sae(path: str | Path, device: str = "cpu"):
+    """Load an SAE saved by ``save_sae`` (``sae_lens.SAE.load_from_disk``).
+
+    Raises:
+        FileNotFoundError: ``path`` holds no SAELens ``cfg.json``.
+    """
+    from sae_lens import SAE
+
+    if not (Path(path) / "cfg.json").exists():
+        raise FileNotFoundError(f"{path} holds no SAELens SAE (cfg.json is missing); "
+                                "notebooks/03_train_sae.py writes it. Run: python -m "
+                                "reasonlens.runner --profile <profile> --only 03")
+    return SAE.load_from_disk(str(path), device=device)
+
+
+def load_pretrained_sae(release: str, sae_id: str, device: str = "cpu"):
+    """A published SAE by SAELens release and id (downloads when called, never at import).
+
+    Args:
+        release: a release in SAELens's ``pretrained_saes.yaml`` or a hub repo.
+        sae_id: the SAE's id within the release.
+        device: where to load it.
+    """
+    from sae_lens import SAE
+
+    return SAE.from_pretrained(release, sae_id, device=device)
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SAEEvaluation:
+    """Reconstruction quality of an SAE on held-out tokens (special tokens excluded).
+
+    Attributes:
+        explained_variance: 1 - E||x - x_hat||^2 / Var(x), over tokens.
+        mean_l0: mean number of active features per token.
+        frac_dead: fraction of features that never fire on these tokens.
+        ce_clean, ce_spliced, ce_zero_ablation: next-token cross-entropy of the model, with the
+            reconstruction spliced in at the hook, and with the hook zeroed.
+        ce_loss_recovered: (ce_zero_ablation - ce_spliced) / (ce_zero_ablation - ce_clean).
+        n_tokens: tokens evaluated.
+        feature_density: ``[d_sae]`` fraction of tokens on which each feature fires.
+    """
+
+    explained_variance: float
+    mean_l0: float
+    frac_dead: float
+    ce_clean: float
+    ce_spliced: float
+    ce_zero_ablation: float
+    ce_loss_recovered: float
+    n_tokens: int
+    feature_density: np.ndarray
+
+    def metrics(self) -> dict[str, float]:
+        """The scalar metrics (everything but ``feature_density``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "feature_density"}
+
+
+@torch.no_grad()
+def evaluate_sae(model, sae, tokens, hook_name: str | None = None, batch_size: int = 8,
+                 exclude_special_tokens: bool = True) -> SAEEvaluation:
+    """Explained variance, L0, dead features and CE loss recovered on held-out contexts.
+
+    Uses SAELens's ``get_recons_loss`` (clean, spliced and zero-ablated next-token CE per token,
+    the reconstruction spliced in only at non-special positions) and ``ExplainedVarianceCalculator``;
+    L0 and feature density are counted here over every non-special token. CE is averaged over
+    predictions from non-special tokens.
+
+    Args:
+        model: a ``TLHookedModel`` or ``HookedTransformer``.
+        sae: an ``sae_lens.SAE`` reading ``hook_name``.
+        tokens: ``[n_contexts, pos]`` tensor, a ``tokens`` DataFrame or Dataset.
+        hook_name: defaults to the SAE's recorded hook.
+        batch_size: contexts per forward pass.
+        exclude_special_tokens: leave BOS/EOS/PAD out of every metric.
+
+    Returns:
+        An ``SAEEvaluation``.
+
+    Raises:
+        ValueError: a hook point the model lacks, ``sae.cfg.d_in`` != d_model, or empty tokens.
+
+    Used by notebooks/03_train_sae.py.
+    """
+    from sae_lens.evals import ExplainedVarianceCalculator, get_recons_loss
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    ht = _hooked_transformer(model)
+    hook_name = check_sae_matches_model(ht, sae, hook_name)
+    tokens = _tokens_tensor(tokens)
+    check_range("batch_size", batch_size, 1)
+    ignore = special_token_ids(ht.tokenizer) if exclude_special_tokens else []
+    layer, _ = parse_hook_name(hook_name, ht.cfg.n_layers)
+    device = next(ht.parameters()).device
+    was_training = sae.training
+    sae.eval()
+    variance = ExplainedVarianceCalculator()
+    fires = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    l0_sum, n_tokens = 0.0, 0
+    ce = {"ce_loss_without_sae": [], "ce_loss_with_sae": [], "ce_loss_with_ablation": []}
+    for start in range(0, len(tokens), batch_size):
+        batch = tokens[start:start + batch_size].to(device)
+        keep = ~torch.isin(batch, torch.tensor(ignore, dtype=torch.long, device=device))
+        _, cache = ht.run_with_cache(batch, names_filter=[hook_name], stop_at_layer=layer + 1)
+        acts = cache[hook_name][keep].to(sae.device)
+        feature_acts = sae.encode(acts)
+        variance.add_batch(sae.decode(feature_acts).float(), acts.float())
+        active = (feature_acts != 0)
+        fires += active.sum(0).double().cpu()
+        l0_sum += active.sum().item()
+        n_tokens += int(keep.sum())
+        losses = get_recons_loss(sae, ht, ActivationScaler(), batch, compute_kl=False,
+                                 compute_ce_loss=True, ignore_tokens=ignore or None,
+                                 hook_name=hook_name)
+        for name in ce:
+            ce[name].append(losses[name][keep[:, :-1]].double().cpu())
+    sae.train(was_training)
+    if n_tokens == 0:
+        raise ValueError("tokens holds only special tokens (BOS/EOS/PAD); nothing to evaluate. "
+                         "Pass contexts of real text.")
+    clean, spliced, zero = (torch.cat(ce[name]).mean().item() for name in ce)
+    density = (fires / n_tokens).numpy()
+    return SAEEvaluation(
+        explained_variance=variance.compute(), mean_l0=l0_sum / n_tokens,
+        frac_dead=float((density == 0).mean()), ce_clean=clean, ce_spliced=spliced,
+        ce_zero_ablation=zero, ce_loss_recovered=(zero - spliced) / (zero - clean),
+        n_tokens=n_tokens, feature_density=density)
+
+
+# --- figures ------------------------------------------------------------------------------------
+def plot_training_curves(history: pd.DataFrame, save_to=None):
+    """Loss components, explained variance and L0 over training (notebook 03)."""
+    import matplotlib.pyplot as plt
+
+    losses = [c for c in history.columns if c.endswith("_loss")]
+    panels = [("loss", losses), ("explained variance", ["explained_variance"]), ("L0", ["l0"])]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, (title, columns) in zip(axes, panels):
+        for column in columns:
+            if column in history:
+                ax.plot(history["step"], history[column], label=column)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    if save_to is not None:
+        fig.savefig(save_to, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def plot_feature_density(feature_density: np.ndarray, save_to=None):
+    """Histogram of log10 feature density; dead features (density 0) are counted in the title."""
+    import matplotlib.pyplot as plt
+
+    density = np.asarray(feature_density)
+    alive = density[density > 0]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(np.log10(alive), bins=50)
+    ax.set_xlabel("log10 feature density (fraction of tokens a feature fires on)")
+    ax.set_ylabel("features")
+    ax.set_title(f"{len(density)} features, {int((density == 0).sum())} dead")
+    fig.tight_layout()
+    if save_to is not None:
+        fig.savefig(save_to, dpi=120, bbox_inches="tight")
+    return fig
