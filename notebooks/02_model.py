@@ -30,6 +30,8 @@
 # %% tags=["parameters"]
 profile = "default"
 model_name = None  # hub id or local path of a real model; None trains the toy models
+model_device = "cpu"  # real models: "cuda"
+model_dtype = "float32"  # real models: "bfloat16"
 seed = 0
 # toy model (reasonlens.models.ToyModelConfig)
 d_model = 128
@@ -80,7 +82,7 @@ if model_name is None:
     print(f"{sum(p.numel() for p in trained['reasoning'].parameters()):,} parameters per model")
     plotting.loss_curves(histories, save_to=run.figure("02_loss"))
 else:
-    hf_model, tokenizer = models.load_hf_model(model_name)
+    hf_model, tokenizer = models.load_hf_model(model_name, dtype=model_dtype, device=model_device)
     trained = {"reasoning": hf_model}
 
 # %% [markdown]
@@ -91,7 +93,7 @@ else:
 
 # %%
 tl_model = models.as_hooked_transformer(trained["reasoning"], tokenizer)
-check_tokens = contexts["reasoning_val"][:4, :128]
+check_tokens = contexts["reasoning_val"][:4, :128].to(model_device)
 with torch.no_grad():
     max_diff = (tl_model(check_tokens) - trained["reasoning"](check_tokens).logits).abs().max()
 print(f"max |logit difference| TransformerLens vs transformers: {max_diff:.2e}")

@@ -33,6 +33,8 @@
 # %% tags=["parameters"]
 profile = "default"
 model_name = None  # hub id or local path of a real model; None uses the toy model of notebook 02
+model_device = "cpu"  # real models: "cuda"
+model_dtype = "float32"  # real models: "bfloat16"
 seed = 0
 sae_release = None  # a SAELens release of a pretrained SAE; None trains one here
 sae_id = None  # the SAE's id within sae_release
@@ -63,7 +65,8 @@ from reasonlens import sae as sae_lib
 
 torch.manual_seed(seed)
 run = artifacts.RunDir(profile)
-model = models.load_hooked(run.model_path(model_name), "transformer_lens")
+model = models.load_hooked(run.model_path(model_name), "transformer_lens",
+                           device=model_device, dtype=model_dtype)
 train_frame = run.read_parquet(K.CONTEXTS.format(split="reasoning_train"))
 val_tokens = data.contexts_tensor(run.read_parquet(K.CONTEXTS.format(split="reasoning_val")))
 val_tokens = val_tokens[:n_eval_contexts]

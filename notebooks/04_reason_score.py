@@ -25,6 +25,8 @@
 # %% tags=["parameters"]
 profile = "default"
 model_name = None
+model_device = "cpu"  # real models: "cuda"
+model_dtype = "float32"  # real models: "bfloat16"
 hook_name = None  # None: the SAE's own hook point
 alpha = 0.7  # entropy exponent (paper: 0.7)
 window = [1, 2]  # tokens added left/right of each match (paper: 1, 2)
@@ -44,7 +46,8 @@ from reasonlens import artifacts, data, models, plotting, scoring
 from reasonlens import constants as K
 
 run = artifacts.RunDir(profile)
-model = models.load_hooked(run.model_path(model_name), backend="transformer_lens")
+model = models.load_hooked(run.model_path(model_name), backend="transformer_lens",
+                           device=model_device, dtype=model_dtype)
 sae = SAE.load_from_disk(str(run.require(K.SAE_DIR)))
 contexts = run.read_parquet(K.CONTEXTS.format(split=score_split))
 tokens = data.contexts_tensor(contexts)[:n_score_contexts]

@@ -117,3 +117,15 @@ def test_toy_config_validates_and_round_trips():
     assert models.ToyModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="n_heads"):
         build_toy_model_config(d_model=30, n_heads=4)
+
+
+def test_load_hooked_takes_a_dtype_by_name(saved_toy_model):
+    model = models.load_hooked(saved_toy_model, backend="hf", dtype="bfloat16")
+    assert next(model.model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="model_dtype='float8'"):
+        models.load_hooked(saved_toy_model, dtype="float8")
+
+
+def test_an_unsaved_tokenizer_is_a_clear_error(toy_model, tokenizer):
+    with pytest.raises(ValueError, match="name_or_path"):
+        models.as_hooked_transformer(toy_model, tokenizer)

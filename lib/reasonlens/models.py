@@ -68,7 +68,23 @@ def build_toy_model(cfg: ToyModelConfig, tokenizer, seed: int = 0) -> LlamaForCa
     return LlamaForCausalLM(hf_cfg)
 
 
-def load_hf_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32,
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"bfloat16"`` -> ``torch.bfloat16`` (profiles name dtypes as strings).
+
+    Raises:
+        ValueError: naming the parameter and the valid names.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"model_dtype={dtype!r} is unknown; use one of {sorted(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def load_hf_model(path_or_id: str | Path, dtype: str | torch.dtype = torch.float32,
                   device: str = "cpu", trust_remote_code: bool = False):
     """Load a causal LM and its tokenizer from a local directory or a hub id.
 
@@ -91,7 +107,7 @@ def load_hf_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32,
                                 "directory or a hub id like 'deepseek-ai/DeepSeek-R1-Distill-Llama-8B'.")
     text = str(Path(text).expanduser()) if looks_local else text
     tokenizer = AutoTokenizer.from_pretrained(text, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(text, dtype=dtype,
+    model = AutoModelForCausalLM.from_pretrained(text, dtype=as_dtype(dtype),
                                                  trust_remote_code=trust_remote_code)
     return model.to(device).eval(), tokenizer
 
@@ -150,7 +166,14 @@ def as_hooked_transformer(hf_model, tokenizer, n_ctx: int | None = None) -> Hook
 
     Returns:
         The HookedTransformer in eval mode.
+
+    Raises:
+        ValueError: a tokenizer that was never saved (TransformerLens reloads it by its
+            ``name_or_path``).
     """
+    if not tokenizer.name_or_path:
+        raise ValueError("tokenizer has no name_or_path: TransformerLens reloads the tokenizer "
+                         "from it. Save it with save_pretrained and load it from that directory.")
     param = next(hf_model.parameters())
     cfg = hooked_transformer_config(hf_model.config, n_ctx, device=str(param.device),
                                     dtype=param.dtype, architecture=type(hf_model).__name__)
@@ -296,13 +319,16 @@ class TLHookedModel(HookedModel):
         return logits, {name: cache[name] for name in names}
 
 
-def load_hooked(path: str | Path, backend: str = "transformer_lens", n_ctx: int | None = None):
+def load_hooked(path: str | Path, backend: str = "transformer_lens", n_ctx: int | None = None,
+                device: str = "cpu", dtype: str | torch.dtype = torch.float32):
     """Load a saved model behind the hook interface, on either backend.
 
     Args:
         path: a ``save_pretrained`` directory (or hub id).
         backend: ``"transformer_lens"`` or ``"hf"``.
         n_ctx: TransformerLens context length (see ``hooked_transformer_config``).
+        device: where the model runs (e.g. "cuda" for real models).
+        dtype: weights' dtype, a torch dtype or its name ("bfloat16").
 
     Returns:
         A ``TLHookedModel`` or ``HFHookedModel``.
@@ -312,7 +338,7 @@ def load_hooked(path: str | Path, backend: str = "transformer_lens", n_ctx: int 
     """
     if backend not in ("transformer_lens", "hf"):
         raise ValueError(f"backend={backend!r} is unknown; use 'transformer_lens' or 'hf'.")
-    hf_model, tokenizer = load_hf_model(path)
+    hf_model, tokenizer = load_hf_model(path, dtype=dtype, device=device)
     if backend == "hf":
         return HFHookedModel(hf_model, tokenizer)
     return TLHookedModel(as_hooked_transformer(hf_model, tokenizer, n_ctx))
