@@ -23,6 +23,9 @@ class Problem:
     answer: int
 
 
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
 class Family:
     """A family of fold problems. Subclasses define sampling, the update rule and step phrasing."""
 
@@ -39,8 +42,9 @@ class Family:
         raise NotImplementedError
 
     def progress(self, remaining: int) -> str:
-        """Text a compute step appends before its full stop (e.g. how many steps are left)."""
-        return ""
+        """Text a compute step appends before its full stop: how many steps are left, so that a
+        step never needs to count the ones before it ("three to go", "done")."""
+        return f", {NUMBER_WORDS[remaining]} to go" if remaining else ", done"
 
     def wrong(self, rng: random.Random, problem: Problem, state: int, item) -> int:
         """A plausible wrong result for one update (never the right one)."""
@@ -61,9 +65,6 @@ class Family:
             state = self.update(problem, state, item)
             states.append(state)
         return states
-
-
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 class Arithmetic(Family):
@@ -95,9 +96,6 @@ class Arithmetic(Family):
 
     def claim(self, problem, state, item, result):
         return f"{state} {item[0]} {item[1]} = {result}."
-
-    def progress(self, remaining):
-        return f", {NUMBER_WORDS[remaining]} to go" if remaining else ", done"
 
     def wrong(self, rng, problem, state, item):
         right = self.update(problem, state, item)
@@ -160,9 +158,6 @@ class Clock(Family):
 
     def claim(self, problem, state, item, result):
         return f"{state} and {item} hours make {result}."
-
-    def progress(self, remaining):
-        return f", {NUMBER_WORDS[remaining]} to go" if remaining else ", done"
 
     def wrong(self, rng, problem, state, item):
         right = self.update(problem, state, item)
