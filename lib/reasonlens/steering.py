@@ -1,0 +1,115 @@
+"""Feature steering during generation (Galichin et al., 2025, Sec. 5; DESIGN.md "Steering").
+
+At the SAE's hook point, for every position (the prompt and each generated token, with or without
+a KV cache):
+
+- ``clamp`` (the paper's): f = encode(x); err = x - decode(f); f[k] = max_activation(k) * strength;
+  x' = decode(f) + err. The error term keeps everything the SAE does not explain.
+- ``direction``: the component of x along feature k's unit decoder direction d_k is set to
+  max_activation(k) * strength, the same component the clamp writes.
+- ``add``: x' = x + strength * d_k.
+
+``max_activation`` is in the units ReasonScore reports (decoder norms folded into the encoder, so a
+feature's activation is its component along d_k); the clamp converts it for an unfolded SAE.
+
+Several features can be steered at once. ``steer`` is a context manager: the hook is attached
+through the model's ``hooks`` (TransformerLens or transformers backend) and always removed.
+
+Example:
+    >>> with steer(model, sae, {46379: 2.0}, max_activations=scores.max_activation):  # doctest: +SKIP
+    ...     completions = evaluation.generate(model.model, tokenizer, prompts)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+
+from reasonlens.models import parse_hook_name
+
+MODES = ("clamp", "direction", "add")
+
+
+def check_steering(model, sae, features: Mapping[int, float], mode: str,
+                   max_activations: Sequence[float] | torch.Tensor | None) -> None:
+    """Validate a steering request before any generation starts.
+
+    Raises:
+        ValueError: an unknown mode, a feature index outside the SAE, a non-finite strength,
+            missing max activations, an SAE of another width, or a hook point the model lacks.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is unknown; use one of {MODES}.")
+    if not features:
+        raise ValueError("features is empty; pass {feature_idx: strength}.")
+    hook_name = sae.cfg.metadata.hook_name
+    parse_hook_name(hook_name, model.n_layers)
+    if sae.cfg.d_in != model.d_model:
+        raise ValueError(f"the SAE's d_in={sae.cfg.d_in} does not match the model's "
+                         f"d_model={model.d_model}; load the SAE trained on this model.")
+    for idx, strength in features.items():
+        if not 0 <= int(idx) < sae.cfg.d_sae:
+            raise ValueError(f"feature_idx={idx} is outside the SAE (d_sae={sae.cfg.d_sae}).")
+        if not math.isfinite(float(strength)):
+            raise ValueError(f"strength={strength!r} for feature {idx} is not finite.")
+    if mode in ("clamp", "direction"):
+        if max_activations is None:
+            raise ValueError(f"mode={mode!r} needs max_activations (notebook 04 writes them as "
+                             "the max_activation column of scores/reason_scores.parquet).")
+        if len(max_activations) != sae.cfg.d_sae:
+            raise ValueError(f"max_activations has {len(max_activations)} entries; the SAE has "
+                             f"d_sae={sae.cfg.d_sae}.")
+
+
+def steering_hook(sae, features: Mapping[int, float], mode: str = "clamp",
+                  max_activations: Sequence[float] | torch.Tensor | None = None):
+    """A ``fn(activation, hook)`` that steers ``[batch, pos, d_model]`` activations."""
+    idx = torch.tensor([int(i) for i in features], dtype=torch.long)
+    strengths = torch.tensor([float(s) for s in features.values()])
+    w_dec = sae.W_dec.detach()[idx]  # [n, d_model]
+    norms = w_dec.norm(dim=-1)
+    directions = w_dec / norms.clamp(min=1e-12)[:, None]
+    if mode != "add":
+        # folded units: the component along d_k; the SAE's own activation is that / ||W_dec[k]||
+        components = torch.as_tensor(max_activations, dtype=torch.float32)[idx] * strengths
+        targets = components / norms.float()
+
+    def hook(activation: torch.Tensor, hook) -> torch.Tensor:
+        x = activation
+        if mode == "clamp":
+            with torch.no_grad():
+                feature_acts = sae.encode(x.to(sae.W_dec.dtype))
+                error = x - sae.decode(feature_acts).to(x.dtype)
+                feature_acts[..., idx] = targets.to(feature_acts)
+                return sae.decode(feature_acts).to(x.dtype) + error
+        d = directions.to(x)
+        if mode == "direction":
+            current = x @ d.T  # [batch, pos, n]
+            return x + (components.to(x) - current) @ d
+        return x + (strengths.to(x) @ d)
+
+    return hook
+
+
+@contextlib.contextmanager
+def steer(model, sae, features: Mapping[int, float], mode: str = "clamp",
+          max_activations: Sequence[float] | torch.Tensor | None = None) -> Iterator[object]:
+    """Steer ``features`` ({feature_idx: strength}) while the block runs; hooks always removed.
+
+    Args:
+        model: a ``TLHookedModel`` or ``HFHookedModel`` (``reasonlens.models``).
+        sae: a SAELens SAE at one of the model's hook points.
+        features: strengths per feature index.
+        mode: ``clamp`` (the paper's), ``direction`` or ``add``.
+        max_activations: ``[d_sae]`` largest activation of each feature on the scoring data.
+
+    Raises:
+        ValueError: see ``check_steering``; raised before anything is attached.
+    """
+    check_steering(model, sae, features, mode, max_activations)
+    hook = steering_hook(sae, features, mode, max_activations)
+    with model.hooks([(sae.cfg.metadata.hook_name, hook)]):
+        yield model

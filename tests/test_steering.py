@@ -1,0 +1,134 @@
+import pytest
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig
+
+from reasonlens import evaluation, models, scoring, steering
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def sae():
+    torch.manual_seed(3)
+    cfg = StandardSAEConfig(d_in=32, d_sae=64)
+    cfg.metadata.hook_name = HOOK
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(32, 64) * 0.3)
+        sae.W_dec.copy_(torch.randn(64, 32) * 0.5)  # unit norms deliberately not folded
+        sae.b_enc.copy_(torch.randn(64) * 0.1)
+    return sae.eval()
+
+
+@pytest.fixture(scope="module")
+def backends(saved_toy_model):
+    return (models.load_hooked(saved_toy_model, "transformer_lens"),
+            models.load_hooked(saved_toy_model, "hf"))
+
+
+@pytest.fixture(scope="module")
+def tokens(world, tokenizer):
+    traces = world.documents[world.documents.kind == "trace"].text.tolist()[:2]
+    ids = tokenizer(traces, add_special_tokens=False)["input_ids"]
+    return torch.tensor([i[:40] for i in ids])
+
+
+def _acts(model, sae, tokens):
+    return sae.encode(scoring.capture_activations(model, tokens, HOOK))
+
+
+def test_clamping_a_feature_to_its_current_value_changes_nothing(backends, sae, tokens):
+    tl, hf = backends
+    acts = _acts(hf, sae, tokens)
+    silent = int((acts.amax(dim=(0, 1)) == 0).nonzero()[0])  # a feature off everywhere here
+    max_act = torch.ones(sae.cfg.d_sae)
+    for model in backends:
+        with torch.no_grad():
+            clean = model(tokens)
+            with steering.steer(model, sae, {silent: 0.0}, max_activations=max_act):
+                steered = model(tokens)
+        torch.testing.assert_close(steered, clean, atol=1e-5, rtol=1e-5)
+
+
+def test_clamp_sets_the_feature_and_keeps_the_error_term(backends, sae, tokens):
+    _, hf = backends
+    norms = sae.W_dec.norm(dim=-1)
+    max_act = torch.full((sae.cfg.d_sae,), 2.0)
+    with torch.no_grad():
+        x = scoring.capture_activations(hf, tokens, HOOK)
+        hook = steering.steering_hook(sae, {5: 3.0}, "clamp", max_act)
+        x_new = hook(x, None)
+    # the clamped value (folded units 2 * 3 = 6) is written in the SAE's own units
+    expected = sae.encode(x).clone()
+    expected[..., 5] = 6.0 / norms[5]
+    error = x - sae.decode(sae.encode(x))
+    torch.testing.assert_close(x_new, sae.decode(expected) + error, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(x_new, x)
+
+
+def test_direction_mode_sets_the_component_along_the_decoder_direction(backends, sae, tokens):
+    _, hf = backends
+    d = sae.W_dec[7] / sae.W_dec[7].norm()
+    max_act = torch.full((sae.cfg.d_sae,), 1.5)
+    with torch.no_grad():
+        x = scoring.capture_activations(hf, tokens, HOOK)
+        x_new = steering.steering_hook(sae, {7: 2.0}, "direction", max_act)(x, None)
+        added = steering.steering_hook(sae, {7: 2.0}, "add")(x, None)
+    torch.testing.assert_close(x_new @ d, torch.full(x.shape[:2], 3.0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(added - x, 2.0 * d.expand_as(x), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", steering.MODES)
+def test_backends_steer_to_the_same_logits(backends, sae, tokens, mode):
+    tl, hf = backends
+    max_act = torch.full((sae.cfg.d_sae,), 1.0)
+    outs = []
+    for model in backends:
+        with torch.no_grad(), steering.steer(model, sae, {3: 2.0, 9: -1.0}, mode, max_act):
+            outs.append(model(tokens))
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(outs[1], hf(tokens))
+
+
+def test_hooks_are_removed_even_when_generation_raises(backends, sae, tokens):
+    tl, hf = backends
+    for model in backends:
+        with pytest.raises(RuntimeError, match="boom"):
+            with steering.steer(model, sae, {1: 1.0}, "add"):
+                raise RuntimeError("boom")
+    assert not any(m._forward_hooks for m in hf.model.modules())
+    assert not any(hp.fwd_hooks for hp in tl.model.hook_dict.values())
+
+
+def test_steering_applies_during_kv_cached_generation(backends, sae, tokenizer):
+    _, hf = backends
+    prompts = ["<bos><|user|>Start at 12 and add 3, two times.<|assistant|><think>\n"]
+    clean = evaluation.generate(hf.model, tokenizer, prompts, max_new_tokens=8)
+    with steering.steer(hf, sae, {2: 50.0}, "add"):
+        steered = evaluation.generate(hf.model, tokenizer, prompts, max_new_tokens=8)
+    assert steered != clean
+
+
+@pytest.mark.parametrize("features,mode,max_act,match", [
+    ({999: 1.0}, "clamp", torch.ones(64), "feature_idx=999"),
+    ({1: float("nan")}, "clamp", torch.ones(64), "strength"),
+    ({1: 1.0}, "clamp", None, "max_activations"),
+    ({1: 1.0}, "clamp", torch.ones(3), "max_activations"),
+    ({1: 1.0}, "boost", torch.ones(64), "mode='boost'"),
+    ({}, "add", None, "features is empty"),
+])
+def test_bad_requests_fail_before_anything_is_attached(backends, sae, features, mode, max_act,
+                                                        match):
+    _, hf = backends
+    with pytest.raises(ValueError, match=match):
+        with steering.steer(hf, sae, features, mode, max_act):
+            pass
+    assert not any(m._forward_hooks for m in hf.model.modules())
+
+
+def test_an_sae_at_a_hook_the_model_lacks_is_an_error(backends):
+    cfg = StandardSAEConfig(d_in=32, d_sae=8)
+    cfg.metadata.hook_name = "blocks.7.hook_resid_post"
+    with pytest.raises(ValueError, match="hook_name"):
+        with steering.steer(backends[1], StandardSAE(cfg), {0: 1.0}, "add"):
+            pass
