@@ -36,7 +36,7 @@ def test_every_notebook_runs_on_the_smoke_profile(smoke_run):
     run = artifacts.RunDir("smoke", root=home / "data" / "runs" / "smoke")
     for name in (K.PROBLEMS, K.STEPS, K.DOCUMENTS, K.REASONING_MODEL_DIR, K.BASE_MODEL_DIR,
                  K.MODEL_EVAL, K.CONTEXTS.format(split="reasoning_train"), K.SAE_DIR, K.SAE_EVAL,
-                 K.REASON_SCORES, K.WINDOW_SHARES):
+                 K.REASON_SCORES, K.WINDOW_SHARES, K.STEERED_COMPLETIONS):
         assert run.path(name).exists(), name
         assert run.manifest(name)["profile"] == "smoke"
     steps = run.read_parquet(K.STEPS)

@@ -132,3 +132,19 @@ def test_an_sae_at_a_hook_the_model_lacks_is_an_error(backends):
     with pytest.raises(ValueError, match="hook_name"):
         with steering.steer(backends[1], StandardSAE(cfg), {0: 1.0}, "add"):
             pass
+
+
+def test_steered_completions_cover_every_condition(backends, sae, tokenizer):
+    tl, hf = backends
+    prompts = ["<bos><|user|>Start at 12 and add 3, two times.<|assistant|><think>\n"] * 2
+    frame = steering.steered_completions(hf, sae, prompts, [2, 4], [0.0, 50.0], mode="add",
+                                         max_new_tokens=6)
+    assert len(frame) == 2 * (1 + 2 * 2)
+    assert set(zip(frame.feature_idx, frame.strength)) == {(-1, 0.0), (2, 0.0), (2, 50.0),
+                                                           (4, 0.0), (4, 50.0)}
+    unsteered = frame[frame.feature_idx == -1].completion.tolist()
+    assert frame[(frame.feature_idx == 2) & (frame.strength == 0.0)].completion.tolist() == unsteered
+    with pytest.raises(ValueError, match="backend='hf'"):
+        steering.steered_completions(tl, sae, prompts, [2], [1.0], mode="add")
+    with pytest.raises(ValueError, match="feature_idx=640"):
+        steering.steered_completions(hf, sae, prompts, [640], [1.0], mode="add")

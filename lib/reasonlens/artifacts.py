@@ -40,6 +40,7 @@ PRODUCED_BY = {
     constants.SAE_HISTORY: "03_train_sae",
     constants.REASON_SCORES: "04_reason_score",
     constants.WINDOW_SHARES: "04_reason_score",
+    constants.STEERED_COMPLETIONS: "06_steering",
 }
 
 

@@ -19,6 +19,7 @@ SAE_EVAL = "sae/eval.json"  # held-out reconstruction metrics
 SAE_HISTORY = "sae/history.parquet"  # training curves
 REASON_SCORES = "scores/reason_scores.parquet"  # one row per feature: ReasonScore and its parts
 WINDOW_SHARES = "scores/window_shares.parquet"  # top features: share of top activations in windows
+STEERED_COMPLETIONS = "steering/completions.parquet"  # notebook 06: per condition and prompt
 MANIFEST_SUFFIX = ".manifest.json"  # beside every artifact: the config that made it
 
 # --- Special tokens of the synthetic world's tokenizer -------------------------------------------

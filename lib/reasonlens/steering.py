@@ -26,8 +26,10 @@ import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 
+import pandas as pd
 import torch
 
+from reasonlens import evaluation
 from reasonlens.models import parse_hook_name
 
 MODES = ("clamp", "direction", "add")
@@ -113,3 +115,45 @@ def steer(model, sae, features: Mapping[int, float], mode: str = "clamp",
     hook = steering_hook(sae, features, mode, max_activations)
     with model.hooks([(sae.cfg.metadata.hook_name, hook)]):
         yield model
+
+
+def steered_completions(model, sae, prompts: Sequence[str], feature_idx: Sequence[int],
+                        strengths: Sequence[float], max_activations=None, mode: str = "clamp",
+                        max_new_tokens: int = 160, batch_size: int = 64) -> pd.DataFrame:
+    """Greedy completions of ``prompts``, unsteered and steered on each feature at each strength.
+
+    Args:
+        model: an ``HFHookedModel`` (generation runs through transformers with a KV cache).
+        sae: the SAE whose features are steered.
+        prompts: texts to complete.
+        feature_idx: features to steer, one at a time.
+        strengths: strengths to try for each feature.
+        max_activations: ``[d_sae]`` (needed by ``clamp`` and ``direction``).
+        mode: see ``steer``.
+        max_new_tokens, batch_size: generation settings.
+
+    Returns:
+        One row per (condition, prompt): feature_idx (-1 = unsteered), strength, prompt_idx,
+        completion, generated_ids.
+
+    Raises:
+        ValueError: a model on another backend, or a bad steering request (before generating).
+    """
+    if getattr(model, "backend", None) != "hf":
+        raise ValueError("model must be loaded with backend='hf' (models.load_hooked(path, "
+                         "backend='hf')): generation runs through transformers.")
+    for idx in feature_idx:
+        for strength in strengths:
+            check_steering(model, sae, {idx: strength}, mode, max_activations)
+    conditions = [(-1, 0.0)] + [(int(f), float(s)) for f in feature_idx for s in strengths]
+    rows = []
+    for idx, strength in conditions:
+        context = (steer(model, sae, {idx: strength}, mode, max_activations) if idx >= 0
+                   else contextlib.nullcontext())
+        with context:
+            texts, ids = evaluation.generate(model.model, model.tokenizer, prompts,
+                                             max_new_tokens, batch_size, return_ids=True,
+                                             desc=f"feature {idx} x {strength}")
+        rows += [dict(feature_idx=idx, strength=strength, prompt_idx=i, completion=t,
+                      generated_ids=g) for i, (t, g) in enumerate(zip(texts, ids))]
+    return pd.DataFrame(rows)
