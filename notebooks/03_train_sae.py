@@ -59,7 +59,7 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from reasonlens import artifacts, data, models
+from reasonlens import artifacts, data, models, plotting
 from reasonlens import constants as K
 from reasonlens import sae as sae_lib
 
@@ -89,7 +89,7 @@ cfg = sae_lib.SAETrainConfig(
     n_checkpoints=n_checkpoints, seed=seed, device=sae_device)
 if sae_release is None:
     sae, history = sae_lib.train_sae(model, train_frame, cfg, run.path(K.SAE_CHECKPOINTS_DIR))
-    sae_lib.plot_training_curves(history, save_to=run.figure("03_training"))
+    plotting.training_curves(history, save_to=run.figure("03_training"))
 else:
     sae, history = sae_lib.load_pretrained_sae(sae_release, sae_id, device=sae_device), None
     hook_name = sae_lib.check_sae_matches_model(model, sae, sae.cfg.metadata.hook_name or hook_name)
@@ -112,7 +112,8 @@ display(pd.Series(metrics, name="value").to_frame().round(4))
 # below log10 density 0 (every token) and few dead features.
 
 # %%
-sae_lib.plot_feature_density(evaluation.feature_density, save_to=run.figure("03_feature_density"));
+plotting.feature_density_histogram(evaluation.feature_density,
+                                  save_to=run.figure("03_feature_density"));
 
 # %% [markdown]
 # ## Write the artifacts

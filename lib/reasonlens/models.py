@@ -204,6 +204,45 @@ def parse_hook_name(hook_name: str, n_layers: int) -> tuple[int, str]:
     return layer, match.group(2)
 
 
+def sae_hook_name(sae, hook_name: str | None = None) -> str:
+    """``hook_name``, or the SAE's own (``sae.cfg.metadata.hook_name``).
+
+    Raises:
+        ValueError: neither is set.
+    """
+    hook_name = hook_name or getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
+    if not hook_name:
+        raise ValueError("hook_name is None and the SAE records none (sae.cfg.metadata.hook_name);"
+                         " pass hook_name='blocks.{layer}.hook_resid_post'.")
+    return hook_name
+
+
+def check_sae_fits(sae, n_layers: int, d_model: int, hook_name: str | None = None) -> str:
+    """Check that ``sae`` reads a model of ``n_layers`` and ``d_model``; return its hook name.
+
+    Args:
+        sae: a SAELens SAE.
+        n_layers, d_model: the model's size.
+        hook_name: the hook point (the SAE's own, ``sae.cfg.metadata.hook_name``, when None).
+
+    Raises:
+        ValueError: no hook name, a hook point the model lacks, or ``sae.cfg.d_in != d_model``.
+    """
+    hook_name = sae_hook_name(sae, hook_name)
+    parse_hook_name(hook_name, n_layers)
+    if sae.cfg.d_in != d_model:
+        raise ValueError(f"sae.cfg.d_in={sae.cfg.d_in} does not match the model's d_model="
+                         f"{d_model}; load the SAE trained on this model's {hook_name} "
+                         "(or retrain it with notebook 03).")
+    return hook_name
+
+
+def special_token_ids(tokenizer) -> tuple[int, ...]:
+    """BOS, EOS and PAD ids of ``tokenizer``: the tokens the paper leaves out of statistics."""
+    ids = (getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad"))
+    return tuple(sorted({int(i) for i in ids if i is not None}))
+
+
 class HookedModel:
     """What both backends share: TransformerLens hook names and ``model(tokens)`` -> logits."""
 

@@ -123,3 +123,31 @@ def grouped_histogram(values: dict[str, np.ndarray], xlabel: str, save_to=None):
     ax.set_ylabel("density")
     ax.legend()
     return _finish(fig, save_to)
+
+
+def training_curves(history: pd.DataFrame, save_to=None):
+    """Loss components, explained variance and L0 over training (notebook 03)."""
+    losses = [c for c in history.columns if c.endswith("_loss")]
+    panels = [("loss", losses), ("explained variance", ["explained_variance"]), ("L0", ["l0"])]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, (title, columns) in zip(axes, panels):
+        for column in columns:
+            if column in history:
+                ax.plot(history["step"], history[column], label=column)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    return _finish(fig, save_to)
+
+
+def feature_density_histogram(feature_density: np.ndarray, save_to=None):
+    """Histogram of log10 feature density; dead features (density 0) are counted in the title."""
+    density = np.asarray(feature_density)
+    alive = density[density > 0]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(np.log10(alive), bins=50)
+    ax.set_xlabel("log10 feature density (fraction of tokens a feature fires on)")
+    ax.set_ylabel("features")
+    ax.set_title(f"{len(density)} features, {int((density == 0).sum())} dead")
+    return _finish(fig, save_to)

@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 
 from reasonlens.config import Config, check_range
-from reasonlens.models import parse_hook_name
+from reasonlens.models import check_sae_fits, parse_hook_name, special_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -175,22 +175,7 @@ def check_sae_matches_model(model, sae, hook_name: str | None = None) -> str:
         ValueError: a hook point the model lacks, or ``sae.cfg.d_in`` != the model's d_model.
     """
     ht = _hooked_transformer(model)
-    hook_name = hook_name or sae.cfg.metadata.hook_name
-    if hook_name is None:
-        raise ValueError("hook_name is not given and the SAE's metadata does not record one; "
-                         "pass hook_name='blocks.{layer}.hook_resid_post'.")
-    parse_hook_name(hook_name, ht.cfg.n_layers)
-    if sae.cfg.d_in != ht.cfg.d_model:
-        raise ValueError(f"SAE d_in={sae.cfg.d_in} does not match the model's d_model="
-                         f"{ht.cfg.d_model}. Use an SAE trained on this model (or its release "
-                         "for this model), or retrain with notebook 03.")
-    return hook_name
-
-
-def special_token_ids(tokenizer) -> list[int]:
-    """BOS, EOS and PAD ids of ``tokenizer`` (the tokens the paper ignores)."""
-    ids = {getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad")}
-    return sorted(i for i in ids if i is not None)
+    return check_sae_fits(sae, ht.cfg.n_layers, ht.cfg.d_model, hook_name)
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -573,42 +558,3 @@ def evaluate_sae(model, sae, tokens, hook_name: str | None = None, batch_size: i
         frac_dead=float((density == 0).mean()), ce_clean=clean, ce_spliced=spliced,
         ce_zero_ablation=zero, ce_loss_recovered=(zero - spliced) / (zero - clean),
         n_tokens=n_tokens, feature_density=density)
-
-
-# --- figures ------------------------------------------------------------------------------------
-def plot_training_curves(history: pd.DataFrame, save_to=None):
-    """Loss components, explained variance and L0 over training (notebook 03)."""
-    import matplotlib.pyplot as plt
-
-    losses = [c for c in history.columns if c.endswith("_loss")]
-    panels = [("loss", losses), ("explained variance", ["explained_variance"]), ("L0", ["l0"])]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-    for ax, (title, columns) in zip(axes, panels):
-        for column in columns:
-            if column in history:
-                ax.plot(history["step"], history[column], label=column)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-    axes[0].set_yscale("log")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    if save_to is not None:
-        fig.savefig(save_to, dpi=120, bbox_inches="tight")
-    return fig
-
-
-def plot_feature_density(feature_density: np.ndarray, save_to=None):
-    """Histogram of log10 feature density; dead features (density 0) are counted in the title."""
-    import matplotlib.pyplot as plt
-
-    density = np.asarray(feature_density)
-    alive = density[density > 0]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.hist(np.log10(alive), bins=50)
-    ax.set_xlabel("log10 feature density (fraction of tokens a feature fires on)")
-    ax.set_ylabel("features")
-    ax.set_title(f"{len(density)} features, {int((density == 0).sum())} dead")
-    fig.tight_layout()
-    if save_to is not None:
-        fig.savefig(save_to, dpi=120, bbox_inches="tight")
-    return fig

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from reasonlens.config import Config, check_range
 from reasonlens.constants import REASONING_WORDS
-from reasonlens.models import parse_hook_name
+from reasonlens.models import check_sae_fits, parse_hook_name, sae_hook_name, special_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +181,7 @@ def default_ignore_ids(tokenizer, cfg: ReasonScoreConfig) -> tuple[int, ...]:
     """``cfg.ignore_token_ids``, or the tokenizer's BOS, EOS and PAD ids."""
     if cfg.ignore_token_ids is not None:
         return cfg.ignore_token_ids
-    ids = (getattr(tokenizer, name, None) for name in ("bos_token_id", "eos_token_id",
-                                                         "pad_token_id"))
-    return tuple(sorted({int(i) for i in ids if i is not None}))
+    return special_token_ids(tokenizer)
 
 
 # --- Masks --------------------------------------------------------------------------------------
@@ -414,14 +412,6 @@ def folded_sae(sae):
     return sae.eval()
 
 
-def _resolve_hook(sae, hook_name: str | None) -> str:
-    hook_name = hook_name or getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
-    if not hook_name:
-        raise ValueError("hook_name is None and the SAE records none (sae.cfg.metadata.hook_name); "
-                         "pass hook_name='blocks.{layer}.hook_resid_post'.")
-    return hook_name
-
-
 def _check_inputs(model, sae, tokens, hook_name: str) -> torch.Tensor:
     if isinstance(tokens, pd.DataFrame):
         from reasonlens.data import contexts_tensor
@@ -430,10 +420,7 @@ def _check_inputs(model, sae, tokens, hook_name: str) -> torch.Tensor:
         shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
         raise ValueError(f"tokens must be a non-empty [batch, pos] tensor of token ids, got {shape}."
                          " Check that notebook 01 wrote contexts for this split.")
-    parse_hook_name(hook_name, model.n_layers)
-    if sae.cfg.d_in != model.d_model:
-        raise ValueError(f"sae.cfg.d_in={sae.cfg.d_in} does not match the model's d_model="
-                         f"{model.d_model}; load the SAE trained on this model's {hook_name}.")
+    check_sae_fits(sae, model.n_layers, model.d_model, hook_name)
     return tokens.long()
 
 
@@ -474,7 +461,7 @@ def accumulate_stats(model, sae, tokens, cfg: ReasonScoreConfig, batch_indices=N
         ValueError: empty tokens, a hook the model lacks, an SAE of another width, no usable word.
         FloatingPointError: non-finite activations.
     """
-    hook_name = _resolve_hook(sae, cfg.hook_name)
+    hook_name = sae_hook_name(sae, cfg.hook_name)
     tokens = _check_inputs(model, sae, tokens, hook_name)
     groups = reasoning_groups(model.tokenizer, cfg)
     ignore_ids = default_ignore_ids(model.tokenizer, cfg)
@@ -560,7 +547,7 @@ def prompt_score(model, sae, tokens: torch.Tensor, feature_idx: Sequence[int] | 
     Raises:
         ValueError: empty tokens or feature_idx, top_k < 1, a bad hook or SAE width.
     """
-    hook_name = _resolve_hook(sae, hook_name)
+    hook_name = sae_hook_name(sae, hook_name)
     tokens = _check_inputs(model, sae, tokens, hook_name)
     idx = torch.as_tensor(feature_idx, dtype=torch.long).reshape(-1)
     if idx.numel() == 0:
@@ -604,7 +591,7 @@ def top_activation_window_share(model, sae, tokens, feature_idx: Sequence[int],
     """
     cfg = cfg or ReasonScoreConfig()
     check_range("n_top", n_top, 1)
-    hook_name = _resolve_hook(sae, cfg.hook_name)
+    hook_name = sae_hook_name(sae, cfg.hook_name)
     tokens = _check_inputs(model, sae, tokens, hook_name)
     groups = reasoning_groups(model.tokenizer, cfg)
     ignore_ids = default_ignore_ids(model.tokenizer, cfg)

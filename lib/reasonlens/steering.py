@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from reasonlens import evaluation
-from reasonlens.models import parse_hook_name
+from reasonlens.models import check_sae_fits
 
 MODES = ("clamp", "direction", "add")
 
@@ -47,11 +47,7 @@ def check_steering(model, sae, features: Mapping[int, float], mode: str,
         raise ValueError(f"mode={mode!r} is unknown; use one of {MODES}.")
     if not features:
         raise ValueError("features is empty; pass {feature_idx: strength}.")
-    hook_name = sae.cfg.metadata.hook_name
-    parse_hook_name(hook_name, model.n_layers)
-    if sae.cfg.d_in != model.d_model:
-        raise ValueError(f"the SAE's d_in={sae.cfg.d_in} does not match the model's "
-                         f"d_model={model.d_model}; load the SAE trained on this model.")
+    check_sae_fits(sae, model.n_layers, model.d_model)
     for idx, strength in features.items():
         if not 0 <= int(idx) < sae.cfg.d_sae:
             raise ValueError(f"feature_idx={idx} is outside the SAE (d_sae={sae.cfg.d_sae}).")
