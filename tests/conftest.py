@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import helpers  # noqa: E402
 from reasonlens import data, models  # noqa: E402
+from sae_lens import StandardSAE, StandardSAEConfig  # noqa: E402
 from reasonlens.world import generate_world  # noqa: E402
 
 
@@ -48,3 +49,35 @@ def saved_toy_model(tmp_path_factory, toy_model, tokenizer):
     toy_model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def sae():
+    """A random SAE (d_sae 64) at blocks.1.hook_resid_post of ``toy_model``, decoder not unit-norm."""
+    torch.manual_seed(3)
+    cfg = StandardSAEConfig(d_in=32, d_sae=64)
+    cfg.metadata.hook_name = "blocks.1.hook_resid_post"
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(32, 64) * 0.3)
+        sae.W_dec.copy_(torch.randn(64, 32) * 0.5)  # unit norms deliberately not folded
+        sae.b_enc.copy_(torch.randn(64) * 0.1)
+    return sae.eval()
+
+
+@pytest.fixture(scope="session")
+def browser_install():
+    """Install Debian's chromium and node-d3 when missing; None, or why they could not be."""
+    import chromium
+
+    return chromium.ensure_installed()
+
+
+@pytest.fixture(scope="session")
+def browser(browser_install):
+    """The headless-Chromium helper module; the test is skipped when it cannot be installed."""
+    import chromium
+
+    if browser_install is not None:
+        pytest.skip(f"headless Chromium is not available: {browser_install}")
+    return chromium

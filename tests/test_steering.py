@@ -1,23 +1,9 @@
 import pytest
 import torch
-from sae_lens import StandardSAE, StandardSAEConfig
 
 from reasonlens import evaluation, models, scoring, steering
 
-HOOK = "blocks.1.hook_resid_post"
-
-
-@pytest.fixture(scope="module")
-def sae():
-    torch.manual_seed(3)
-    cfg = StandardSAEConfig(d_in=32, d_sae=64)
-    cfg.metadata.hook_name = HOOK
-    sae = StandardSAE(cfg)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(32, 64) * 0.3)
-        sae.W_dec.copy_(torch.randn(64, 32) * 0.5)  # unit norms deliberately not folded
-        sae.b_enc.copy_(torch.randn(64) * 0.1)
-    return sae.eval()
+HOOK = "blocks.1.hook_resid_post"  # the conftest SAE's hook point
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,110 @@
+"""The lm-evaluation-harness path: ``reasonlens-steered`` through the real ``lm_eval`` command line."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from reasonlens import evaluation, harness, models, steering
+from reasonlens.sae import save_sae
+from reasonlens.world import prompt
+
+FEATURE, STRENGTH, MAX_ACT = 5, 4.0, 1.5
+
+
+@pytest.fixture(scope="module")
+def problems(world):
+    return world.problems[world.problems.split == "test"].head(6)
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory, sae):
+    return save_sae(sae, tmp_path_factory.mktemp("sae") / "sae")
+
+
+def _lm_eval(tmp_path, model_path, task_dir, **steer) -> pd.DataFrame:
+    args = ",".join(f"{k}={v}" for k, v in {"pretrained": model_path, "dtype": "float32",
+                                             **steer}.items())
+    out = tmp_path / ("steered" if steer else "unsteered")
+    subprocess.run([sys.executable, "-m", "reasonlens.harness", "--model", harness.MODEL_NAME,
+                    "--model_args", args, "--tasks", "reasonlens_world", "--include_path",
+                    str(task_dir), "--device", "cpu", "--batch_size", "6", "--output_path",
+                    str(out), "--log_samples"], check=True, capture_output=True, text=True)
+    samples = next(out.rglob("samples_reasonlens_world_*.jsonl"))
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    return pd.DataFrame({"doc_id": [r["doc_id"] for r in rows],
+                         "completion": [r["resps"][0][0] for r in rows],
+                         "exact_match": [r["exact_match"] for r in rows]}).sort_values("doc_id")
+
+
+@pytest.mark.slow
+def test_lm_eval_runs_the_world_task_steered_and_unsteered(tmp_path, saved_toy_model, sae,
+                                                           sae_dir, problems):
+    task_dir = tmp_path / "tasks"
+    harness.world_task(problems, task_dir, max_gen_toks=12)
+    plain = _lm_eval(tmp_path, saved_toy_model, task_dir)
+    steered = _lm_eval(tmp_path, saved_toy_model, task_dir, sae=sae_dir, features=FEATURE,
+                       strength=STRENGTH, max_activations=MAX_ACT)
+
+    # the harness's greedy completions are ours, unsteered and steered with the same hook
+    model = models.load_hooked(saved_toy_model, backend="hf")
+    prompts = [prompt(q, reasoning=True) for q in problems.question]
+    ours = evaluation.generate(model.model, model.tokenizer, prompts, max_new_tokens=12)
+    maxima = torch.zeros(sae.cfg.d_sae)
+    maxima[FEATURE] = MAX_ACT
+    with steering.steer(model, sae, {FEATURE: STRENGTH}, max_activations=maxima):
+        ours_steered = evaluation.generate(model.model, model.tokenizer, prompts, max_new_tokens=12)
+    clean = lambda texts: [t.replace("<eos>", "").strip() for t in texts]  # noqa: E731
+    assert clean(plain.completion) == clean(ours)
+    assert clean(steered.completion) == clean(ours_steered)
+    assert clean(ours_steered) != clean(ours)
+    expected = [float(evaluation.parse_answer(c) == a) for c, a in zip(ours, problems.answer)]
+    assert plain.exact_match.tolist() == expected
+
+
+def test_world_task_scores_the_answer_as_parse_answer_does(tmp_path, problems):
+    path = harness.world_task(problems, tmp_path)
+    docs = [json.loads(line) for line in (tmp_path / "reasonlens_world.jsonl").read_text()
+            .splitlines()]
+    assert [d["answer"] for d in docs] == [str(a) for a in problems.answer]
+    assert docs[0]["prompt"].endswith("<think>\n")
+    import re
+
+    import yaml
+    pattern = yaml.safe_load(path.read_text())["filter_list"][0]["filter"][0]["regex_pattern"]
+    for text in ("so the answer is 3. Wait, the answer is 4.</think>The answer is 5.",
+                 "the answer is 7 and then</think> no answer", "no answer at all"):
+        found = re.search(pattern, text)
+        assert (int(found.group(1)) if found else None) == evaluation.parse_answer(text)
+    with pytest.raises(ValueError, match="problems is empty"):
+        harness.world_task(problems.head(0), tmp_path)
+
+
+@pytest.mark.parametrize("args, match", [
+    (dict(features="3;999", max_activations="1;1"), "outside the SAE"),
+    (dict(features=3, strength="nan", max_activations=1.0), "not finite"),
+    (dict(features=3, strength="x"), "strength='x' must be a number"),
+    (dict(features="3;4", strength="1;2;3", max_activations="1;1"), "strength has 3 values"),
+    (dict(features=3, max_activations="1;2"), "one per feature"),
+    (dict(features=3), "needs max_activations"),
+    (dict(features=3, max_activations="/no/such.parquet"), "does not exist"),
+])
+def test_bad_model_args_fail_when_the_model_is_built(saved_toy_model, sae_dir, args, match):
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        harness.SteeredHFLM(pretrained=str(saved_toy_model), sae=str(sae_dir), device="cpu",
+                            **args)
+
+
+def test_features_without_an_sae_is_an_error(saved_toy_model):
+    with pytest.raises(ValueError, match="no SAE"):
+        harness.SteeredHFLM(pretrained=str(saved_toy_model), device="cpu", features=3)
+
+
+def test_max_activations_come_from_a_scores_parquet(tmp_path):
+    path = tmp_path / "scores.parquet"
+    pd.DataFrame({"feature_idx": [0, 1, 2], "max_activation": [0.5, 2.0, 1.0]}).to_parquet(path)
+    assert harness.max_activation_vector(str(path), [1], 3).tolist() == [0.5, 2.0, 1.0]
+    assert harness.max_activation_vector("3;4", [0, 2], 3)[[0, 2]].tolist() == [3.0, 4.0]
