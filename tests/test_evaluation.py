@@ -63,3 +63,39 @@ def test_bad_generation_input_is_a_clear_error(toy_model, tokenizer, world):
         evaluation.generate(toy_model, tokenizer, ["x"], temperature=float("nan"))
     with pytest.raises(ValueError, match="problems is empty"):
         evaluation.evaluate_answers(toy_model, tokenizer, world.problems.head(0), reasoning=False)
+
+
+def test_condition_table_gives_intervals_and_paired_differences(tokenizer):
+    import pandas as pd
+
+    from reasonlens import evaluation
+    close = tokenizer.convert_tokens_to_ids("</think>")
+    frame = pd.DataFrame({
+        "condition": ["unsteered"] * 4 + ["up"] * 4,
+        "prompt_idx": [0, 1, 2, 3] * 2,
+        "completion": ["so the answer is 1</think>The answer is 1."] * 4
+        + ["Wait, maybe the answer is 2</think>The answer is 2."] * 4,
+        "generated_ids": [[5, close, 6]] * 4 + [[5, 5, 5, close]] * 4,
+    })
+    scored = evaluation.score_completions(frame, [1, 2, 2, 2], tokenizer)
+    assert scored.is_correct.tolist() == [True, False, False, False] + [False, True, True, True]
+    assert scored.reasoning_tokens.tolist() == [1] * 4 + [3] * 4
+    assert scored.reasoning_words.tolist() == [0] * 4 + [2] * 4
+    table = evaluation.condition_table(scored).set_index("condition")
+    assert table.loc["up", "is_correct"] == 0.75
+    assert table.loc["up", "reasoning_tokens_diff"] == 2
+    assert table.loc["up", "is_correct_diff"] == 0.5
+    assert table.loc["up", "is_correct_diff_low"] <= 0.5 <= table.loc["up", "is_correct_diff_high"]
+    assert table.loc["unsteered", "reasoning_words_diff"] == 0
+    with pytest.raises(ValueError, match="reference='none'"):
+        evaluation.condition_table(scored, reference="none")
+    with pytest.raises(ValueError, match="paired"):
+        evaluation.condition_table(scored[scored.index != 7])
+
+
+def test_bootstrap_interval_covers_the_mean_and_rejects_empty_input():
+    from reasonlens import evaluation
+    mean, low, high = evaluation.bootstrap_interval([0, 1] * 50)
+    assert mean == 0.5 and 0.38 < low < 0.5 < high < 0.62
+    with pytest.raises(ValueError, match="empty"):
+        evaluation.bootstrap_interval([])

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from sae_lens import StandardSAE, StandardSAEConfig
 
 from reasonlens import evaluation, models, scoring, steering
 
@@ -134,3 +135,39 @@ def test_steered_completions_cover_every_condition(backends, sae, tokenizer):
         steering.steered_completions(tl, sae, prompts, [2], [1.0], mode="add")
     with pytest.raises(ValueError, match="feature_idx=640"):
         steering.steered_completions(hf, sae, prompts, [640], [1.0], mode="add")
+
+
+def test_run_conditions_names_each_condition_and_ablates_several_features(backends, sae, tokens):
+    tl, hf = backends
+    prompts = ["<bos><|user|>Start at 12 and add 3, two times.<|assistant|><think>\n"] * 2
+    maxima = torch.ones(sae.cfg.d_sae)
+    frame = steering.run_conditions(hf, sae, prompts, {"none": None, "ablate": {1: 0.0, 2: 0.0},
+                                                       "up": {1: 40.0, 2: 40.0}},
+                                    max_activations=maxima, max_new_tokens=6)
+    assert frame.condition.tolist() == ["none"] * 2 + ["ablate"] * 2 + ["up"] * 2
+    assert frame.prompt_idx.tolist() == [0, 1] * 3
+    assert frame[frame.condition == "up"].completion.tolist() != \
+        frame[frame.condition == "none"].completion.tolist()
+    # zero-ablation removes exactly both features' decoder contributions (error term kept)
+    x = scoring.capture_activations(hf, tokens, HOOK)
+    hook = steering.steering_hook(sae, {1: 0.0, 2: 0.0}, "clamp", maxima)
+    f = sae.encode(x)
+    removed = f[..., [1, 2]] @ sae.W_dec[[1, 2]]
+    assert torch.allclose(hook(x, None), x - removed, atol=1e-5) and removed.abs().max() > 0.01
+    with pytest.raises(ValueError, match="feature_idx=99"):  # checked before generating anything
+        steering.run_conditions(hf, sae, prompts, {"ok": {1: 1.0}, "bad": {99: 1.0}},
+                                max_activations=maxima)
+
+
+def test_density_matched_controls_are_close_in_density_and_distinct():
+    import pandas as pd
+    density = [0.1, 0.11, 0.09, 0.5, 0.0, 0.001, 0.0011, 0.3]
+    scores = pd.DataFrame({"feature_idx": range(8), "density": density})
+    assert steering.density_matched_controls(scores, [0, 5], n_neighbours=1) == [1, 6]
+    controls = steering.density_matched_controls(scores, [0], n_neighbours=1, exclude=[1])
+    assert controls == [2]  # 1 is excluded; 2 is the nearest left
+    assert steering.density_matched_controls(scores, [0, 5], seed=4) == \
+        steering.density_matched_controls(scores, [0, 5], seed=4)
+    assert 4 not in steering.density_matched_controls(scores, [5], n_neighbours=7)  # dead
+    with pytest.raises(ValueError, match="not in scores"):
+        steering.density_matched_controls(scores, [42])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -144,14 +145,17 @@ def mix_documents(documents: pd.DataFrame, split: str, kinds: Sequence[str]) -> 
 MIXES = {"reasoning": ("trace", "plain", "chat"), "base": ("plain", "chat")}
 
 
+def word_counts(texts: Sequence[str], words: Sequence[str]) -> pd.DataFrame:
+    """Occurrences of each word (case-insensitive, whole words) in each text: ``[texts, words]``."""
+    patterns = {w: re.compile(rf"\b{re.escape(w.lower())}\b") for w in words}
+    return pd.DataFrame([{w: len(p.findall(t.lower())) for w, p in patterns.items()}
+                         for t in texts], columns=list(words), dtype=float)
+
+
 def word_rates(texts: Sequence[str], words: Sequence[str]) -> pd.Series:
     """Occurrences of each word (case-insensitive, whole words) per 1,000 words of ``texts``."""
-    import re
-
-    joined = " ".join(texts).lower()
-    n_words = max(1, len(re.findall(r"[a-z]+", joined)))
-    counts = {w: len(re.findall(rf"\b{re.escape(w.lower())}\b", joined)) for w in words}
-    return pd.Series(counts, dtype=float) * 1000 / n_words
+    n_words = max(1, sum(len(re.findall(r"[a-z]+", t.lower())) for t in texts))
+    return word_counts(texts, words).sum(axis=0) * 1000 / n_words
 
 
 def label_step_tokens(steps: pd.DataFrame, tokenizer) -> pd.DataFrame:

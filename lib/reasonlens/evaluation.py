@@ -136,6 +136,23 @@ def accuracy_table(results: dict[str, pd.DataFrame], by: str | None = None) -> p
     return pd.DataFrame(rows)
 
 
+def bootstrap_interval(values: Sequence[float], n_boot: int = 5000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``values`` with a percentile bootstrap interval: ``(mean, ci_low, ci_high)``.
+
+    Raises:
+        ValueError: ``values`` is empty.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        raise ValueError("values is empty: nothing to bootstrap.")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return (float(values.mean()), float(np.percentile(means, tail)),
+            float(np.percentile(means, 100 - tail)))
+
+
 def paired_bootstrap_difference(a: Sequence[float], b: Sequence[float], n_boot: int = 5000,
                                 seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """Mean of ``a - b`` over paired items with a percentile bootstrap interval.
@@ -149,8 +166,70 @@ def paired_bootstrap_difference(a: Sequence[float], b: Sequence[float], n_boot: 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.size == 0:
         raise ValueError(f"a and b must be paired, non-empty samples (got {a.shape}, {b.shape}).")
-    diff = a - b
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return float(diff.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+    return bootstrap_interval(a - b, n_boot, seed, level)
+
+
+def score_completions(frame: pd.DataFrame, answers: Sequence[int], tokenizer,
+                      words: Sequence[str] = K.REASONING_WORDS) -> pd.DataFrame:
+    """Add is_correct, reasoning_tokens and reasoning_words to completions.
+
+    Args:
+        frame: rows with prompt_idx, completion and generated_ids (``steering.run_conditions``).
+        answers: the right answer of each prompt, by prompt_idx.
+        tokenizer: the model's tokenizer (to find ``</think>``).
+        words: the vocabulary counted in the reasoning part (before ``</think>``).
+
+    Returns:
+        A copy of ``frame`` with the three columns.
+    """
+    from reasonlens.data import word_counts
+
+    frame = frame.copy()
+    answers = list(answers)
+    frame["is_correct"] = [parse_answer(c) == answers[i]
+                           for c, i in zip(frame.completion, frame.prompt_idx)]
+    frame["reasoning_tokens"] = [reasoning_length(ids, tokenizer) for ids in frame.generated_ids]
+    thinking = [c.split(K.THINK_CLOSE)[0] for c in frame.completion]
+    frame["reasoning_words"] = word_counts(thinking, words).sum(axis=1).to_numpy()
+    return frame
+
+
+METRICS = ("is_correct", "reasoning_tokens", "reasoning_words")
+
+
+def condition_table(frame: pd.DataFrame, reference: str = "unsteered",
+                    metrics: Sequence[str] = METRICS, n_boot: int = 5000,
+                    seed: int = 0) -> pd.DataFrame:
+    """Each condition's metrics with bootstrap 95% intervals, and paired differences to a reference.
+
+    Args:
+        frame: scored completions (``score_completions``), one row per condition and prompt.
+        reference: the condition others are compared with, prompt by prompt.
+        metrics: columns to summarise (booleans count as 0/1).
+        n_boot, seed: bootstrap settings.
+
+    Returns:
+        One row per condition (in order of appearance): n, then for each metric m: m, m_low,
+        m_high, and m_diff, m_diff_low, m_diff_high (condition minus reference, paired).
+
+    Raises:
+        ValueError: ``reference`` is not a condition, or a condition covers other prompts.
+    """
+    if reference not in set(frame.condition):
+        raise ValueError(f"reference={reference!r} is not a condition; conditions are "
+                         f"{list(dict.fromkeys(frame.condition))}.")
+    base = frame[frame.condition == reference].set_index("prompt_idx").sort_index()
+    rows = []
+    for name, group in frame.groupby("condition", sort=False):
+        group = group.set_index("prompt_idx").sort_index()
+        if not group.index.equals(base.index):
+            raise ValueError(f"condition {name!r} covers other prompts than {reference!r}; "
+                             "differences must be paired.")
+        row = {"condition": name, "n": len(group)}
+        for m in metrics:
+            x, r = group[m].astype(float), base[m].astype(float)
+            row[m], row[f"{m}_low"], row[f"{m}_high"] = bootstrap_interval(x, n_boot, seed)
+            (row[f"{m}_diff"], row[f"{m}_diff_low"],
+             row[f"{m}_diff_high"]) = paired_bootstrap_difference(x, r, n_boot, seed)
+        rows.append(row)
+    return pd.DataFrame(rows)

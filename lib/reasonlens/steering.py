@@ -26,10 +26,12 @@ import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
 from reasonlens import evaluation
+from reasonlens.config import check_range
 from reasonlens.models import check_sae_fits
 
 MODES = ("clamp", "direction", "add")
@@ -113,24 +115,24 @@ def steer(model, sae, features: Mapping[int, float], mode: str = "clamp",
         yield model
 
 
-def steered_completions(model, sae, prompts: Sequence[str], feature_idx: Sequence[int],
-                        strengths: Sequence[float], max_activations=None, mode: str = "clamp",
-                        max_new_tokens: int = 160, batch_size: int = 64) -> pd.DataFrame:
-    """Greedy completions of ``prompts``, unsteered and steered on each feature at each strength.
+def run_conditions(model, sae, prompts: Sequence[str],
+                   conditions: Mapping[str, Mapping[int, float] | None], max_activations=None,
+                   mode: str = "clamp", max_new_tokens: int = 160, batch_size: int = 64,
+                   temperature: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """Completions of ``prompts`` under named interventions, each checked before any generation.
 
     Args:
         model: an ``HFHookedModel`` (generation runs through transformers with a KV cache).
         sae: the SAE whose features are steered.
         prompts: texts to complete.
-        feature_idx: features to steer, one at a time.
-        strengths: strengths to try for each feature.
+        conditions: name -> {feature_idx: strength}; ``None`` (or empty) runs unsteered. Strength
+            0 in ``clamp`` mode zero-ablates the feature (the error term is kept).
         max_activations: ``[d_sae]`` (needed by ``clamp`` and ``direction``).
         mode: see ``steer``.
-        max_new_tokens, batch_size: generation settings.
+        max_new_tokens, batch_size, temperature, seed: generation settings (greedy by default).
 
     Returns:
-        One row per (condition, prompt): feature_idx (-1 = unsteered), strength, prompt_idx,
-        completion, generated_ids.
+        One row per (condition, prompt): condition, prompt_idx, completion, generated_ids.
 
     Raises:
         ValueError: a model on another backend, or a bad steering request (before generating).
@@ -138,18 +140,72 @@ def steered_completions(model, sae, prompts: Sequence[str], feature_idx: Sequenc
     if getattr(model, "backend", None) != "hf":
         raise ValueError("model must be loaded with backend='hf' (models.load_hooked(path, "
                          "backend='hf')): generation runs through transformers.")
-    for idx in feature_idx:
-        for strength in strengths:
-            check_steering(model, sae, {idx: strength}, mode, max_activations)
-    conditions = [(-1, 0.0)] + [(int(f), float(s)) for f in feature_idx for s in strengths]
+    for features in conditions.values():
+        if features:
+            check_steering(model, sae, features, mode, max_activations)
     rows = []
-    for idx, strength in conditions:
-        context = (steer(model, sae, {idx: strength}, mode, max_activations) if idx >= 0
+    for name, features in conditions.items():
+        context = (steer(model, sae, features, mode, max_activations) if features
                    else contextlib.nullcontext())
         with context:
             texts, ids = evaluation.generate(model.model, model.tokenizer, prompts,
-                                             max_new_tokens, batch_size, return_ids=True,
-                                             desc=f"feature {idx} x {strength}")
-        rows += [dict(feature_idx=idx, strength=strength, prompt_idx=i, completion=t,
-                      generated_ids=g) for i, (t, g) in enumerate(zip(texts, ids))]
+                                             max_new_tokens, batch_size, temperature, seed,
+                                             desc=name, return_ids=True)
+        rows += [dict(condition=name, prompt_idx=i, completion=t, generated_ids=g)
+                 for i, (t, g) in enumerate(zip(texts, ids))]
     return pd.DataFrame(rows)
+
+
+def steered_completions(model, sae, prompts: Sequence[str], feature_idx: Sequence[int],
+                        strengths: Sequence[float], max_activations=None, mode: str = "clamp",
+                        max_new_tokens: int = 160, batch_size: int = 64) -> pd.DataFrame:
+    """Greedy completions of ``prompts``, unsteered and steered on each feature at each strength.
+
+    Returns:
+        ``run_conditions``'s frame with feature_idx (-1 = unsteered) and strength; conditions are
+        named ``unsteered`` and ``f<idx> x<strength>``.
+    """
+    conditions = {"unsteered": None} | {f"f{int(f)} x{float(s):g}": {int(f): float(s)}
+                                        for f in feature_idx for s in strengths}
+    frame = run_conditions(model, sae, prompts, conditions, max_activations, mode,
+                           max_new_tokens, batch_size)
+    steered = {name: next(iter(c.items())) if c else (-1, 0.0) for name, c in conditions.items()}
+    frame["feature_idx"] = [steered[c][0] for c in frame.condition]
+    frame["strength"] = [steered[c][1] for c in frame.condition]
+    return frame
+
+
+def density_matched_controls(scores: pd.DataFrame, features: Sequence[int], seed: int = 0,
+                             n_neighbours: int = 10, exclude: Sequence[int] = ()) -> list[int]:
+    """For each feature, a random feature of about the same density (a control for steering).
+
+    Each control is drawn from the ``n_neighbours`` features closest in log density, leaving out
+    ``features``, ``exclude`` (e.g. the top ReasonScore features), dead features and earlier picks.
+
+    Args:
+        scores: ReasonScore frame with ``feature_idx`` and ``density``.
+        features: the features to match.
+        seed: the draw's seed.
+        n_neighbours: candidates per feature.
+        exclude: features never drawn.
+
+    Raises:
+        ValueError: a feature not in ``scores``, or too few live features left to draw from.
+    """
+    check_range("n_neighbours", n_neighbours, 1)
+    density = scores.set_index("feature_idx").density
+    missing = [f for f in features if f not in density.index]
+    if missing:
+        raise ValueError(f"features {missing} are not in scores (feature_idx 0..{len(scores) - 1}).")
+    rng = np.random.default_rng(seed)
+    taken = set(features) | set(exclude)
+    controls = []
+    for f in features:
+        pool = density[(density > 0) & ~density.index.isin(list(taken))]
+        if pool.empty:
+            raise ValueError("no live feature is left to serve as a density-matched control.")
+        gap = (np.log(pool) - np.log(max(density[f], 1e-12))).abs()
+        pick = int(rng.choice(gap.nsmallest(n_neighbours).index.to_numpy()))
+        controls.append(pick)
+        taken.add(pick)
+    return controls

@@ -1,0 +1,142 @@
+"""Token-injection control: does a feature fire because of the word, or because of the reasoning?
+
+Four kinds of text from the same problems: reasoning traces, the same traces with every reasoning
+word removed, plain answers, and the same plain answers with reasoning words inserted. A feature
+that detects words fires on injected plain text as on traces and goes quiet on stripped traces; a
+feature about reasoning keeps firing on stripped traces and stays low on injected plain text.
+Effect sizes are Cohen's d with paired bootstrap intervals of the mean difference.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from reasonlens import constants as K
+from reasonlens.config import check_range
+from reasonlens.evaluation import paired_bootstrap_difference
+from reasonlens.models import sae_hook_name
+from reasonlens.scoring import (ReasonScoreConfig, default_ignore_ids, encode_batch, folded_sae,
+                                ignored_mask, reasoning_groups, word_masks)
+
+# How each word opens a sentence when injected (capitalised, with its usual punctuation).
+OPENERS = {"alternatively": "Alternatively, ", "hmm": "Hmm, ", "maybe": "Maybe ",
+           "wait": "Wait. ", "perhaps": "Perhaps ", "let me": "Let me see. ",
+           "therefore": "Therefore, ", "however": "However, ", "but": "But ",
+           "another": "Another way: "}
+
+
+def strip_words(text: str, words: Sequence[str] = K.REASONING_WORDS) -> str:
+    """``text`` without the words (whole words, any case) and the punctuation right after them."""
+    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    stripped = re.sub(rf"\b(?:{alternatives})\b[.,:]? ?", "", text, flags=re.IGNORECASE)
+    return re.sub(r" {2,}", " ", stripped)
+
+
+def inject_words(text: str, n_words: int, seed: int,
+                 words: Sequence[str] = K.REASONING_WORDS) -> str:
+    """Insert ``n_words`` reasoning openers before the assistant's reply in ``text``.
+
+    Raises:
+        ValueError: ``text`` has no assistant turn, or a word has no opener.
+    """
+    check_range("n_words", n_words, 0)
+    unknown = [w for w in words if w not in OPENERS]
+    if unknown:
+        raise ValueError(f"words {unknown} have no opener; choose from {list(OPENERS)}.")
+    if K.ASSISTANT not in text:
+        raise ValueError(f"text has no {K.ASSISTANT} turn to inject into: {text[:60]!r}")
+    rng = random.Random(seed)
+    head, reply = text.split(K.ASSISTANT, 1)
+    openers = "".join(OPENERS[w] for w in rng.choices(list(words), k=n_words))
+    return f"{head}{K.ASSISTANT}{openers}{reply}"
+
+
+def feature_activations(model, sae, texts: Sequence[str], features: Sequence[int],
+                        cfg: ReasonScoreConfig | None = None, batch_size: int = 16
+                        ) -> pd.DataFrame:
+    """Per text and feature: mean and max activation over its tokens, mean inside word windows.
+
+    Args:
+        model: a hooked model (either backend) with ``tokenizer``.
+        sae: a SAELens SAE (decoder norms folded into a copy, as for ReasonScore).
+        texts: documents, special tokens spelled out.
+        features: feature indices.
+        cfg: words, window and ignored tokens, as for ReasonScore.
+        batch_size: texts per forward pass.
+
+    Returns:
+        One row per (text_idx, feature_idx): doc_mean, doc_max, window_mean (NaN when the text has
+        no reasoning word).
+    """
+    cfg = cfg or ReasonScoreConfig()
+    if len(texts) == 0:
+        raise ValueError("texts is empty: nothing to measure.")
+    hook_name = sae_hook_name(sae, cfg.hook_name)
+    tokenizer = model.tokenizer
+    groups = list(reasoning_groups(tokenizer, cfg).values())
+    ignore_ids = default_ignore_ids(tokenizer, cfg)
+    sae = folded_sae(sae)
+    idx = torch.as_tensor(list(features), dtype=torch.long)
+    rows = []
+    for start in range(0, len(texts), batch_size):
+        ids = tokenizer(list(texts[start:start + batch_size]), add_special_tokens=False)["input_ids"]
+        width = max(map(len, ids))
+        tokens = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i in ids])
+        acts = encode_batch(model, sae, tokens, hook_name)[..., idx].float()  # [b, pos, n]
+        keep = (~ignored_mask(tokens, ignore_ids)).float()[..., None]
+        window = word_masks(tokens, groups, cfg.window, ignore_ids).any(0).float()[..., None]
+        doc_mean = (acts * keep).sum(1) / keep.sum(1).clamp(min=1)
+        doc_max = acts.masked_fill(keep == 0, -torch.inf).amax(1)
+        in_window = window.sum(1)
+        window_mean = torch.where(in_window > 0, (acts * window).sum(1) / in_window.clamp(min=1),
+                                  torch.nan)
+        for b in range(tokens.shape[0]):
+            for j, f in enumerate(idx.tolist()):
+                rows.append(dict(text_idx=start + b, feature_idx=f, doc_mean=float(doc_mean[b, j]),
+                                 doc_max=float(doc_max[b, j]),
+                                 window_mean=float(window_mean[b, j])))
+    return pd.DataFrame(rows)
+
+
+def cohens_d(a: Sequence[float], b: Sequence[float]) -> float:
+    """(mean a - mean b) / pooled standard deviation (NaN when both are constant)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    pooled = np.sqrt(((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1))
+                     / max(1, a.size + b.size - 2))
+    return float((a.mean() - b.mean()) / pooled) if pooled > 0 else float("nan")
+
+
+def effect_sizes(frame: pd.DataFrame, contrasts: Sequence[tuple[str, str]],
+                 metric: str = "doc_mean", seed: int = 0) -> pd.DataFrame:
+    """Paired contrasts between conditions of ``feature_activations`` frames, per feature.
+
+    Args:
+        frame: rows with condition, problem_id, feature_idx and ``metric``; conditions of one
+            contrast must cover the same problems.
+        contrasts: ``(condition_a, condition_b)`` pairs; the difference is a - b.
+        metric: ``doc_mean``, ``doc_max`` or ``window_mean``.
+        seed: bootstrap seed.
+
+    Returns:
+        One row per (feature, contrast): mean_a, mean_b, difference with its 95% interval, d.
+    """
+    rows = []
+    for f, group in frame.groupby("feature_idx", sort=False):
+        values = group.pivot_table(index="problem_id", columns="condition", values=metric)
+        for a, b in contrasts:
+            for name in (a, b):
+                if name not in values:
+                    raise ValueError(f"condition {name!r} is not in frame; conditions are "
+                                     f"{sorted(set(frame.condition))}.")
+            pair = values[[a, b]].dropna()
+            diff, low, high = paired_bootstrap_difference(pair[a], pair[b], seed=seed)
+            rows.append(dict(feature_idx=f, contrast=f"{a} - {b}", n=len(pair),
+                             mean_a=pair[a].mean(), mean_b=pair[b].mean(), difference=diff,
+                             ci_low=low, ci_high=high, cohens_d=cohens_d(pair[a], pair[b])))
+    return pd.DataFrame(rows)
