@@ -18,9 +18,9 @@
 # at every position of the prompt and of the generated tokens (keeping the SAE's error term), and
 # see longer, more reflective traces. We do the same on the toy reasoning model: completions side
 # by side, unsteered and steered on the top features at several strengths, and how the rate of
-# each reasoning word changes. Notebook 7 (to come) measures accuracy and length with intervals.
+# each reasoning word changes. Notebook 7 measures accuracy and length with intervals.
 #
-# Reads: the model (02), the SAE (03), ReasonScores and max activations (04).
+# Reads: the model (02), the SAE (03), ReasonScores (04) and max activations (05; 04 for the rest).
 # Writes: `steering/completions.parquet`.
 
 # %% tags=["parameters"]
@@ -38,7 +38,6 @@ n_side_by_side = 3
 
 # %%
 import pandas as pd
-import torch
 from IPython.display import display
 from sae_lens import SAE
 
@@ -52,7 +51,7 @@ model = models.load_hooked(run.model_path(model_name), backend="hf", device=mode
 sae = SAE.load_from_disk(str(run.require(K.SAE_DIR)))
 scores = run.read_parquet(K.REASON_SCORES)
 features = steer_features or scores.nlargest(n_steer_features, "reason_score").feature_idx.tolist()
-max_activations = torch.tensor(scores.sort_values("feature_idx").max_activation.to_numpy())
+max_activations = steering.max_activations_of(run)
 problems = run.read_parquet(K.PROBLEMS)
 test = problems[problems.split == "test"].head(n_steer_prompts)
 scores.set_index("feature_idx").loc[features, ["reason_score", "max_activation", "density"]]

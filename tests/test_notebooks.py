@@ -20,7 +20,7 @@ NOTEBOOKS = sorted(p.stem for p in (repo_root() / "notebooks").glob("[0-9][0-9]_
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, browser_install):  # installs node-d3, which 05's pages ship
     home = tmp_path_factory.mktemp("home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("REASONLENS_HOME", str(home))
@@ -36,7 +36,12 @@ def test_every_notebook_runs_on_the_smoke_profile(smoke_run):
     run = artifacts.RunDir("smoke", root=home / "data" / "runs" / "smoke")
     for name in (K.PROBLEMS, K.STEPS, K.DOCUMENTS, K.REASONING_MODEL_DIR, K.BASE_MODEL_DIR,
                  K.MODEL_EVAL, K.CONTEXTS.format(split="reasoning_train"), K.SAE_DIR, K.SAE_EVAL,
-                 K.REASON_SCORES, K.WINDOW_SHARES, K.STEERED_COMPLETIONS):
+                 K.REASON_SCORES, K.WINDOW_SHARES, K.MAX_ACTIVATIONS, K.FEATURE_MAP,
+                 K.DASHBOARDS_DIR, K.STEERED_COMPLETIONS,
+                 K.EVAL_COMPLETIONS, K.EVAL_CONDITIONS, K.MODEL_DIFF, K.INJECTION,
+                 K.INJECTION_EFFECTS, K.HARNESS_RESULTS, K.STEP_SAE_DIR, K.STEP_SAE_HISTORY,
+                 K.STEP_SAE_EVAL, K.STEP_PROBES, K.STEP_PATTERNS, K.STEP_PATTERN_EVAL,
+                 K.STEP_VOTING):
         assert run.path(name).exists(), name
         assert run.manifest(name)["profile"] == "smoke"
     steps = run.read_parquet(K.STEPS)
@@ -48,6 +53,17 @@ def test_every_notebook_runs_on_the_smoke_profile(smoke_run):
     sae = SAE.load_from_disk(str(run.path(K.SAE_DIR)))
     scores = run.read_parquet(K.REASON_SCORES)
     assert len(scores) == sae.cfg.d_sae and scores.reason_score.notna().all()
+    table = run.read_parquet(K.EVAL_CONDITIONS)
+    assert table.condition.iloc[0] == "unsteered" and (table.n == table.n.iloc[0]).all()
+    assert {"ablate top 2", "ablate random 2"} <= set(table.condition)
+    step_probes = run.read_parquet(K.STEP_PROBES)
+    assert set(step_probes.features) == {"statistics", "step_sae", "token_sae"}
+    assert set(step_probes.task) == {"correctness", "length", "first_token"}
+    assert [row["method"] for row in run.read_json(K.STEP_VOTING)["table"]] == \
+        ["greedy", "majority", "weighted"]
+    harness_results = run.read_json(K.HARNESS_RESULTS)
+    assert harness_results["unsteered"]["ours (same problems)"] == \
+        harness_results["unsteered"]["reasonlens_world"]
 
 
 def test_the_book_shows_each_notebook_with_its_figures(smoke_run):
@@ -57,6 +73,35 @@ def test_the_book_shows_each_notebook_with_its_figures(smoke_run):
         page = (html_dir / f"{name}.html").read_text()
         assert "<img" in page, f"{name}.html shows no figure"
     assert "Held-out accuracy" in (html_dir / "02_model.html").read_text()
+
+
+def test_notebook_05_writes_max_activations_for_steering(smoke_run):
+    home, _ = smoke_run
+    run = artifacts.RunDir("smoke", root=home / "data" / "runs" / "smoke")
+    scores = run.read_parquet(K.REASON_SCORES).set_index("feature_idx")
+    maxima = run.read_parquet(K.MAX_ACTIVATIONS)
+    assert len(maxima) == 3  # n_dashboard_features in profiles/smoke.yaml
+    assert maxima.feature_idx.tolist() == scores.reason_score.nlargest(3).index.tolist()
+    assert maxima.max_activation.to_numpy() == pytest.approx(
+        scores.loc[maxima.feature_idx, "max_activation"].to_numpy(), rel=1e-5)
+    pages = sorted(p.name for p in run.path(K.DASHBOARDS_DIR).glob("feature_*.html"))
+    assert pages == sorted(f"feature_{f}.html" for f in maxima.feature_idx)
+
+
+def test_the_book_shows_notebook_05_and_its_dashboards_in_a_browser(smoke_run, browser):
+    home, report = smoke_run
+    html_dir = report.book_index.parent
+    run = artifacts.RunDir("smoke", root=home / "data" / "runs" / "smoke")
+    features = run.read_parquet(K.MAX_ACTIVATIONS).feature_idx.tolist()
+    page = browser.open_page(html_dir / "05_features.html")
+    assert page.errors == [], page.errors
+    assert f"id=\"rl-feature-{features[0]}\"" in page.dom  # the explorer's static view
+    assert page.dom.count("rl-dashboard-link") == len(features)
+    assert f"src=\"dashboards/feature_{features[0]}.html\"" in page.dom  # the embedded page
+    dashboard = browser.open_page(html_dir / "dashboards" / f"feature_{features[1]}.html")
+    assert dashboard.errors == [], dashboard.errors
+    assert dashboard.title == f"SAE feature {features[1]}"
+    assert "POSITIVE LOGITS" in dashboard.dom and "main-svg" in dashboard.dom  # d3, Plotly ran
 
 
 def test_a_second_run_skips_every_unchanged_notebook(smoke_run, monkeypatch):

@@ -171,3 +171,15 @@ def test_density_matched_controls_are_close_in_density_and_distinct():
     assert 4 not in steering.density_matched_controls(scores, [5], n_neighbours=7)  # dead
     with pytest.raises(ValueError, match="not in scores"):
         steering.density_matched_controls(scores, [42])
+
+
+def test_max_activations_take_notebook_05s_values_over_04s(tmp_path):
+    import pandas as pd
+
+    from reasonlens import artifacts
+    from reasonlens import constants as K
+    run = artifacts.RunDir("t", root=tmp_path)
+    run.write(K.REASON_SCORES, pd.DataFrame({"feature_idx": [2, 0, 1],
+                                             "max_activation": [3.0, 1.0, 2.0]}))
+    run.write(K.MAX_ACTIVATIONS, pd.DataFrame({"feature_idx": [1], "max_activation": [5.0]}))
+    assert steering.max_activations_of(run).tolist() == [1.0, 5.0, 3.0]

@@ -40,7 +40,23 @@ PRODUCED_BY = {
     constants.SAE_HISTORY: "03_train_sae",
     constants.REASON_SCORES: "04_reason_score",
     constants.WINDOW_SHARES: "04_reason_score",
+    constants.MAX_ACTIVATIONS: "05_features",
+    constants.FEATURE_MAP: "05_features",
+    constants.DASHBOARDS_DIR: "05_features",
     constants.STEERED_COMPLETIONS: "06_steering",
+    constants.EVAL_COMPLETIONS: "07_evaluation",
+    constants.EVAL_CONDITIONS: "07_evaluation",
+    constants.MODEL_DIFF: "07_evaluation",
+    constants.INJECTION: "07_evaluation",
+    constants.INJECTION_EFFECTS: "07_evaluation",
+    constants.HARNESS_RESULTS: "07_evaluation",
+    constants.STEP_SAE_DIR: "08_step_sae",
+    constants.STEP_SAE_HISTORY: "08_step_sae",
+    constants.STEP_SAE_EVAL: "08_step_sae",
+    constants.STEP_PROBES: "08_step_sae",
+    constants.STEP_PATTERNS: "08_step_sae",
+    constants.STEP_PATTERN_EVAL: "08_step_sae",
+    constants.STEP_VOTING: "08_step_sae",
 }
 
 

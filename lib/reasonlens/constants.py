@@ -19,7 +19,24 @@ SAE_EVAL = "sae/eval.json"  # held-out reconstruction metrics
 SAE_HISTORY = "sae/history.parquet"  # training curves
 REASON_SCORES = "scores/reason_scores.parquet"  # one row per feature: ReasonScore and its parts
 WINDOW_SHARES = "scores/window_shares.parquet"  # top features: share of top activations in windows
+MAX_ACTIVATIONS = "features/max_activations.parquet"  # notebook 05: top features' largest activation
+FEATURE_MAP = "features/feature_map.parquet"  # 2-D projection of every decoder direction
+DASHBOARDS_DIR = "features/dashboards"  # SAEDashboard HTML pages, feature_<idx>.html
 STEERED_COMPLETIONS = "steering/completions.parquet"  # notebook 06: per condition and prompt
+EVAL_COMPLETIONS = "evaluation/completions.parquet"  # notebook 07: scored, per condition and problem
+EVAL_CONDITIONS = "evaluation/conditions.parquet"  # accuracy, length, word rate with intervals
+MODEL_DIFF = "evaluation/model_diff.parquet"  # top features on the base vs the reasoning model
+INJECTION = "evaluation/injection.parquet"  # token-injection control: activations per text
+INJECTION_EFFECTS = "evaluation/injection_effects.parquet"  # its effect sizes
+HARNESS_RESULTS = "evaluation/lm_eval.json"  # lm-evaluation-harness accuracy, steered and not
+STEP_SAE_DIR = "step_sae/model"  # notebook 08: the step-level SAE (StepSAE.save, safetensors)
+STEP_SAE_CHECKPOINTS_DIR = "step_sae/checkpoints"  # its phase-1 checkpoints, for resuming
+STEP_SAE_HISTORY = "step_sae/history.parquet"  # phase-1 and phase-2 training curves
+STEP_SAE_EVAL = "step_sae/eval.json"  # held-out reconstruction under own/shuffled/zero/predicted
+STEP_PROBES = "step_sae/probes.parquet"  # probe accuracy/AUC/loss per task and feature set
+STEP_PATTERNS = "step_sae/patterns.parquet"  # N2G patterns of the most active latents
+STEP_PATTERN_EVAL = "step_sae/pattern_eval.parquet"  # their held-out precision and recall
+STEP_VOTING = "step_sae/voting.json"  # greedy, majority and probe-weighted voting accuracy
 MANIFEST_SUFFIX = ".manifest.json"  # beside every artifact: the config that made it
 
 # --- Special tokens of the synthetic world's tokenizer -------------------------------------------

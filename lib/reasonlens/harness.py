@@ -44,7 +44,10 @@ MODEL_NAME = "reasonlens-steered"
 
 def _numbers(value, name: str, cast=float) -> list:
     """``2``, ``"2"`` or ``"2;1.5"`` as a list of numbers (the harness's model_args are strings)."""
-    parts = [value] if isinstance(value, (int, float)) else str(value).split(";")
+    if isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = [value] if isinstance(value, (int, float)) else str(value).split(";")
     try:
         return [cast(p) for p in parts if str(p).strip() != ""]
     except ValueError:
@@ -183,6 +186,38 @@ def world_task(problems: pd.DataFrame, directory: str | Path, name: str = "reaso
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def run_harness(pretrained, tasks: Sequence[str], include_path=None, builtin_tasks: bool = True,
+                limit: int | None = None, batch_size: int = 16, device: str = "cpu",
+                dtype: str = "float32", **steer) -> dict[str, dict[str, float]]:
+    """Evaluate ``reasonlens-steered`` on harness tasks (``lm_eval.simple_evaluate``).
+
+    Args:
+        pretrained: a transformers model path or hub id.
+        tasks: harness task names (e.g. ``aime24``, or ``world_task``'s).
+        include_path: a directory of extra task YAMLs.
+        builtin_tasks: also index the harness's own tasks (about 15 s; not needed for
+            ``world_task``'s).
+        limit: documents per task (all when None).
+        batch_size, device, dtype: as for ``lm_eval``.
+        **steer: ``SteeredHFLM``'s steering args (``sae``, ``features``, ``strength``, ...);
+            none for the unsteered model.
+
+    Returns:
+        task -> metric -> value (numbers only, as the harness reports them).
+    """
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(include_path) if include_path else None,
+                          include_defaults=builtin_tasks)
+    out = simple_evaluate(model=MODEL_NAME, model_args={"pretrained": str(pretrained),
+                                                        "dtype": dtype, **steer},
+                          tasks=list(tasks), task_manager=manager, limit=limit,
+                          batch_size=batch_size, device=device)
+    return {task: {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            for task, metrics in out["results"].items()}
 
 
 def main() -> None:

@@ -151,3 +151,208 @@ def feature_density_histogram(feature_density: np.ndarray, save_to=None):
     ax.set_ylabel("features")
     ax.set_title(f"{len(density)} features, {int((density == 0).sum())} dead")
     return _finish(fig, save_to)
+
+
+def activation_histogram(values: np.ndarray, title: str = "", save_to=None):
+    """Histogram of a feature's positive activations; the share of zeros is in the title."""
+    values = np.asarray(values).ravel()
+    active = values[values > 0]
+    fig, ax = plt.subplots(figsize=(4.2, 2.6))
+    ax.hist(active if len(active) else [0.0], bins=40, color="C1")
+    ax.set_yscale("log")
+    ax.set_xlabel("activation")
+    ax.set_ylabel("tokens")
+    share = len(active) / max(1, len(values))
+    ax.set_title(f"{title} (active on {share:.1%} of tokens)".strip(), fontsize=9)
+    return _finish(fig, save_to)
+
+
+def feature_map(frame: pd.DataFrame, top_idx, save_to=None):
+    """The 2-D map of decoder directions, coloured by ReasonScore, the top features labelled.
+
+    Args:
+        frame: ``feature_map.feature_map`` output (feature_idx, x, y, reason_score, method).
+        top_idx: features to label (e.g. the top-k by ReasonScore).
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    order = frame.sort_values("reason_score")  # high scores drawn on top
+    limit = float(np.abs(frame.reason_score).max()) or 1.0
+    points = ax.scatter(order.x, order.y, c=order.reason_score, cmap="coolwarm", vmin=-limit,
+                        vmax=limit, s=10, alpha=0.8)
+    top = frame[frame.feature_idx.isin(list(top_idx))]
+    ax.scatter(top.x, top.y, facecolors="none", edgecolors="black", s=40, lw=0.8)
+    span = max(np.ptp(frame.x), np.ptp(frame.y)) or 1.0
+    groups: list[list] = []  # top features closer than 2% of the span share one label
+    for row in top.itertuples():
+        near = next((g for g in groups if np.hypot(g[0].x - row.x, g[0].y - row.y) < 0.02 * span),
+                    None)
+        near.append(row) if near is not None else groups.append([row])
+    for group in groups:
+        ax.annotate(", ".join(str(r.feature_idx) for r in group), (group[0].x, group[0].y),
+                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+    method = str(frame.method.iloc[0]).upper()
+    ax.set_xlabel(f"{method} 1")
+    ax.set_ylabel(f"{method} 2")
+    ax.set_title(f"Decoder directions ({method}), top {len(top)} features circled")
+    fig.colorbar(points, ax=ax, label="ReasonScore")
+    return _finish(fig, save_to)
+
+
+# --- Notebook 08: step-level SAE ---------------------------------------------------------------
+def step_sae_reconstruction(history: pd.DataFrame, metrics: pd.DataFrame, save_to=None):
+    """Phase-1 training curves, and step reconstruction loss under each choice of latent.
+
+    Args:
+        history: ``train_step_sae`` output (step, recon_loss, l0, ...).
+        metrics: ``reconstruction_metrics`` output (condition, recon_loss, token_accuracy).
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    smooth = max(1, len(history) // 50)
+    for column, ax in (("recon_loss", axes[0]), ("l0", axes[1])):
+        ax.plot(history["step"], history[column].rolling(smooth, min_periods=1).mean())
+        ax.set_title(f"{column} (training)")
+        ax.set_xlabel("step")
+    axes[2].bar(metrics["condition"], metrics["recon_loss"], color=[f"C{i}" for i in
+                                                                    range(len(metrics))])
+    for i, (loss, acc) in enumerate(zip(metrics["recon_loss"], metrics["token_accuracy"])):
+        axes[2].text(i, loss, f"{loss:.3f}\n({acc:.0%})", ha="center", va="bottom", fontsize=8)
+    axes[2].set_title("held-out NLL per step token (token acc.)")
+    axes[2].tick_params(axis="x", rotation=20)
+    return _finish(fig, save_to)
+
+
+def latent_density_histogram(density: np.ndarray, unit: str = "steps", save_to=None):
+    """Histogram of log10 latent density (share of ``unit`` a latent is active on)."""
+    density = np.asarray(density)
+    alive = density[density > 0]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(np.log10(alive), bins=40)
+    ax.set_xlabel(f"log10 density (fraction of {unit} a latent is active on)")
+    ax.set_ylabel("latents")
+    ax.set_title(f"{len(density)} latents, {int((density == 0).sum())} never active")
+    return _finish(fig, save_to)
+
+
+def probe_results(table: pd.DataFrame, save_to=None):
+    """Accuracy and AUC of each probe task per feature set (``probes.probe_table`` output)."""
+    tasks, sets = list(dict.fromkeys(table["task"])), list(dict.fromkeys(table["features"]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    width = 0.8 / len(sets)
+    x = np.arange(len(tasks))
+    for ax, metric in zip(axes, ("accuracy", "auc")):
+        for i, name in enumerate(sets):
+            values = table[table["features"] == name].set_index("task")[metric].reindex(tasks)
+            ax.bar(x + i * width, values, width, label=name)
+        ax.set_xticks(x + width * (len(sets) - 1) / 2, tasks)
+        ax.set_ylim(0, 1)
+        ax.set_title(metric)
+    axes[0].legend(fontsize=8)
+    return _finish(fig, save_to)
+
+
+def voting_bars(table: pd.DataFrame, save_to=None):
+    """Accuracy with 95% intervals per method (``voting.voting_table`` output)."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    low = table["accuracy"] - table["ci_low"]
+    high = table["ci_high"] - table["accuracy"]
+    ax.bar(table["method"], table["accuracy"], yerr=[low, high], capsize=5,
+           color=[f"C{i}" for i in range(len(table))])
+    for i, acc in enumerate(table["accuracy"]):
+        ax.text(i, acc / 2, f"{acc:.1%}", ha="center", color="white")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{int(table['n'].iloc[0])} held-out problems")
+    return _finish(fig, save_to)
+
+
+def text_table(frame: pd.DataFrame, title: str = "", col_widths: list[float] | None = None,
+               save_to=None):
+    """A table of short texts as a figure (e.g. steps with their top latents and patterns)."""
+    fig, ax = plt.subplots(figsize=(12, 0.45 * (len(frame) + 2)))
+    ax.axis("off")
+    cells = [[str(v) for v in row] for row in frame.itertuples(index=False)]
+    table = ax.table(cellText=cells, colLabels=list(frame.columns), loc="center", cellLoc="left",
+                     colWidths=col_widths)
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    ax.set_title(title)
+    return _finish(fig, save_to)
+
+
+METRIC_LABELS = {"is_correct": "accuracy", "reasoning_tokens": "reasoning length (tokens)",
+                 "reasoning_words": "reasoning words per trace"}
+
+
+def strength_sweep(table: pd.DataFrame, metrics=tuple(METRIC_LABELS), save_to=None):
+    """Each metric against steering strength, with 95% intervals; the unsteered value dashed.
+
+    Args:
+        table: ``evaluation.condition_table`` rows with a ``strength`` column; the row with
+            strength NaN is the unsteered reference.
+    """
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.5))
+    reference = table[table["strength"].isna()]
+    sweep = table.dropna(subset=["strength"]).sort_values("strength")
+    for ax, m in zip(np.atleast_1d(axes), metrics):
+        err = np.vstack([sweep[m] - sweep[f"{m}_low"], sweep[f"{m}_high"] - sweep[m]])
+        ax.errorbar(sweep["strength"], sweep[m], yerr=err, fmt="o-", capsize=3, label="steered")
+        if len(reference):
+            ax.axhline(reference[m].iloc[0], color="grey", ls="--", label="unsteered")
+        ax.set_xlabel("strength (x max activation)")
+        ax.set_ylabel(METRIC_LABELS.get(m, m))
+    np.atleast_1d(axes)[0].legend()
+    return _finish(fig, save_to)
+
+
+def difference_bars(table: pd.DataFrame, metrics=tuple(METRIC_LABELS), save_to=None):
+    """Paired difference to the unsteered model per condition, with 95% intervals."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.35 * len(table) + 1.5),
+                             sharey=True)
+    y = np.arange(len(table))
+    for ax, m in zip(np.atleast_1d(axes), metrics):
+        d = table[f"{m}_diff"]
+        err = np.vstack([d - table[f"{m}_diff_low"], table[f"{m}_diff_high"] - d])
+        colors = ["C3" if "random" in c else "C0"
+                  for c in table["condition"]]
+        ax.barh(y, d, xerr=err, color=colors, capsize=2)
+        ax.axvline(0, color="black", lw=0.6)
+        ax.set_xlabel(f"{METRIC_LABELS.get(m, m)}: steered - unsteered")
+    np.atleast_1d(axes)[0].set_yticks(y, table["condition"])
+    np.atleast_1d(axes)[0].invert_yaxis()
+    return _finish(fig, save_to)
+
+
+def paired_bars(frame: pd.DataFrame, columns: tuple[str, str], ylabel: str, title: str = "",
+                save_to=None):
+    """Two bars per feature (e.g. reasoning vs base model), indexed by feature."""
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(frame) + 2), 3.5))
+    x = np.arange(len(frame))
+    for i, column in enumerate(columns):
+        ax.bar(x + (i - 0.5) * 0.4, frame[column], 0.4, label=column)
+    ax.set_xticks(x, [f"f{f}" for f in frame.index])
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return _finish(fig, save_to)
+
+
+def injection_bars(summary: pd.DataFrame, save_to=None):
+    """Mean activation per kind of text for each feature, with 95% intervals.
+
+    Args:
+        summary: rows with feature_idx, condition, mean, ci_low, ci_high.
+    """
+    conditions = list(dict.fromkeys(summary["condition"]))
+    features = list(dict.fromkeys(summary["feature_idx"]))
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(features) + 2), 3.5))
+    width = 0.8 / len(conditions)
+    for i, c in enumerate(conditions):
+        rows = summary[summary["condition"] == c].set_index("feature_idx").loc[features]
+        err = np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]])
+        ax.bar(np.arange(len(features)) + i * width, rows["mean"], width, yerr=err, capsize=2,
+               label=c)
+    ax.set_xticks(np.arange(len(features)) + width * (len(conditions) - 1) / 2,
+                  [f"f{f}" for f in features])
+    ax.set_ylabel("mean activation over the text")
+    ax.legend(fontsize=8)
+    return _finish(fig, save_to)

@@ -53,6 +53,7 @@ logger = logging.getLogger("reasonlens.runner")  # also when run as __main__
 KERNEL_NAME = "python3"
 LIBRARY_DIR = Path(__file__).resolve().parent
 BOOK_CONFIG = "jupyter_book.yml"  # in the repo root; becomes the book's _config.yml
+EXTRA_DIR = "_extra"  # in the book dir: copied as-is into the built HTML (html_extra_path)
 MANIFEST_DIR = ".runner"  # under the run dir: one JSON manifest per executed notebook
 _NOTEBOOK_NAME = re.compile(r"^(\d+)_\w+\.py$")
 _HASH_CHUNK = 1 << 20
@@ -530,6 +531,7 @@ def build_book(profile: str, notebooks: Sequence[Notebook], build_dir: Path,
         source, target = build_dir / "notebooks" / f"{nb.name}.ipynb", book_dir / f"{nb.name}.ipynb"
         if not target.is_file() or not filecmp.cmp(source, target, shallow=False):
             shutil.copy2(source, target)
+    copy_extra_pages(profile, book_dir / EXTRA_DIR)
 
     log_path = book_dir / "build.log"
     # jupyter_book has no __main__; call its click entry point with this interpreter.
@@ -552,6 +554,19 @@ def build_book(profile: str, notebooks: Sequence[Notebook], build_dir: Path,
                        len(warnings), log_path, "\n".join(warnings[:10]))
     logger.info("book: %s", index)
     return index
+
+
+def copy_extra_pages(profile: str, extra_dir: Path) -> None:
+    """Fill ``extra_dir`` (the book's ``html_extra_path``) with the run's standalone HTML pages.
+
+    The SAEDashboard pages of notebook 05 (``features/dashboards/``) land at
+    ``_build/html/dashboards/``, where the notebook's page links them.
+    """
+    shutil.rmtree(extra_dir, ignore_errors=True)
+    extra_dir.mkdir(parents=True)
+    dashboards = artifacts.RunDir(profile).path(constants.DASHBOARDS_DIR)
+    if dashboards.is_dir():
+        shutil.copytree(dashboards, extra_dir / "dashboards")
 
 
 def intro_text(profile: str) -> str:

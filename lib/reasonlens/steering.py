@@ -115,6 +115,19 @@ def steer(model, sae, features: Mapping[int, float], mode: str = "clamp",
         yield model
 
 
+def max_activations_of(run) -> torch.Tensor:
+    """``[d_sae]`` largest activation of every feature on the scoring data of a run.
+
+    Notebook 05's ``features/max_activations.parquet`` for the features it covers (the top ones),
+    notebook 04's ``max_activation`` column of the ReasonScores for the rest.
+    """
+    from reasonlens import constants as K
+
+    maxima = run.read_parquet(K.REASON_SCORES).set_index("feature_idx").max_activation.sort_index()
+    maxima.update(run.read_parquet(K.MAX_ACTIVATIONS).set_index("feature_idx").max_activation)
+    return torch.tensor(maxima.to_numpy(), dtype=torch.float32)
+
+
 def run_conditions(model, sae, prompts: Sequence[str],
                    conditions: Mapping[str, Mapping[int, float] | None], max_activations=None,
                    mode: str = "clamp", max_new_tokens: int = 160, batch_size: int = 64,

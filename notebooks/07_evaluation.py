@@ -1,0 +1,286 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 7. Evaluation: does steering a reasoning feature make the model reason better?
+#
+# Galichin et al. (2025) steer their top ReasonScore feature (clamped to twice its largest
+# activation) and report, on AIME-2024, MATH-500 and GPQA-Diamond, about **+2.2 points of
+# accuracy** and **20.5% longer** reasoning traces. Here we ask the same question of the toy
+# reasoning model on held-out problems of the synthetic world, with intervals, and test whether the
+# features are really about reasoning:
+#
+# - a **sweep of strengths** on the top feature, negative ones included;
+# - the **top-N features one at a time**, each beside a **random feature of matched density**;
+# - **zero-ablation** of the top features (and of their random controls);
+# - **model diffing**: the same SAE features on the base model, which never saw a trace;
+# - a **token-injection control**: reasoning words put into plain answers and taken out of traces;
+# - the **lm-evaluation-harness path** used for real models, run here on a task built from the
+#   world, steered and unsteered.
+#
+# Every interval is a 95% percentile bootstrap over problems; differences are paired (the same
+# problems under both conditions).
+#
+# Reads: both models (02), the SAE (03), ReasonScores (04), max activations (05), problems (01).
+# Writes: `evaluation/` (completions, condition table, model diff, injection, harness results).
+
+# %% tags=["parameters"]
+profile = "default"
+model_name = None
+base_model_name = None
+model_device = "cpu"
+model_dtype = "float32"
+eval_features = None  # None: the top ReasonScore features
+n_eval_features = 5  # top-N, steered one at a time
+eval_strengths = [-1.0, -0.5, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0]  # sweep on the top feature
+eval_strength = 1.0  # for the top-N features and their controls
+eval_mode = "clamp"  # the paper's intervention
+n_eval_problems = 300
+control_exclude_top = 100  # controls are drawn outside this many top ReasonScore features
+eval_max_new_tokens = 160
+eval_batch_size = 100
+n_boot = 2000
+seed = 0
+score_split = "reasoning_val"
+n_score_contexts = 256
+n_injection = 200  # problems per text kind in the injection control
+n_injected_words = 3  # reasoning words put into each plain answer (traces have about 3)
+lm_eval_tasks = None  # real profiles: the paper's tasks; None: a task built from the world
+n_lm_eval = 100  # documents per harness task (None: all)
+
+# %%
+import json
+import tempfile
+
+import numpy as np
+import pandas as pd
+from IPython.display import display
+from sae_lens import SAE
+
+from reasonlens import (artifacts, data, diffing, evaluation, harness, injection, models,
+                        plotting, scoring, steering)
+from reasonlens import constants as K
+from reasonlens.sae import evaluate_sae
+from reasonlens.world import prompt
+
+run = artifacts.RunDir(profile)
+model = models.load_hooked(run.model_path(model_name), backend="hf", device=model_device,
+                           dtype=model_dtype)
+sae = SAE.load_from_disk(str(run.require(K.SAE_DIR)), device=model_device)
+scores = run.read_parquet(K.REASON_SCORES).sort_values("feature_idx")
+max_activations = steering.max_activations_of(run)
+top = eval_features or scores.nlargest(n_eval_features, "reason_score").feature_idx.tolist()
+controls = steering.density_matched_controls(scores, top, seed=seed,
+                                             exclude=scores.nlargest(control_exclude_top,
+                                                                     "reason_score").feature_idx.tolist())
+problems = run.read_parquet(K.PROBLEMS)
+test = problems[problems.split == "test"].head(n_eval_problems).reset_index(drop=True)
+display(scores.set_index("feature_idx").loc[top + controls,
+                                            ["reason_score", "density", "max_activation"]]
+        .assign(role=["top"] * len(top) + ["random control"] * len(controls)).round(4))
+
+# %% [markdown]
+# ## The conditions
+# One greedy completion per problem and condition, with a KV cache; the steering hook acts on the
+# prompt and on every generated token. `f<i> x<s>` clamps feature i to s times its largest
+# activation on the scoring data; strength 0 in clamp mode is zero-ablation (the SAE's error term
+# keeps everything else). Controls are random features of about the same activation density,
+# chosen outside the top 100 by ReasonScore.
+
+# %%
+name = lambda f, s: f"f{f} x{s:g}"  # noqa: E731
+conditions = {"unsteered": None}
+conditions |= {name(top[0], s): {top[0]: s} for s in eval_strengths}
+conditions |= {name(f, eval_strength): {f: eval_strength} for f in top}
+conditions |= {f"random {name(c, eval_strength)}": {c: eval_strength} for c in controls}
+conditions |= {f"ablate top {len(top)}": {f: 0.0 for f in top},
+               f"ablate random {len(controls)}": {c: 0.0 for c in controls}}
+prompts = [prompt(q, reasoning=True) for q in test.question]
+frame = steering.run_conditions(model, sae, prompts, conditions, max_activations, eval_mode,
+                                eval_max_new_tokens, eval_batch_size)
+frame = evaluation.score_completions(frame, test.answer.tolist(), model.tokenizer)
+table = evaluation.condition_table(frame, n_boot=n_boot, seed=seed)
+strength_of = {c: (next(iter(f.values())) if f and len(f) == 1 and top[0] in f else np.nan)
+               for c, f in conditions.items()}
+table["strength"] = table.condition.map(strength_of)
+columns = ["condition", "n", "is_correct", "is_correct_low", "is_correct_high", "is_correct_diff",
+           "reasoning_tokens", "reasoning_tokens_diff", "reasoning_words", "reasoning_words_diff"]
+display(table[columns].round(3).set_index("condition"))
+
+# %% [markdown]
+# ## Accuracy, length and reasoning words against strength
+# The top feature alone, from negative strengths (pushing it below zero) to the paper's 2.
+
+# %%
+sweep = table[table.condition.isin(["unsteered"] + [name(top[0], s) for s in eval_strengths])]
+plotting.strength_sweep(sweep, save_to=run.figure("07_strength_sweep"));
+
+# %% [markdown]
+# ## Top features against random features of matched density, and ablation
+# Paired differences to the unsteered model (blue: top features and their ablation; red: random
+# controls). A reasoning feature should move length and reasoning words more than its control.
+
+# %%
+compared = table[~table.condition.isin(["unsteered"] + [name(top[0], s) for s in eval_strengths
+                                                        if s != eval_strength])]
+plotting.difference_bars(compared, save_to=run.figure("07_controls"));
+
+# %% [markdown]
+# ## Side by side: unsteered, steered, ablated
+# The first problems, under the top feature at the sweep's strengths and with the top features
+# zeroed.
+
+# %%
+shown = ["unsteered", name(top[0], eval_strength), name(top[0], max(eval_strengths)),
+         f"ablate top {len(top)}"]
+for i in range(min(2, len(test))):
+    print(f"Q: {test.question[i]}  (answer {test.answer[i]})")
+    for c in dict.fromkeys(shown):
+        row = frame[(frame.condition == c) & (frame.prompt_idx == i)].iloc[0]
+        print(f"--- {c} ({'right' if row.is_correct else 'wrong'}):\n{row.completion}")
+    print()
+
+# %% [markdown]
+# ## Model diffing: do these features exist in the base model?
+# The reasoning model's SAE reads the base model's residual stream on the same reasoning contexts.
+# Both models share architecture, seed, tokenizer and problems; only the base model never trained
+# on traces. If the top features encode reasoning learned from traces, they should lose their
+# ReasonScore rank and their activation on reasoning words in the base model. (The SAE's
+# reconstruction of the base model's activations is reported too: a large drop means the base
+# model's residual stream is organised differently at this layer.)
+
+# %%
+base = models.load_hooked(run.model_path(base_model_name, base=True), backend="transformer_lens",
+                          device=model_device, dtype=model_dtype)
+reasoning_tl = models.load_hooked(run.model_path(model_name), backend="transformer_lens",
+                                  device=model_device, dtype=model_dtype)
+tokens = data.contexts_tensor(run.read_parquet(K.CONTEXTS.format(split=score_split)))
+tokens = tokens[:n_score_contexts]
+cfg = scoring.ReasonScoreConfig()
+base_scores, _ = scoring.reason_score(base, sae, tokens, cfg)
+diff = diffing.feature_diff(scores, base_scores, top)
+reconstruction = pd.DataFrame({label: evaluate_sae(m, sae, tokens[:32]).metrics()
+                               for label, m in (("reasoning", reasoning_tl), ("base", base))})
+display(diff.set_index("feature_idx").round(4))
+display(reconstruction.loc[["explained_variance", "mean_l0", "ce_loss_recovered"]].round(3))
+plotting.paired_bars(diff.set_index("feature_idx"), ("mu_pos_reasoning", "mu_pos_base"),
+                     "mean activation on reasoning words",
+                     "Top features on the reasoning vs the base model",
+                     save_to=run.figure("07_model_diff"));
+
+# %% [markdown]
+# ## Token-injection control: the word or the reasoning?
+# Four texts per problem: the reasoning trace, the same trace with every reasoning word removed,
+# the plain answer, and the plain answer with reasoning words inserted. Each top feature's mean
+# activation over a text (reasoning model). A word detector fires on injected plain text as on
+# traces and goes quiet on stripped traces; a feature about reasoning keeps firing on stripped
+# traces and stays low on injected plain text. Effect sizes: Cohen's d and the paired difference
+# with its interval.
+
+# %%
+documents = run.read_parquet(K.DOCUMENTS)
+test_docs = documents[documents.split == "test"]
+traces = test_docs[test_docs.kind == "trace"].head(n_injection)
+plains = test_docs[test_docs.kind == "plain"].set_index("problem_id").loc[traces.problem_id]
+texts = {"trace": traces.text.tolist(),
+         "trace, words removed": [injection.strip_words(t) for t in traces.text],
+         "plain": plains.text.tolist(),
+         "plain, words injected": [injection.inject_words(t, n_injected_words, seed + i)
+                                   for i, t in enumerate(plains.text)]}
+measured = []
+for kind, kind_texts in texts.items():
+    acts = injection.feature_activations(model, sae, kind_texts, top, cfg)
+    acts["condition"] = kind
+    acts["problem_id"] = traces.problem_id.to_numpy()[acts.text_idx]
+    measured.append(acts)
+measured = pd.concat(measured, ignore_index=True)
+effects = injection.effect_sizes(measured, [("trace", "trace, words removed"),
+                                            ("plain, words injected", "plain"),
+                                            ("trace", "plain, words injected")], seed=seed)
+display(effects.round(3).set_index(["feature_idx", "contrast"]))
+summary = pd.DataFrame([dict(feature_idx=f, condition=c, **dict(zip(
+    ("mean", "ci_low", "ci_high"), evaluation.bootstrap_interval(g.doc_mean, n_boot, seed))))
+    for (f, c), g in measured.groupby(["feature_idx", "condition"], sort=False)])
+plotting.injection_bars(summary, save_to=run.figure("07_injection"));
+
+# %% [markdown]
+# ## The lm-evaluation-harness path
+# Real models are evaluated with lm-evaluation-harness through the `reasonlens-steered` model
+# (`reasonlens-lm-eval --model reasonlens-steered --model_args pretrained=...,sae=...,features=...`),
+# which applies the same hook from model_args. For real profiles `lm_eval_tasks` names the paper's
+# tasks; here the harness runs a task written from the world's test problems, unsteered and
+# steered on the top feature, and must agree with our own evaluation above on the same problems.
+
+# %%
+with tempfile.TemporaryDirectory() as task_dir:
+    if lm_eval_tasks is None:
+        harness.world_task(test, task_dir, max_gen_toks=eval_max_new_tokens)
+        tasks = ["reasonlens_world"]
+    else:
+        tasks = list(lm_eval_tasks)
+    steer_args = dict(sae=str(run.path(K.SAE_DIR)), features=top[0], strength=eval_strength,
+                      mode=eval_mode, max_activations=str(run.path(K.REASON_SCORES)))
+    evaluate = lambda **steer: harness.run_harness(  # noqa: E731
+        run.model_path(model_name), tasks, task_dir, builtin_tasks=lm_eval_tasks is not None,
+        limit=n_lm_eval, batch_size=eval_batch_size, device=model_device, dtype=model_dtype,
+        **steer)
+    harness_results = {"unsteered": evaluate(),
+                       name(top[0], eval_strength): evaluate(**steer_args)}
+harness_table = pd.DataFrame({c: {t: r[t].get("exact_match,answer", np.nan) for t in r}
+                              for c, r in harness_results.items()})
+if lm_eval_tasks is None:
+    first = frame[frame.prompt_idx < (n_lm_eval or len(test))]
+    ours = first.groupby("condition").is_correct.mean()
+    harness_table.loc["ours (same problems)"] = [ours[c] for c in harness_table.columns]
+display(harness_table.round(3))
+
+# %% [markdown]
+# ## The paper's headline beside the toy's
+# Accuracy change in points and reasoning-length change in percent of the unsteered length (the
+# interval is the paired interval of the length difference divided by the unsteered mean). The
+# "best in sweep" row picks its strength on these same problems, so it is optimistic.
+
+# %%
+def headline(condition: str, label: str) -> dict:
+    row = table.set_index("condition").loc[condition]
+    base_len = table.set_index("condition").loc["unsteered", "reasoning_tokens"]
+    pct = lambda v: 100 * v / base_len  # noqa: E731
+    return {"": label, "accuracy change (points)": f"{100 * row.is_correct_diff:+.1f} "
+            f"[{100 * row.is_correct_diff_low:+.1f}, {100 * row.is_correct_diff_high:+.1f}]",
+            "length change (%)": f"{pct(row.reasoning_tokens_diff):+.1f} "
+            f"[{pct(row.reasoning_tokens_diff_low):+.1f}, {pct(row.reasoning_tokens_diff_high):+.1f}]"}
+
+
+best = sweep.dropna(subset=["strength"]).nlargest(1, "is_correct").condition.iloc[0]
+paper_strength = name(top[0], 2.0) if 2.0 in eval_strengths else name(top[0], max(eval_strengths))
+rows = {paper_strength: "toy: top feature at the paper's strength",
+        name(top[0], eval_strength): "toy: top feature at eval_strength",
+        best: "toy: best strength in the sweep"}
+headlines = pd.DataFrame([{"": "paper: R1-Distill-Llama-8B, feature 46379 x2 (AIME/MATH/GPQA)",
+                           "accuracy change (points)": "+2.2", "length change (%)": "+20.5"}]
+                         + [headline(c, f"{label} ({c})") for c, label in rows.items()]
+                         ).set_index("")
+display(headlines)
+
+# %% [markdown]
+# ## Write the artifacts
+
+# %%
+config = {"features": top, "controls": controls, "strengths": eval_strengths,
+          "strength": eval_strength, "mode": eval_mode, "n_problems": len(test)}
+run.write(K.EVAL_COMPLETIONS, frame.drop(columns="generated_ids"), config=config)
+run.write(K.EVAL_CONDITIONS, table, config=config)
+run.write(K.MODEL_DIFF, diff, config=config | {"sae_reconstruction": reconstruction.to_dict()})
+run.write(K.INJECTION, measured, config=config | {"n_injected_words": n_injected_words})
+run.write(K.INJECTION_EFFECTS, effects, config=config)
+run.write(K.HARNESS_RESULTS, json.loads(harness_table.to_json()), config=config | {"tasks": tasks})
