@@ -42,7 +42,7 @@ model_device = "cpu"
 model_dtype = "float32"
 eval_features = None  # None: the top ReasonScore features
 n_eval_features = 5  # top-N, steered one at a time
-eval_strengths = [-1.0, -0.5, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0]  # sweep on the top feature
+eval_strengths = [-1.0, 0.5, 0.75, 1.0, 1.5, 2.0]  # sweep on the top feature
 eval_strength = 1.0  # for the top-N features and their controls
 eval_mode = "clamp"  # the paper's intervention
 n_eval_problems = 300
@@ -192,18 +192,9 @@ documents = run.read_parquet(K.DOCUMENTS)
 test_docs = documents[documents.split == "test"]
 traces = test_docs[test_docs.kind == "trace"].head(n_injection)
 plains = test_docs[test_docs.kind == "plain"].set_index("problem_id").loc[traces.problem_id]
-texts = {"trace": traces.text.tolist(),
-         "trace, words removed": [injection.strip_words(t) for t in traces.text],
-         "plain": plains.text.tolist(),
-         "plain, words injected": [injection.inject_words(t, n_injected_words, seed + i)
-                                   for i, t in enumerate(plains.text)]}
-measured = []
-for kind, kind_texts in texts.items():
-    acts = injection.feature_activations(model, sae, kind_texts, top, cfg)
-    acts["condition"] = kind
-    acts["problem_id"] = traces.problem_id.to_numpy()[acts.text_idx]
-    measured.append(acts)
-measured = pd.concat(measured, ignore_index=True)
+texts = injection.injection_texts(traces.text.tolist(), plains.text.tolist(), n_injected_words,
+                                  seed)
+measured = injection.measure_conditions(model, sae, texts, traces.problem_id.to_numpy(), top, cfg)
 effects = injection.effect_sizes(measured, [("trace", "trace, words removed"),
                                             ("plain, words injected", "plain"),
                                             ("trace", "plain, words injected")], seed=seed)
@@ -251,16 +242,6 @@ display(harness_table.round(3))
 # "best in sweep" row picks its strength on these same problems, so it is optimistic.
 
 # %%
-def headline(condition: str, label: str) -> dict:
-    row = table.set_index("condition").loc[condition]
-    base_len = table.set_index("condition").loc["unsteered", "reasoning_tokens"]
-    pct = lambda v: 100 * v / base_len  # noqa: E731
-    return {"": label, "accuracy change (points)": f"{100 * row.is_correct_diff:+.1f} "
-            f"[{100 * row.is_correct_diff_low:+.1f}, {100 * row.is_correct_diff_high:+.1f}]",
-            "length change (%)": f"{pct(row.reasoning_tokens_diff):+.1f} "
-            f"[{pct(row.reasoning_tokens_diff_low):+.1f}, {pct(row.reasoning_tokens_diff_high):+.1f}]"}
-
-
 best = sweep.dropna(subset=["strength"]).nlargest(1, "is_correct").condition.iloc[0]
 paper_strength = name(top[0], 2.0) if 2.0 in eval_strengths else name(top[0], max(eval_strengths))
 rows = {paper_strength: "toy: top feature at the paper's strength",
@@ -268,7 +249,8 @@ rows = {paper_strength: "toy: top feature at the paper's strength",
         best: "toy: best strength in the sweep"}
 headlines = pd.DataFrame([{"": "paper: R1-Distill-Llama-8B, feature 46379 x2 (AIME/MATH/GPQA)",
                            "accuracy change (points)": "+2.2", "length change (%)": "+20.5"}]
-                         + [headline(c, f"{label} ({c})") for c, label in rows.items()]
+                         + [{"": f"{label} ({c})", **evaluation.headline(table, c)}
+                            for c, label in rows.items()]
                          ).set_index("")
 display(headlines)
 

@@ -99,3 +99,17 @@ def test_bootstrap_interval_covers_the_mean_and_rejects_empty_input():
     assert mean == 0.5 and 0.38 < low < 0.5 < high < 0.62
     with pytest.raises(ValueError, match="empty"):
         evaluation.bootstrap_interval([])
+
+
+def test_headline_reports_points_and_percent_of_the_reference_length():
+    import pandas as pd
+
+    from reasonlens import evaluation
+    table = pd.DataFrame([
+        {"condition": "unsteered", "reasoning_tokens": 50.0, **{f"{m}_diff{s}": 0.0 for m in (
+            "is_correct", "reasoning_tokens") for s in ("", "_low", "_high")}},
+        {"condition": "up", "reasoning_tokens": 60.0, "is_correct_diff": 0.022,
+         "is_correct_diff_low": -0.01, "is_correct_diff_high": 0.05, "reasoning_tokens_diff": 10.0,
+         "reasoning_tokens_diff_low": 5.0, "reasoning_tokens_diff_high": 15.0}])
+    assert evaluation.headline(table, "up") == {"accuracy change (points)": "+2.2 [-1.0, +5.0]",
+                                                "length change (%)": "+20.0 [+10.0, +30.0]"}

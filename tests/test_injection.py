@@ -56,3 +56,16 @@ def test_effect_sizes_pair_conditions_by_problem():
     assert row.cohens_d > 5 and row.n == 20
     with pytest.raises(ValueError, match="condition 'c'"):
         injection.effect_sizes(pd.DataFrame(rows), [("a", "c")])
+
+
+def test_injection_texts_pair_four_kinds_per_problem_and_measure_labels_them(saved_toy_model,
+                                                                             sae):
+    texts = injection.injection_texts([TRACE, TRACE], [PLAIN, PLAIN], n_words=2, seed=0)
+    assert list(texts) == ["trace", "trace, words removed", "plain", "plain, words injected"]
+    assert texts["plain, words injected"][0] != texts["plain, words injected"][1]  # own seeds
+    with pytest.raises(ValueError, match="pair up"):
+        injection.injection_texts([TRACE], [PLAIN, PLAIN], 2)
+    model = models.load_hooked(saved_toy_model, backend="hf")
+    frame = injection.measure_conditions(model, sae, texts, ["p0", "p1"], [4])
+    assert len(frame) == 8 and set(frame.problem_id) == {"p0", "p1"}
+    assert frame.groupby("condition").size().tolist() == [2, 2, 2, 2]

@@ -233,3 +233,22 @@ def condition_table(frame: pd.DataFrame, reference: str = "unsteered",
              row[f"{m}_diff_high"]) = paired_bootstrap_difference(x, r, n_boot, seed)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def headline(table: pd.DataFrame, condition: str, reference: str = "unsteered") -> dict[str, str]:
+    """Accuracy change in points and length change in % of the reference, with 95% intervals.
+
+    The length interval is the paired interval of the difference divided by the reference mean.
+
+    Args:
+        table: ``condition_table`` output.
+        condition: the steered condition.
+        reference: the unsteered condition.
+    """
+    rows = table.set_index("condition")
+    row, base = rows.loc[condition], rows.loc[reference, "reasoning_tokens"]
+    fmt = lambda v, lo, hi: f"{v:+.1f} [{lo:+.1f}, {hi:+.1f}]"  # noqa: E731
+    return {"accuracy change (points)": fmt(*(100 * row[f"is_correct_diff{s}"]
+                                               for s in ("", "_low", "_high"))),
+            "length change (%)": fmt(*(100 * row[f"reasoning_tokens_diff{s}"] / base
+                                       for s in ("", "_low", "_high")))}

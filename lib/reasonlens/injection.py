@@ -104,6 +104,32 @@ def feature_activations(model, sae, texts: Sequence[str], features: Sequence[int
     return pd.DataFrame(rows)
 
 
+def injection_texts(traces: Sequence[str], plains: Sequence[str], n_words: int, seed: int = 0
+                    ) -> dict[str, list[str]]:
+    """The four kinds of text of the control, from paired traces and plain answers of problems."""
+    if len(traces) != len(plains):
+        raise ValueError(f"traces ({len(traces)}) and plains ({len(plains)}) must pair up, one of "
+                         "each per problem.")
+    return {"trace": list(traces),
+            "trace, words removed": [strip_words(t) for t in traces],
+            "plain": list(plains),
+            "plain, words injected": [inject_words(t, n_words, seed + i)
+                                      for i, t in enumerate(plains)]}
+
+
+def measure_conditions(model, sae, texts: dict[str, Sequence[str]], problem_ids: Sequence,
+                       features: Sequence[int], cfg: ReasonScoreConfig | None = None
+                       ) -> pd.DataFrame:
+    """``feature_activations`` for each kind of text, labelled by condition and problem_id."""
+    frames = []
+    for condition, kind_texts in texts.items():
+        acts = feature_activations(model, sae, kind_texts, features, cfg)
+        acts["condition"] = condition
+        acts["problem_id"] = np.asarray(problem_ids)[acts.text_idx]
+        frames.append(acts)
+    return pd.concat(frames, ignore_index=True)
+
+
 def cohens_d(a: Sequence[float], b: Sequence[float]) -> float:
     """(mean a - mean b) / pooled standard deviation (NaN when both are constant)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
