@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from reasonlens import plotting
 from reasonlens.config import check_range
 from reasonlens.dashboards import check_features, rank_features
-from reasonlens.models import sae_hook_name, special_token_ids
+from reasonlens.models import device_of, sae_hook_name, special_token_ids
 from reasonlens.scoring import encode_batch, folded_sae, ignored_mask
 
 HEAT_RGB = "255, 112, 0"  # the heat-map colour; opacity is activation / the feature's maximum
@@ -51,7 +51,7 @@ def feature_activations(model, sae, tokens: torch.Tensor, feature_idx: Sequence[
     """
     features = torch.tensor(check_features(feature_idx, sae.cfg.d_sae))
     hook_name = sae_hook_name(sae, hook_name)
-    device = _device(model)
+    device = device_of(model)
     out = []
     for start in tqdm(range(0, tokens.shape[0], batch_size), desc="feature activations",
                       disable=not progress, unit="batch"):
@@ -363,13 +363,6 @@ class FeatureExplorer:
                 + self.summary_html(feature_idx) + self.histogram_html(feature_idx)
                 + "<p>Logit effects through the unembedding:</p>" + self.logits_html(feature_idx)
                 + "<p>Top-activating contexts:</p>" + self.contexts_html(feature_idx) + "</div>")
-
-
-def _device(model) -> torch.device:
-    try:
-        return next(model.model.parameters()).device
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")
 
 
 # --- The widget ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import torch
 from reasonlens import constants as K
 from reasonlens.config import check_range
 from reasonlens.evaluation import paired_bootstrap_difference
-from reasonlens.models import sae_hook_name
+from reasonlens.models import device_of, sae_hook_name
 from reasonlens.scoring import (ReasonScoreConfig, default_ignore_ids, encode_batch, folded_sae,
                                 ignored_mask, reasoning_groups, word_masks)
 
@@ -88,7 +88,8 @@ def feature_activations(model, sae, texts: Sequence[str], features: Sequence[int
         ids = tokenizer(list(texts[start:start + batch_size]), add_special_tokens=False)["input_ids"]
         width = max(map(len, ids))
         tokens = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i in ids])
-        acts = encode_batch(model, sae, tokens, hook_name)[..., idx].float()  # [b, pos, n]
+        acts = encode_batch(model, sae, tokens.to(device_of(model)), hook_name)
+        acts = acts[..., idx.to(acts.device)].float().cpu()  # [b, pos, n]
         keep = (~ignored_mask(tokens, ignore_ids)).float()[..., None]
         window = word_masks(tokens, groups, cfg.window, ignore_ids).any(0).float()[..., None]
         doc_mean = (acts * keep).sum(1) / keep.sum(1).clamp(min=1)

@@ -243,6 +243,14 @@ def special_token_ids(tokenizer) -> tuple[int, ...]:
     return tuple(sorted({int(i) for i in ids if i is not None}))
 
 
+def device_of(model) -> torch.device:
+    """Where a hooked model's weights live (CPU when it has none)."""
+    try:
+        return next(model.model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
 class HookedModel:
     """What both backends share: TransformerLens hook names and ``model(tokens)`` -> logits."""
 

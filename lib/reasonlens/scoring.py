@@ -49,7 +49,8 @@ from tqdm.auto import tqdm
 
 from reasonlens.config import Config, check_range
 from reasonlens.constants import REASONING_WORDS
-from reasonlens.models import check_sae_fits, parse_hook_name, sae_hook_name, special_token_ids
+from reasonlens.models import (check_sae_fits, device_of, parse_hook_name, sae_hook_name,
+                               special_token_ids)
 
 log = logging.getLogger(__name__)
 
@@ -470,7 +471,7 @@ def accumulate_stats(model, sae, tokens, cfg: ReasonScoreConfig, batch_indices=N
     stats = ReasonStats.zeros(list(groups), sae.cfg.d_sae)
     n_batches = math.ceil(tokens.shape[0] / cfg.batch_size)
     indices = range(n_batches) if batch_indices is None else list(batch_indices)
-    model_device = _model_device(model)
+    model_device = device_of(model)
     for b in tqdm(indices, desc="ReasonScore", disable=not progress, unit="batch"):
         batch = tokens[b * cfg.batch_size:(b + 1) * cfg.batch_size].to(model_device)
         feature_acts = encode_batch(model, sae, batch, hook_name, f"batch {b}")
@@ -515,13 +516,6 @@ def warn_absent_words(stats: ReasonStats) -> None:
                     "still count in |R|.", absent)
 
 
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.model.parameters()).device
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")
-
-
 # --- Prompt-level score -------------------------------------------------------------------------
 def prompt_score(model, sae, tokens: torch.Tensor, feature_idx: Sequence[int] | torch.Tensor,
                  top_k: int | None = None, hook_name: str | None = None,
@@ -562,7 +556,7 @@ def prompt_score(model, sae, tokens: torch.Tensor, feature_idx: Sequence[int] | 
         sae = folded_sae(sae)
     ids = (tuple(ignore_token_ids) if ignore_token_ids is not None
            else default_ignore_ids(model.tokenizer, ReasonScoreConfig()))
-    tokens = tokens.to(_model_device(model))
+    tokens = tokens.to(device_of(model))
     feature_acts = encode_batch(model, sae, tokens, hook_name)[..., idx.to(tokens.device)]
     keep = (~ignored_mask(tokens, ids)).to(feature_acts.dtype).to(feature_acts.device)
     per_token = feature_acts.mean(-1)
@@ -599,7 +593,7 @@ def top_activation_window_share(model, sae, tokens, feature_idx: Sequence[int],
     idx = torch.as_tensor(list(feature_idx), dtype=torch.long)
     values, inside, n_pos, n_kept = [], [], 0, 0
     for start in range(0, tokens.shape[0], cfg.batch_size):
-        batch = tokens[start:start + cfg.batch_size].to(_model_device(model))
+        batch = tokens[start:start + cfg.batch_size].to(device_of(model))
         acts = encode_batch(model, sae, batch, hook_name)[..., idx.to(batch.device)]
         batch = batch.to(acts.device)
         keep = ~ignored_mask(batch, ignore_ids)
