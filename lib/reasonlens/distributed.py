@@ -16,9 +16,11 @@ Rank 0 writes the scores atomically (a temporary name, then a rename).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -90,6 +92,21 @@ def _parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@contextlib.contextmanager
+def process_group() -> Iterator[str]:
+    """Join torchrun's process group (NCCL on GPU, gloo on CPU), yield this rank's device, leave."""
+    use_cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        device = "cpu"
+        if use_cuda:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
+        yield device
+    finally:
+        dist.destroy_process_group()
+
+
 def main(argv=None) -> None:
     """Entry point for ``torchrun -m reasonlens.distributed``."""
     from sae_lens import SAE
@@ -99,13 +116,7 @@ def main(argv=None) -> None:
 
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    use_cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    try:
-        device = "cpu"
-        if use_cuda:
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-            torch.cuda.set_device(device)
+    with process_group() as device:
         model = load_hooked(args.model, backend=args.backend)
         model.model.to(device)
         sae = SAE.load_from_disk(args.sae, device=device)
@@ -122,9 +133,6 @@ def main(argv=None) -> None:
             log.info("wrote %s (%d features, %d tokens, %d ranks)", out, len(frame),
                      stats.n_tokens, dist.get_world_size())
         dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
 
 if __name__ == "__main__":
     main()

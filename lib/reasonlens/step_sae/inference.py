@@ -1,0 +1,58 @@
+"""Running a trained step-level SAE: latents, reconstruction quality, latent density."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from reasonlens.step_sae.data import StepExamples, collate
+from reasonlens.step_sae.model import StepSAE
+
+
+def _batches(model: StepSAE, examples: StepExamples, batch_size: int, desc: str):
+    for start in tqdm(range(0, len(examples), batch_size), desc=desc, mininterval=2.0,
+                      disable=len(examples) <= batch_size):
+        end = min(start + batch_size, len(examples))
+        yield collate(examples.context_ids[start:end], examples.step_ids[start:end],
+                      model.sep_id, model.eos_id, model.pad_id)
+
+
+@torch.no_grad()
+def encode_steps(model: StepSAE, examples: StepExamples, batch_size: int = 64) -> np.ndarray:
+    """L2-normalised latents ``[n_steps, n_latents]`` of every example."""
+    model.eval()
+    return torch.cat([model.encode(b) for b in _batches(model, examples, batch_size, "encode")]
+                     ).numpy()
+
+
+@torch.no_grad()
+def reconstruction_metrics(model: StepSAE, examples: StepExamples, batch_size: int = 64
+                           ) -> pd.DataFrame:
+    """Step reconstruction loss and token accuracy under four choices of latent.
+
+    ``own``: the step's latent; ``shuffled``: another step's latent from the batch (rolled by
+    one); ``zero``: an all-zero latent (the decoder has only the context); ``context_head``: the
+    phase-2 prediction from the context alone.
+
+    Returns:
+        One row per condition: condition, recon_loss (mean NLL per step token), token_accuracy.
+    """
+    model.eval()
+    sums = {c: np.zeros(2) for c in ("own", "shuffled", "zero", "context_head")}
+    for batch in _batches(model, examples, batch_size, "reconstruct"):
+        latents = model.encode(batch)
+        predicted, _ = model.context_distribution(batch)
+        choices = {"own": latents, "shuffled": latents.roll(1, dims=0),
+                   "zero": torch.zeros_like(latents), "context_head": predicted}
+        for name, z in choices.items():
+            recon, right = model.reconstruct(batch, z)
+            sums[name] += [recon.sum().item(), right.sum().item()]
+    return pd.DataFrame([{"condition": c, "recon_loss": s[0] / len(examples),
+                          "token_accuracy": s[1] / len(examples)} for c, s in sums.items()])
+
+
+def latent_density(latents: np.ndarray) -> np.ndarray:
+    """Fraction of steps on which each latent is active (> 0): ``[n_latents]``."""
+    return (np.asarray(latents) > 0).mean(axis=0)

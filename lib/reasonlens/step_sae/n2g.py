@@ -1,0 +1,203 @@
+"""N2G pattern mining for step-level latents (Foote et al., 2023, as used by Yang et al., 2026).
+
+For each of the most active latents, take its top-activating steps. For each, keep the context
+and find the *shortest suffix* of the step that keeps the latent active (at least the latent's
+threshold: ``keep_fraction`` times the mean activation over those top steps). Then try a few
+replacement tokens at every position of that suffix: a position where every replacement keeps
+the latent active is a *wildcard*. The resulting token sequence with wildcards is a pattern; a
+step *matches* it when its last tokens do. On held-out steps, precision is P(active | a pattern
+matches) and recall P(some pattern matches | active).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from reasonlens.config import Config, check_range
+from reasonlens.step_sae.data import StepExamples, collate
+from reasonlens.step_sae.model import StepSAE
+
+WILDCARD = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class N2GConfig(Config):
+    """Which latents to explain and how.
+
+    Args:
+        n_latents: explain this many latents (those with the largest total activation).
+        n_examples: top-activating steps mined per latent.
+        keep_fraction: a latent is active when it reaches this fraction of its mean top
+            activation (the same threshold for pruning, wildcards and evaluation).
+        n_replacements: tokens tried at each position (the most frequent step tokens; one more
+            is taken so that a position holding one of them still gets ``n_replacements``).
+        batch_size: variants encoded per pass.
+    """
+
+    n_latents: int = 10
+    n_examples: int = 8
+    keep_fraction: float = 0.5
+    n_replacements: int = 4
+    batch_size: int = 64
+
+    def __post_init__(self):
+        for name in ("n_latents", "n_examples", "n_replacements", "batch_size"):
+            check_range(name, getattr(self, name), 1)
+        check_range("keep_fraction", self.keep_fraction, 0.0, 1.0)
+
+
+def most_active_latents(latents: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` latents with the largest total activation over ``latents [n_steps, n_latents]``."""
+    total = np.asarray(latents).sum(0)
+    order = np.argsort(-total, kind="stable")
+    return order[: min(n, int((total > 0).sum()))]
+
+
+def frequent_tokens(examples: StepExamples, n: int) -> list[int]:
+    """The ``n`` most frequent step tokens (replacement candidates for the wildcard test)."""
+    counts = Counter(t for step in examples.step_ids for t in step)
+    return [t for t, _ in counts.most_common(n)]
+
+
+@torch.no_grad()
+def _latent_values(model: StepSAE, context: Sequence[int], steps: Sequence[Sequence[int]],
+                   latent_idx: int, batch_size: int) -> np.ndarray:
+    values = []
+    for start in range(0, len(steps), batch_size):
+        chunk = steps[start: start + batch_size]
+        batch = collate([context] * len(chunk), chunk, model.sep_id, model.eos_id, model.pad_id)
+        values.append(model.encode(batch)[:, latent_idx])
+    return torch.cat(values).numpy()
+
+
+def explain_step(model: StepSAE, context: Sequence[int], step: Sequence[int], latent_idx: int,
+                 threshold: float, replacements: Sequence[int], batch_size: int = 64
+                 ) -> tuple[int, ...]:
+    """One step's pattern: the shortest active suffix, wildcards where tokens do not matter.
+
+    Returns:
+        Token ids of the suffix, ``WILDCARD`` (-1) at positions every replacement keeps active.
+        The whole step (without wildcard search) when no suffix reaches ``threshold``.
+    """
+    suffixes = [list(step[-k:]) for k in range(1, len(step) + 1)]
+    values = _latent_values(model, context, suffixes, latent_idx, batch_size)
+    active = np.flatnonzero(values >= threshold)
+    if len(active) == 0:
+        return tuple(step)
+    suffix = suffixes[active[0]]
+    variants, owners = [], []
+    for pos, token in enumerate(suffix):
+        for replacement in replacements:
+            if replacement != token:
+                variants.append(suffix[:pos] + [replacement] + suffix[pos + 1:])
+                owners.append(pos)
+    kept = np.ones(len(suffix), dtype=bool)
+    if variants:
+        still = _latent_values(model, context, variants, latent_idx, batch_size) >= threshold
+        for pos, ok in zip(owners, still):
+            kept[pos] &= bool(ok)
+    return tuple(WILDCARD if kept[pos] else token for pos, token in enumerate(suffix))
+
+
+def mine_patterns(model: StepSAE, examples: StepExamples, latents: np.ndarray, cfg: N2GConfig,
+                  tokenizer) -> pd.DataFrame:
+    """Patterns of the most active latents, mined from their top-activating steps.
+
+    Args:
+        model: the trained step-level SAE.
+        examples: steps to mine from; ``latents`` are their latents ``[n_steps, n_latents]``.
+        cfg: how many latents and examples, the threshold, the replacements.
+        tokenizer: to show patterns as text.
+
+    Returns:
+        One row per (latent, pattern): latent_idx, threshold, pattern (token ids, -1 = wildcard),
+        pattern_text, n_sources (top steps that gave it), example (one source step's text).
+    """
+    replacements = frequent_tokens(examples, cfg.n_replacements + 1)
+    rows = []
+    for latent_idx in tqdm(most_active_latents(latents, cfg.n_latents), desc="N2G",
+                           mininterval=2.0):
+        values = latents[:, latent_idx]
+        top = np.argsort(-values, kind="stable")[: cfg.n_examples]
+        top = top[values[top] > 0]
+        threshold = cfg.keep_fraction * float(values[top].mean())
+        found: dict[tuple[int, ...], list[int]] = {}
+        for row in top:
+            pattern = explain_step(model, examples.context_ids[row], examples.step_ids[row],
+                                   int(latent_idx), threshold, replacements, cfg.batch_size)
+            found.setdefault(pattern, []).append(int(row))
+        for pattern, sources in found.items():
+            rows.append({"latent_idx": int(latent_idx), "threshold": threshold,
+                         "pattern": list(pattern), "pattern_text": pattern_text(pattern, tokenizer),
+                         "n_sources": len(sources),
+                         "example": examples.table["step"].iloc[sources[0]]})
+    return pd.DataFrame(rows, columns=["latent_idx", "threshold", "pattern", "pattern_text",
+                                       "n_sources", "example"])
+
+
+def pattern_text(pattern: Sequence[int], tokenizer) -> str:
+    """A pattern as text, ``[*]`` for wildcards, ``…`` before it (it is a suffix)."""
+    parts = ["[*]" if t == WILDCARD else tokenizer.decode([t]) for t in pattern]
+    return "…" + "".join(parts)
+
+
+def matches(pattern: Sequence[int], step: Sequence[int]) -> bool:
+    """Whether ``step`` ends with ``pattern`` (wildcards match any token)."""
+    if len(pattern) > len(step):
+        return False
+    tail = step[len(step) - len(pattern):]
+    return all(p == WILDCARD or p == t for p, t in zip(pattern, tail))
+
+
+def evaluate_patterns(patterns: pd.DataFrame, examples: StepExamples, latents: np.ndarray
+                      ) -> pd.DataFrame:
+    """Precision and recall of each latent's patterns on held-out steps.
+
+    Args:
+        patterns: ``mine_patterns`` output.
+        examples: held-out steps; ``latents`` their latents ``[n_steps, n_latents]``.
+
+    Returns:
+        One row per latent: latent_idx, n_patterns, n_active, n_matched, precision, recall
+        (NaN when nothing matched, resp. nothing was active).
+    """
+    rows = []
+    for latent_idx, group in patterns.groupby("latent_idx", sort=False):
+        active = latents[:, latent_idx] >= group["threshold"].iloc[0]
+        matched = np.array([any(matches(p, step) for p in group["pattern"])
+                            for step in examples.step_ids], dtype=bool)
+        hits = int((active & matched).sum())
+        rows.append({"latent_idx": int(latent_idx), "n_patterns": len(group),
+                     "n_active": int(active.sum()), "n_matched": int(matched.sum()),
+                     "precision": hits / matched.sum() if matched.any() else float("nan"),
+                     "recall": hits / active.sum() if active.any() else float("nan")})
+    return pd.DataFrame(rows, columns=["latent_idx", "n_patterns", "n_active", "n_matched",
+                                       "precision", "recall"])
+
+
+def example_table(examples: StepExamples, latents: np.ndarray, patterns: pd.DataFrame,
+                  n_examples: int, n_top: int = 3) -> pd.DataFrame:
+    """The first ``n_examples`` steps with their ``n_top`` latents and those latents' patterns.
+
+    Returns:
+        Columns step, is_correct (when known), top_latents ("idx:value, ..."), patterns (the
+        first mined pattern of each top latent that has one).
+    """
+    first = patterns.groupby("latent_idx")["pattern_text"].first()
+    rows = []
+    for i in range(min(n_examples, len(examples))):
+        top = np.argsort(-latents[i], kind="stable")[:n_top]
+        row = {"step": examples.table["step"].iloc[i]}
+        if "is_correct" in examples.table:
+            row["is_correct"] = bool(examples.table["is_correct"].iloc[i])
+        row["top_latents"] = ", ".join(f"{j}:{latents[i, j]:.2f}" for j in top)
+        row["patterns"] = "  ".join(f"{j}:{first[j]}" for j in top if j in first.index)
+        rows.append(row)
+    return pd.DataFrame(rows)

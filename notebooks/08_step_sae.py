@@ -1,0 +1,254 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 8. Step-level SAE: what does a whole reasoning step add?
+#
+# Yang et al. (2026, arXiv 2603.03031) encode one reasoning step *given its context* into a
+# sparse latent: an encoder LM reads `context <sep> step <eos>`, a linear map and a ReLU give a
+# latent that is L2-normalised and whose L1 norm is pulled toward a target, a projection turns it
+# into soft-prefix vectors, and a decoder LM that also sees the context must reproduce the step.
+# The context is free, so the bottleneck keeps what the step *adds*. Phase 2 fits a Gaussian head
+# that predicts the latent from the context alone. On the synthetic world every step has
+# ground-truth labels, so we can ask: do linear probes on the latents read off step correctness,
+# length and first token better than class statistics and better than a token-level SAE's pooled
+# features? Do N2G patterns explain the latents? Does weighting sampled solutions by the probe's
+# p(correct) beat majority voting?
+#
+# Reads: the world's steps and problems (01), the toy reasoning model (02), the token-level SAE
+# (03). Writes: `step_sae/` (model, checkpoints, history, eval, probes, patterns, voting).
+#
+# **Real models.** The paper encodes with Qwen2.5-0.5B on GSM8K, Numina and OpenCodeInstruct
+# step data. Here that is `step_model_name: Qwen/Qwen2.5-0.5B` (a hub id or a local
+# `save_pretrained` directory; nothing is fetched unless the notebook runs), `step_data_source:
+# jsonl` and `step_jsonl_path:` a GSM8K-style file (`{"question", "answer"}` per line, steps on
+# separate lines of the answer, `#### <final answer>` last). Such data has no correctness labels,
+# so the probes cover length and first token; set `step_token_sae_baseline: false` unless the
+# notebook-03 SAE was trained on the same model, `step_vote_problems: 0` (voting needs the
+# world's verifier), and `model_device: cuda`. Phase 1 shards over GPUs with
+# `torchrun --nproc_per_node N -m reasonlens.step_sae.distributed` (see its docstring).
+
+# %% tags=["parameters"]
+profile = "default"
+model_name = None  # the reasoning model of notebook 02 (sampled from for voting)
+model_device = "cpu"
+step_model_name = None  # LM the SAE's encoder and decoder start from; None: model_name / toy
+step_data_source = "synthetic"  # "synthetic" (the world's traces) or "jsonl" (GSM8K-style)
+step_jsonl_path = None
+step_n_train = 20000  # training steps (examples) for the SAE
+step_n_probe_train = 4000  # of those, steps the probes are fitted on
+step_n_test = 2000  # held-out steps (test split)
+step_n_latents = 256
+step_n_prefix = 1  # soft-prefix vectors: the paper's sparsity factor
+step_l1_target = 2.0
+step_l1_coefficient = 0.01  # weight of (L1 - target)^2
+step_l1_warmup_steps = 200  # the penalty ramps up over these steps
+step_max_context_tokens = 48
+step_max_step_tokens = 32
+step_n_steps = 300
+step_batch_size = 32
+step_lr = 1e-3
+step_checkpoint_every = 100
+step_head_n_steps = 200
+step_n_length_bins = 3
+step_n_first_tokens = 8
+step_token_sae_baseline = True
+step_n2g_latents = 8
+step_n2g_examples = 6
+step_keep_fraction = 0.5
+step_vote_problems = 120  # held-out problems to vote on (0: skip voting)
+step_vote_k = 8  # sampled solutions per problem
+step_vote_temperature = 1.0
+step_vote_tau = 1.0
+step_vote_max_new_tokens = 160
+step_n_examples_shown = 8
+
+# %%
+import numpy as np
+import pandas as pd
+import torch
+from IPython.display import display
+from sae_lens import SAE
+from transformers import AutoTokenizer
+
+from reasonlens import artifacts, evaluation, models, plotting
+from reasonlens import constants as K
+from reasonlens.step_sae import data as step_data
+from reasonlens.step_sae import inference, n2g, probes, training, voting
+from reasonlens.step_sae.model import StepSAE, StepSAEConfig
+
+run = artifacts.RunDir(profile)
+lm_path = step_model_name or run.model_path(model_name)
+tokenizer = AutoTokenizer.from_pretrained(lm_path)
+if step_data_source == "synthetic":
+    steps, problems = run.read_parquet(K.STEPS), run.read_parquet(K.PROBLEMS)
+    train_table = step_data.world_step_table(steps, problems, ["train"])
+    test_table = step_data.world_step_table(steps, problems, ["test"])
+elif step_data_source == "jsonl":
+    table = step_data.read_jsonl_steps(step_jsonl_path)
+    test_ids = table.problem_id.drop_duplicates().sample(frac=0.1, random_state=0)
+    train_table = table[~table.problem_id.isin(test_ids)]
+    test_table = table[table.problem_id.isin(test_ids)]
+else:
+    raise ValueError(f"step_data_source={step_data_source!r} is unknown; use 'synthetic' or "
+                     "'jsonl'.")
+train_table = train_table.sample(min(step_n_train, len(train_table)), random_state=0)
+test_table = test_table.sample(min(step_n_test, len(test_table)), random_state=0)
+print(f"{len(train_table):,} training steps, {len(test_table):,} held-out steps; LM {lm_path}")
+
+# %% [markdown]
+# ## Phase 1: train the autoencoder
+# Both LMs start from the same causal LM (a `<sep>` token is added when the tokenizer has none).
+# Training checkpoints into the run directory, so an interrupted run resumes where it stopped.
+
+# %%
+cfg = StepSAEConfig(n_latents=step_n_latents, n_prefix=step_n_prefix,
+                    l1_target=step_l1_target, l1_coefficient=step_l1_coefficient,
+                    max_context_tokens=step_max_context_tokens,
+                    max_step_tokens=step_max_step_tokens)
+train_cfg = training.StepSAETrainConfig(n_steps=step_n_steps, batch_size=step_batch_size,
+                                        lr=step_lr, l1_warmup_steps=step_l1_warmup_steps,
+                                        checkpoint_every=step_checkpoint_every,
+                                        head_n_steps=step_head_n_steps)
+torch.manual_seed(0)
+sae = StepSAE.build(lm_path, tokenizer, cfg)
+train_examples = step_data.tokenize_steps(train_table, tokenizer, cfg.max_context_tokens,
+                                          cfg.max_step_tokens)
+test_examples = step_data.tokenize_steps(test_table, tokenizer, cfg.max_context_tokens,
+                                         cfg.max_step_tokens)
+history = training.train_step_sae(sae, train_examples, train_cfg,
+                                  checkpoint_dir=run.path(K.STEP_SAE_CHECKPOINTS_DIR),
+                                  restart_if_changed=True)
+history.tail(3)
+
+# %% [markdown]
+# ## Phase 2: predict the latent from the context
+# A Gaussian head on the frozen encoder's hidden state at `<sep>` (before the step is read).
+
+# %%
+head_history = training.train_context_head(sae, train_examples, train_cfg)
+head_history.tail(3)
+
+# %% [markdown]
+# ## Reconstruction quality and latent density
+# Held-out loss per step token when the decoder gets the step's own latent, another step's
+# latent, an all-zero latent (context only), or the phase-2 prediction. The gap between *own*
+# and *shuffled* is what the latent carries about the step beyond its context.
+
+# %%
+recon = inference.reconstruction_metrics(sae, test_examples)
+test_latents = inference.encode_steps(sae, test_examples)
+density = inference.latent_density(test_latents)
+display(recon.round(4))
+print(f"L0 {(test_latents > 0).sum(1).mean():.1f} of {cfg.n_latents} latents per step; "
+      f"L1 {np.abs(test_latents).sum(1).mean():.2f} (target {cfg.l1_target})")
+plotting.step_sae_reconstruction(history, recon, save_to=run.figure("08_reconstruction"))
+plotting.latent_density_histogram(density, save_to=run.figure("08_latent_density"));
+
+# %% [markdown]
+# ## Probes: correctness, length and first token
+# Logistic regressions fitted on training steps, scored on held-out ones, against the training
+# class frequencies (*statistics*) and, as the token-level baseline, the notebook-03 SAE's
+# features mean-pooled over the step's tokens.
+
+# %%
+probe_cfg = probes.ProbeConfig(n_length_bins=step_n_length_bins,
+                               n_first_tokens=step_n_first_tokens)
+probe_examples = train_examples.subset(range(min(step_n_probe_train, len(train_examples))))
+targets = probes.step_targets(probes.with_token_labels(probe_examples.table, tokenizer),
+                             probes.with_token_labels(test_examples.table, tokenizer), probe_cfg)
+feature_sets = {"step_sae": (inference.encode_steps(sae, probe_examples), test_latents)}
+if step_token_sae_baseline:
+    token_model = models.load_hooked(run.model_path(model_name), backend="hf",
+                                     device=model_device)
+    token_sae = SAE.load_from_disk(str(run.require(K.SAE_DIR)))
+    feature_sets["token_sae"] = tuple(
+        probes.pooled_token_features(token_model, token_sae, ex)
+        for ex in (probe_examples, test_examples))
+probe_results = probes.probe_table(feature_sets, targets, probe_cfg)
+display(probe_results.pivot(index="features", columns="task",
+                            values=["accuracy", "auc", "loss"]).round(3))
+plotting.probe_results(probe_results, save_to=run.figure("08_probes"));
+
+# %% [markdown]
+# ## N2G patterns of the most active latents
+# For each latent's top training steps: the shortest step suffix that keeps it active, with
+# wildcards where any of the frequent tokens would do. Precision and recall are measured on the
+# held-out steps (active = at least half the latent's mean top activation).
+
+# %%
+n2g_cfg = n2g.N2GConfig(n_latents=step_n2g_latents, n_examples=step_n2g_examples,
+                        keep_fraction=step_keep_fraction)
+patterns = n2g.mine_patterns(sae, probe_examples, feature_sets["step_sae"][0], n2g_cfg, tokenizer)
+pattern_eval = n2g.evaluate_patterns(patterns, test_examples, test_latents)
+display(patterns.groupby("latent_idx").head(3)[["latent_idx", "pattern_text", "n_sources",
+                                                 "example"]])
+display(pattern_eval.round(3))
+
+# %% [markdown]
+# ## Probe-guided weighted voting
+# k sampled solutions per held-out problem; each votes for its answer with weight = mean over
+# its steps of p(correct)^tau from the correctness probe on the step latents.
+
+# %%
+if step_vote_problems and "correctness" in targets:
+    lm, lm_tokenizer = models.load_hf_model(run.model_path(model_name), device=model_device)
+    vote_problems = problems[problems.split == "test"].head(step_vote_problems)
+    vote_cfg = voting.VotingConfig(n_samples=step_vote_k, temperature=step_vote_temperature,
+                                   tau=step_vote_tau, max_new_tokens=step_vote_max_new_tokens)
+    greedy = evaluation.evaluate_answers(lm, lm_tokenizer, vote_problems, reasoning=True,
+                                         max_new_tokens=step_vote_max_new_tokens)
+    solutions = voting.sample_solutions(lm, lm_tokenizer, vote_problems, vote_cfg)
+    solution_steps = step_data.tokenize_steps(
+        step_data.trace_step_table(solutions, solutions.completion), tokenizer,
+        cfg.max_context_tokens, cfg.max_step_tokens)
+    correctness_probe = probes.fit_probe(feature_sets["step_sae"][0], targets["correctness"][0],
+                                         probe_cfg)
+    p_correct = correctness_probe.predict_proba(inference.encode_steps(sae, solution_steps))[
+        :, list(correctness_probe.classes_).index(True)]
+    weights = voting.solution_weights(len(solutions), solution_steps.table.solution_idx.to_numpy(),
+                                      p_correct, vote_cfg.tau)
+    vote_table, vote_diff = voting.voting_table(vote_problems, greedy, solutions, weights)
+    display(vote_table.round(3))
+    print("weighted - majority: {difference:+.3f} [{ci_low:+.3f}, {ci_high:+.3f}]".format(
+        **vote_diff))
+    plotting.voting_bars(vote_table, save_to=run.figure("08_voting"))
+
+# %% [markdown]
+# ## Example steps, their top latents and those latents' patterns
+
+# %%
+examples_shown = n2g.example_table(test_examples, test_latents, patterns,
+                                   step_n_examples_shown)
+display(examples_shown)
+plotting.text_table(examples_shown, save_to=run.figure("08_examples"));
+
+# %% [markdown]
+# ## Write the artifacts
+
+# %%
+with run.write_dir(K.STEP_SAE_DIR, config=cfg) as tmp:
+    sae.save(tmp)
+run.write(K.STEP_SAE_HISTORY, pd.concat([history.assign(phase=1), head_history.assign(phase=2)]),
+          config=train_cfg)
+run.write(K.STEP_SAE_EVAL, {"reconstruction": recon.to_dict("records"),
+                            "l0": float((test_latents > 0).sum(1).mean()),
+                            "n_dead": int((density == 0).sum()),
+                            "context_head_nll": float(head_history.nll.tail(20).mean())},
+          config=cfg)
+run.write(K.STEP_PROBES, probe_results, config=probe_cfg)
+run.write(K.STEP_PATTERNS, patterns, config=n2g_cfg)
+run.write(K.STEP_PATTERN_EVAL, pattern_eval, config=n2g_cfg)
+if step_vote_problems and "correctness" in targets:
+    run.write(K.STEP_VOTING, {"table": vote_table.to_dict("records"),
+                              "weighted_minus_majority": vote_diff}, config=vote_cfg)
