@@ -20,9 +20,9 @@ import torch
 from reasonlens import constants as K
 from reasonlens.config import check_range
 from reasonlens.evaluation import paired_bootstrap_difference
-from reasonlens.models import device_of, sae_hook_name
-from reasonlens.scoring import (ReasonScoreConfig, default_ignore_ids, encode_batch, folded_sae,
-                                ignored_mask, reasoning_groups, word_masks)
+from reasonlens.explorer import feature_activations as encode_features
+from reasonlens.scoring import (ReasonScoreConfig, default_ignore_ids, folded_sae, ignored_mask,
+                                reasoning_groups, word_masks)
 
 # How each word opens a sentence when injected (capitalised, with its usual punctuation).
 OPENERS = {"alternatively": "Alternatively, ", "hmm": "Hmm, ", "maybe": "Maybe ",
@@ -77,32 +77,26 @@ def feature_activations(model, sae, texts: Sequence[str], features: Sequence[int
     cfg = cfg or ReasonScoreConfig()
     if len(texts) == 0:
         raise ValueError("texts is empty: nothing to measure.")
-    hook_name = sae_hook_name(sae, cfg.hook_name)
     tokenizer = model.tokenizer
     groups = list(reasoning_groups(tokenizer, cfg).values())
     ignore_ids = default_ignore_ids(tokenizer, cfg)
-    sae = folded_sae(sae)
-    idx = torch.as_tensor(list(features), dtype=torch.long)
-    rows = []
-    for start in range(0, len(texts), batch_size):
-        ids = tokenizer(list(texts[start:start + batch_size]), add_special_tokens=False)["input_ids"]
-        width = max(map(len, ids))
-        tokens = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i in ids])
-        acts = encode_batch(model, sae, tokens.to(device_of(model)), hook_name)
-        acts = acts[..., idx.to(acts.device)].float().cpu()  # [b, pos, n]
-        keep = (~ignored_mask(tokens, ignore_ids)).float()[..., None]
-        window = word_masks(tokens, groups, cfg.window, ignore_ids).any(0).float()[..., None]
-        doc_mean = (acts * keep).sum(1) / keep.sum(1).clamp(min=1)
-        doc_max = acts.masked_fill(keep == 0, -torch.inf).amax(1)
-        in_window = window.sum(1)
-        window_mean = torch.where(in_window > 0, (acts * window).sum(1) / in_window.clamp(min=1),
-                                  torch.nan)
-        for b in range(tokens.shape[0]):
-            for j, f in enumerate(idx.tolist()):
-                rows.append(dict(text_idx=start + b, feature_idx=f, doc_mean=float(doc_mean[b, j]),
-                                 doc_max=float(doc_max[b, j]),
-                                 window_mean=float(window_mean[b, j])))
-    return pd.DataFrame(rows)
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    width = max(map(len, ids))  # right padding: a causal model's earlier positions are unchanged
+    tokens = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i in ids])
+    acts = encode_features(model, folded_sae(sae), tokens, features, cfg.hook_name, batch_size,
+                           progress=False)  # [texts, pos, features]
+    keep = (~ignored_mask(tokens, ignore_ids)).float()[..., None]
+    window = word_masks(tokens, groups, cfg.window, ignore_ids).any(0).float()[..., None]
+    in_window = window.sum(1)
+    stats = {"doc_mean": (acts * keep).sum(1) / keep.sum(1).clamp(min=1),
+             "doc_max": acts.masked_fill(keep == 0, -torch.inf).amax(1),
+             "window_mean": torch.where(in_window > 0,
+                                        (acts * window).sum(1) / in_window.clamp(min=1),
+                                        torch.nan)}
+    n_texts, n_features = stats["doc_mean"].shape
+    return pd.DataFrame({"text_idx": np.repeat(np.arange(n_texts), n_features),
+                         "feature_idx": np.tile(list(features), n_texts),
+                         **{k: v.reshape(-1).numpy() for k, v in stats.items()}})
 
 
 def injection_texts(traces: Sequence[str], plains: Sequence[str], n_words: int, seed: int = 0
