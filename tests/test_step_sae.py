@@ -190,13 +190,14 @@ def test_reconstruction_loss_is_only_on_step_tokens_and_ignores_padding(
 
 def test_the_decoder_needs_the_step_own_latent_after_a_few_training_steps(
         toy_model, step_tokenizer, step_table):
-    # No context: the latent is the decoder's only source for the step.
+    # No context: the latent is the decoder's only source for the step. The small test LM
+    # barely knows the steps, so here it learns at the bottleneck's rate.
     sae = build_sae(toy_model, step_tokenizer, max_context_tokens=0, n_prefix=1,
                     l1_coefficient=0.01)
     table = step_table.drop_duplicates("step").head(12)
     examples = examples_of(table, step_tokenizer, sae.cfg)
-    training.train_step_sae(sae, examples, build_train_config(n_steps=100, batch_size=12),
-                            progress=False)
+    training.train_step_sae(sae, examples, build_train_config(n_steps=100, batch_size=12,
+                                                              lm_lr=3e-3), progress=False)
     metrics = inference.reconstruction_metrics(sae, examples, batch_size=12).set_index("condition")
     assert metrics.recon_loss["own"] < 0.8 * metrics.recon_loss["shuffled"]
     assert metrics.token_accuracy["own"] > metrics.token_accuracy["shuffled"]
@@ -278,6 +279,24 @@ def test_train_rejects_empty_examples(toy_model, step_tokenizer, step_table):
     empty = examples_of(step_table.head(2), step_tokenizer, sae.cfg).subset([])
     with pytest.raises(ValueError, match="step_n_train"):
         training.train_step_sae(sae, empty, build_train_config(), progress=False)
+
+
+def test_the_lms_learn_at_lm_lr_and_the_bottleneck_at_lr(toy_model, step_tokenizer, step_table):
+    sae = build_sae(toy_model, step_tokenizer)
+    examples = examples_of(step_table.head(8), step_tokenizer, sae.cfg)
+    before = {k: v.clone() for k, v in sae.state_dict().items()}
+    training.train_step_sae(sae, examples, build_train_config(n_steps=2, lm_lr=0.0),
+                            progress=False)
+    for name, value in sae.state_dict().items():
+        if name.startswith(("encoder.", "decoder.")):
+            assert torch.equal(value, before[name]), name
+    for name in ("W_enc.weight", "projection.0.weight", "projection.2.weight"):
+        assert not torch.equal(sae.state_dict()[name], before[name]), name
+    groups = training.parameter_groups(sae, sae.phase_parameters(1), build_train_config(lm_lr=None))
+    assert [g["lr"] for g in groups] == [3e-3, 3e-3]
+    n_lm = sum(p.numel() for lm in (sae.encoder, sae.decoder) for p in lm.parameters()
+               if p.requires_grad)
+    assert sum(p.numel() for p in groups[0]["params"]) == n_lm
 
 
 def test_phase_two_fits_the_context_head_and_leaves_the_autoencoder_alone(

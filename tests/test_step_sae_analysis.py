@@ -12,6 +12,7 @@ from sae_lens import StandardSAE, StandardSAEConfig
 
 from reasonlens import models, scoring
 from reasonlens.step_sae import data, n2g, probes, voting
+from reasonlens.step_sae.inference import encode_steps
 from reasonlens.step_sae.model import StepSAE, StepSAEConfig
 
 
@@ -114,11 +115,14 @@ def test_evaluate_patterns_gives_precision_and_recall():
     examples = data.StepExamples(pd.DataFrame({"step": list("abcd")}), [[]] * 4,
                                  [[1, 5], [2, 5], [3, 6], [4, 7]])
     latents = np.array([[0.9], [0.1], [0.8], [0.0]])
-    patterns = pd.DataFrame({"latent_idx": [0, 0], "threshold": [0.5, 0.5],
-                             "pattern": [[5], [4, 7]]})
+    w = n2g.WILDCARD
+    patterns = pd.DataFrame({"latent_idx": [0, 0, 0], "threshold": [0.5] * 3,
+                             "pattern": [[5], [4, 7], [w]], "n_sources": [1, 1, 2],
+                             "n_tokens": [1, 2, 0]})
     result = n2g.evaluate_patterns(patterns, examples, latents).iloc[0]
-    # matched: steps 0, 1, 3; active: steps 0, 2
+    # matched: steps 0, 1, 3 (the all-wildcard pattern, which matches all, is left out); active: 0, 2
     assert (result.n_matched, result.n_active) == (3, 2)
+    assert (result.n_patterns, result.n_tokenless) == (2, 2)
     assert result.precision == pytest.approx(1 / 3) and result.recall == pytest.approx(1 / 2)
 
 
@@ -136,16 +140,29 @@ def small_step_sae(toy_model, tokenizer):
     return StepSAE.build(toy_model, tok, cfg).eval(), tok
 
 
+def test_step_effects_subtract_the_context_alone(small_step_sae, world):
+    sae, tok = small_step_sae
+    examples = data.tokenize_steps(data.world_step_table(world.steps, world.problems).head(6),
+                                   tok, 12, 12)
+    effects = n2g.step_effects(sae, examples, batch_size=4)
+    with torch.no_grad():
+        full = sae.encode_activations(data.collate(examples.context_ids, examples.step_ids,
+                                                   sae.sep_id, sae.eos_id, sae.pad_id))
+        alone = sae.encode_activations(data.collate(examples.context_ids, [[]] * 6, sae.sep_id,
+                                                    sae.eos_id, sae.pad_id))
+    np.testing.assert_allclose(effects, (full - alone).numpy(), atol=1e-5)
+    assert (full >= 0).all() and (effects < 0).any()  # the step can also lower a latent
+
+
 def test_explain_step_finds_the_shortest_active_suffix(small_step_sae, world):
     sae, tok = small_step_sae
     table = data.world_step_table(world.steps, world.problems).head(40)
     examples = data.tokenize_steps(table, tok, 12, 12)
-    from reasonlens.step_sae.inference import encode_steps
-    latents = encode_steps(sae, examples)
-    latent_idx = int(n2g.most_active_latents(latents, 1)[0])
-    row = int(np.argmax(latents[:, latent_idx]))
+    effects = n2g.step_effects(sae, examples)
+    latent_idx = int(n2g.most_active_latents(effects.clip(0), 1)[0])
+    row = int(np.argmax(effects[:, latent_idx]))
     context, step = examples.context_ids[row], examples.step_ids[row]
-    threshold = 0.5 * latents[row, latent_idx]
+    threshold = 0.5 * effects[row, latent_idx]
     replacements = n2g.frequent_tokens(examples, 3)
     pattern = n2g.explain_step(sae, context, step, latent_idx, threshold, replacements)
     k = len(pattern)
@@ -154,23 +171,26 @@ def test_explain_step_finds_the_shortest_active_suffix(small_step_sae, world):
     assert all(p == n2g.WILDCARD or p == t for p, t in zip(pattern, suffix))
 
     def value(s):
-        batch = data.collate([context], [s], sae.sep_id, sae.eos_id, sae.pad_id)
+        batch = data.collate([context] * 2, [s, []], sae.sep_id, sae.eos_id, sae.pad_id)
         with torch.no_grad():
-            return sae.encode(batch)[0, latent_idx].item()
+            acts = sae.encode_activations(batch)[:, latent_idx]
+        return (acts[0] - acts[1]).item()
 
-    assert value(suffix) >= threshold
+    assert value(suffix) >= threshold - 1e-6
     assert all(value(step[-j:]) < threshold for j in range(1, k))
     for pos, p in enumerate(pattern):  # a wildcard survives every replacement
         if p == n2g.WILDCARD:
             for r in replacements:
                 assert value(suffix[:pos] + [r] + suffix[pos + 1:]) >= threshold - 1e-6
 
-    patterns = n2g.mine_patterns(sae, examples, latents, n2g.N2GConfig(n_latents=2, n_examples=3),
+    patterns = n2g.mine_patterns(sae, examples, effects, n2g.N2GConfig(n_latents=2, n_examples=3),
                                  tok)
-    assert set(patterns.latent_idx) <= set(n2g.most_active_latents(latents, 2).tolist())
+    assert set(patterns.latent_idx) <= set(n2g.most_active_latents(effects.clip(0), 2).tolist())
+    assert (patterns.n_tokens == [sum(t != n2g.WILDCARD for t in p)
+                                  for p in patterns.pattern]).all()
     assert patterns.n_sources.groupby(patterns.latent_idx).sum().le(3).all()
     assert patterns.pattern_text.str.startswith("…").all()
-    shown = n2g.example_table(examples, latents, patterns, 4)
+    shown = n2g.example_table(examples, encode_steps(sae, examples), patterns, 4)
     assert list(shown.columns) == ["step", "is_correct", "top_latents", "patterns"]
     assert len(shown) == 4
 
@@ -229,3 +249,15 @@ def test_trace_step_table_splits_generated_reasoning_into_steps():
     assert table.step.tolist() == ["a = 1.", "b = 2."]
     assert table.context.iloc[1].endswith("<think>\na = 1.\n")
     assert table.problem_id.tolist() == [4, 4]
+
+
+def test_weight_auc_and_tau_sweep_follow_the_weights():
+    solutions = solutions_frame().assign(is_correct=[True, True, False, False, False, False])
+    problems = pd.DataFrame({"problem_id": [0, 1], "answer": [7, 4]})
+    assert voting.weight_auc(solutions, [0.9, 0.8, 0.1, 0.2, 0.3, 0.0]) == 1.0
+    assert voting.weight_auc(solutions, [0.1, 0.1, 0.9, 0.9, 0.9, 0.9]) == 0.0
+    assert np.isnan(voting.weight_auc(solutions.assign(is_correct=True), [1.0] * 6))
+    # one step per solution; p favours the lone 7 in problem 0 and the 4 in problem 1
+    p = np.array([0.2, 0.2, 0.9, 0.1, 0.8, 0.5])
+    sweep = voting.tau_sweep(problems, solutions, 6, np.arange(6), p, [0.0, 8.0])
+    assert sweep.accuracy.tolist() == [0.0, 1.0]  # tau 0 is the majority vote: 5 and 3

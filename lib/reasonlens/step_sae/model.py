@@ -177,20 +177,30 @@ class StepSAE(torch.nn.Module):
 
     def encode(self, batch: StepBatch) -> torch.Tensor:
         """L2-normalised sparse latents ``[batch, n_latents]`` of the steps in ``batch``."""
+        return self.sparse_latent(self.step_state(batch))
+
+    def step_state(self, batch: StepBatch) -> torch.Tensor:
+        """The encoder LM's last-layer hidden state at each ``<eos>`` ``[batch, d_model]``."""
         hidden = self.hidden_states(batch)
-        last = hidden[torch.arange(len(hidden)), batch.last_pos]
-        return self.sparse_latent(last)
+        return hidden[torch.arange(len(hidden)), batch.last_pos]
 
     def sparse_latent(self, h_step: torch.Tensor) -> torch.Tensor:
         """``[batch, d_model]`` -> ReLU(W_enc (h - b_pre) + b) scaled to unit L2 norm (0 stays 0)."""
-        acts = F.relu(self.W_enc(h_step - self.b_pre))
+        acts = self.activations(h_step)
         return acts / acts.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+    def activations(self, h_step: torch.Tensor) -> torch.Tensor:
+        """``[batch, d_model]`` -> ReLU(W_enc (h - b_pre) + b), before the L2 normalisation."""
+        return F.relu(self.W_enc(h_step - self.b_pre))
+
+    def encode_activations(self, batch: StepBatch) -> torch.Tensor:
+        """Un-normalised latent activations ``[batch, n_latents]`` of the steps in ``batch``."""
+        return self.activations(self.step_state(batch))
 
     @torch.no_grad()
     def init_pre_bias(self, batch: StepBatch) -> None:
         """Set ``b_pre`` to the mean ``<eos>`` hidden state over ``batch``."""
-        hidden = self.hidden_states(batch)
-        self.b_pre.copy_(hidden[torch.arange(len(hidden)), batch.last_pos].mean(0))
+        self.b_pre.copy_(self.step_state(batch).mean(0))
 
     def prefix(self, latents: torch.Tensor) -> torch.Tensor:
         """``[batch, n_latents]`` -> soft-prefix vectors ``[batch, n_prefix, d_model]``."""

@@ -1,12 +1,20 @@
 """N2G pattern mining for step-level latents (Foote et al., 2023, as used by Yang et al., 2026).
 
-For each of the most active latents, take its top-activating steps. For each, keep the context
-and find the *shortest suffix* of the step that keeps the latent active (at least the latent's
-threshold: ``keep_fraction`` times the mean activation over those top steps). Then try a few
-replacement tokens at every position of that suffix: a position where every replacement keeps
-the latent active is a *wildcard*. The resulting token sequence with wildcards is a pattern; a
-step *matches* it when its last tokens do. On held-out steps, precision is P(active | a pattern
-matches) and recall P(some pattern matches | active).
+A step latent is read with its context, and the context alone (an empty step, ``context <sep>
+<eos>``) already drives the densest latents to most of their value. So a latent's response to a
+step is measured as its *step effect*: the un-normalised activation with the step minus that with
+the empty step (``step_effects``). Without the subtraction, and on the L2-normalised latent
+(which couples all latents), a one-token suffix kept every top latent of the toy run "active",
+and every mined pattern was ``…[*]``, matching every step.
+
+For each of the latents with the largest total step effect, take the steps with the largest
+effect. For each, keep the context and find the *shortest suffix* of the step whose effect stays
+at or above the latent's threshold (``keep_fraction`` times the mean effect over those top steps).
+Then try a few replacement tokens at every position of that suffix: a position where every
+replacement keeps the effect above threshold is a *wildcard*. The token sequence with wildcards
+is a pattern; a step *matches* it when its last tokens do. On held-out steps, precision is
+P(active | a pattern matches) and recall P(some pattern matches | active), with active meaning a
+step effect at or above the threshold.
 """
 
 from __future__ import annotations
@@ -32,10 +40,11 @@ class N2GConfig(Config):
     """Which latents to explain and how.
 
     Args:
-        n_latents: explain this many latents (those with the largest total activation).
-        n_examples: top-activating steps mined per latent.
-        keep_fraction: a latent is active when it reaches this fraction of its mean top
-            activation (the same threshold for pruning, wildcards and evaluation).
+        n_latents: explain this many latents (those with the largest total step effect).
+        n_examples: steps with the largest effect mined per latent.
+        keep_fraction: a step activates a latent when its effect reaches this fraction of the
+            mean effect over those top steps (the same threshold for pruning, wildcards and
+            evaluation).
         n_replacements: tokens tried at each position (the most frequent step tokens; one more
             is taken so that a position holding one of them still gets ``n_replacements``).
         batch_size: variants encoded per pass.
@@ -67,27 +76,48 @@ def frequent_tokens(examples: StepExamples, n: int) -> list[int]:
 
 
 @torch.no_grad()
-def _latent_values(model: StepSAE, context: Sequence[int], steps: Sequence[Sequence[int]],
-                   latent_idx: int, batch_size: int) -> np.ndarray:
+def _activations(model: StepSAE, contexts: Sequence[Sequence[int]],
+                 steps: Sequence[Sequence[int]], batch_size: int) -> torch.Tensor:
+    """Un-normalised latent activations ``[n, n_latents]`` of ``context[i] <sep> steps[i]``."""
     values = []
     for start in range(0, len(steps), batch_size):
-        chunk = steps[start: start + batch_size]
-        batch = collate([context] * len(chunk), chunk, model.sep_id, model.eos_id, model.pad_id)
-        values.append(model.encode(batch)[:, latent_idx])
-    return torch.cat(values).numpy()
+        end = start + batch_size
+        values.append(model.encode_activations(collate(
+            contexts[start:end], steps[start:end], model.sep_id, model.eos_id, model.pad_id)))
+    return torch.cat(values)
+
+
+def step_effects(model: StepSAE, examples: StepExamples, batch_size: int = 64) -> np.ndarray:
+    """Each step's effect on each latent ``[n_steps, n_latents]``: activation minus context alone.
+
+    The activation is the un-normalised ``ReLU(W_enc (h - b_pre) + b)``; "context alone" reads
+    ``context <sep> <eos>``, an empty step.
+    """
+    model.eval()
+    with_step = _activations(model, examples.context_ids, examples.step_ids, batch_size)
+    alone = _activations(model, examples.context_ids, [[]] * len(examples), batch_size)
+    return (with_step - alone).numpy()
+
+
+def _effects(model: StepSAE, context: Sequence[int], steps: Sequence[Sequence[int]],
+             latent_idx: int, batch_size: int) -> np.ndarray:
+    """One latent's step effect for several candidate steps after one context."""
+    values = _activations(model, [context] * (len(steps) + 1), [[], *steps], batch_size)
+    return (values[1:, latent_idx] - values[0, latent_idx]).numpy()
 
 
 def explain_step(model: StepSAE, context: Sequence[int], step: Sequence[int], latent_idx: int,
                  threshold: float, replacements: Sequence[int], batch_size: int = 64
                  ) -> tuple[int, ...]:
-    """One step's pattern: the shortest active suffix, wildcards where tokens do not matter.
+    """One step's pattern: the shortest suffix whose step effect reaches ``threshold``, with
+    wildcards where tokens do not matter.
 
     Returns:
         Token ids of the suffix, ``WILDCARD`` (-1) at positions every replacement keeps active.
         The whole step (without wildcard search) when no suffix reaches ``threshold``.
     """
     suffixes = [list(step[-k:]) for k in range(1, len(step) + 1)]
-    values = _latent_values(model, context, suffixes, latent_idx, batch_size)
+    values = _effects(model, context, suffixes, latent_idx, batch_size)
     active = np.flatnonzero(values >= threshold)
     if len(active) == 0:
         return tuple(step)
@@ -100,31 +130,34 @@ def explain_step(model: StepSAE, context: Sequence[int], step: Sequence[int], la
                 owners.append(pos)
     kept = np.ones(len(suffix), dtype=bool)
     if variants:
-        still = _latent_values(model, context, variants, latent_idx, batch_size) >= threshold
+        still = _effects(model, context, variants, latent_idx, batch_size) >= threshold
         for pos, ok in zip(owners, still):
             kept[pos] &= bool(ok)
     return tuple(WILDCARD if kept[pos] else token for pos, token in enumerate(suffix))
 
 
-def mine_patterns(model: StepSAE, examples: StepExamples, latents: np.ndarray, cfg: N2GConfig,
+def mine_patterns(model: StepSAE, examples: StepExamples, effects: np.ndarray, cfg: N2GConfig,
                   tokenizer) -> pd.DataFrame:
-    """Patterns of the most active latents, mined from their top-activating steps.
+    """Patterns of the latents with the largest total step effect, mined from their top steps.
 
     Args:
         model: the trained step-level SAE.
-        examples: steps to mine from; ``latents`` are their latents ``[n_steps, n_latents]``.
+        examples: steps to mine from; ``effects`` are their ``step_effects``.
         cfg: how many latents and examples, the threshold, the replacements.
         tokenizer: to show patterns as text.
 
     Returns:
         One row per (latent, pattern): latent_idx, threshold, pattern (token ids, -1 = wildcard),
-        pattern_text, n_sources (top steps that gave it), example (one source step's text).
+        pattern_text, n_sources (top steps that gave it), n_tokens (its non-wildcard tokens),
+        example (one source step's text). A pattern with no token (every position a wildcard)
+        says that the step's length, not its tokens, carried the effect; it explains nothing and
+        ``evaluate_patterns`` leaves it out.
     """
     replacements = frequent_tokens(examples, cfg.n_replacements + 1)
     rows = []
-    for latent_idx in tqdm(most_active_latents(latents, cfg.n_latents), desc="N2G",
+    for latent_idx in tqdm(most_active_latents(effects.clip(0), cfg.n_latents), desc="N2G",
                            mininterval=2.0):
-        values = latents[:, latent_idx]
+        values = effects[:, latent_idx]
         top = np.argsort(-values, kind="stable")[: cfg.n_examples]
         top = top[values[top] > 0]
         threshold = cfg.keep_fraction * float(values[top].mean())
@@ -137,9 +170,10 @@ def mine_patterns(model: StepSAE, examples: StepExamples, latents: np.ndarray, c
             rows.append({"latent_idx": int(latent_idx), "threshold": threshold,
                          "pattern": list(pattern), "pattern_text": pattern_text(pattern, tokenizer),
                          "n_sources": len(sources),
+                         "n_tokens": sum(t != WILDCARD for t in pattern),
                          "example": examples.table["step"].iloc[sources[0]]})
     return pd.DataFrame(rows, columns=["latent_idx", "threshold", "pattern", "pattern_text",
-                                       "n_sources", "example"])
+                                       "n_sources", "n_tokens", "example"])
 
 
 def pattern_text(pattern: Sequence[int], tokenizer) -> str:
@@ -156,30 +190,33 @@ def matches(pattern: Sequence[int], step: Sequence[int]) -> bool:
     return all(p == WILDCARD or p == t for p, t in zip(pattern, tail))
 
 
-def evaluate_patterns(patterns: pd.DataFrame, examples: StepExamples, latents: np.ndarray
+def evaluate_patterns(patterns: pd.DataFrame, examples: StepExamples, effects: np.ndarray
                       ) -> pd.DataFrame:
     """Precision and recall of each latent's patterns on held-out steps.
 
     Args:
         patterns: ``mine_patterns`` output.
-        examples: held-out steps; ``latents`` their latents ``[n_steps, n_latents]``.
+        examples: held-out steps; ``effects`` their ``step_effects`` ``[n_steps, n_latents]``.
 
     Returns:
-        One row per latent: latent_idx, n_patterns, n_active, n_matched, precision, recall
-        (NaN when nothing matched, resp. nothing was active).
+        One row per latent: latent_idx, n_patterns (with at least one token), n_tokenless (top
+        steps whose pattern had none), n_active, n_matched, precision, recall (NaN when nothing
+        matched, resp. nothing was active).
     """
     rows = []
     for latent_idx, group in patterns.groupby("latent_idx", sort=False):
-        active = latents[:, latent_idx] >= group["threshold"].iloc[0]
-        matched = np.array([any(matches(p, step) for p in group["pattern"])
+        tokenless = group["n_tokens"] == 0
+        active = effects[:, latent_idx] >= group["threshold"].iloc[0]
+        matched = np.array([any(matches(p, step) for p in group.loc[~tokenless, "pattern"])
                             for step in examples.step_ids], dtype=bool)
         hits = int((active & matched).sum())
-        rows.append({"latent_idx": int(latent_idx), "n_patterns": len(group),
+        rows.append({"latent_idx": int(latent_idx), "n_patterns": int((~tokenless).sum()),
+                     "n_tokenless": int(group.loc[tokenless, "n_sources"].sum()),
                      "n_active": int(active.sum()), "n_matched": int(matched.sum()),
                      "precision": hits / matched.sum() if matched.any() else float("nan"),
                      "recall": hits / active.sum() if active.any() else float("nan")})
-    return pd.DataFrame(rows, columns=["latent_idx", "n_patterns", "n_active", "n_matched",
-                                       "precision", "recall"])
+    return pd.DataFrame(rows, columns=["latent_idx", "n_patterns", "n_tokenless", "n_active",
+                                       "n_matched", "precision", "recall"])
 
 
 def example_table(examples: StepExamples, latents: np.ndarray, patterns: pd.DataFrame,
@@ -187,10 +224,12 @@ def example_table(examples: StepExamples, latents: np.ndarray, patterns: pd.Data
     """The first ``n_examples`` steps with their ``n_top`` latents and those latents' patterns.
 
     Returns:
-        Columns step, is_correct (when known), top_latents ("idx:value, ..."), patterns (the
-        first mined pattern of each top latent that has one).
+        Columns step, is_correct (when known), top_latents ("idx:value, ..."), patterns (each top
+        latent's pattern with tokens that most top steps gave, where it has one).
     """
-    first = patterns.groupby("latent_idx")["pattern_text"].first()
+    first = (patterns[patterns["n_tokens"] > 0]
+             .sort_values("n_sources", ascending=False, kind="stable")
+             .groupby("latent_idx")["pattern_text"].first())
     rows = []
     for i in range(min(n_examples, len(examples))):
         top = np.argsort(-latents[i], kind="stable")[:n_top]

@@ -48,7 +48,12 @@ class StepSAETrainConfig(Config):
     Args:
         n_steps: phase-1 optimiser steps.
         batch_size: steps (examples) per optimiser step, over all ranks.
-        lr: phase-1 learning rate (linear warm-up, then constant, so a run can be extended).
+        lr: phase-1 learning rate of the bottleneck (pre-bias, encoder map, projection); linear
+            warm-up, then constant, so a run can be extended.
+        lm_lr: phase-1 learning rate of the encoder and decoder LMs (None: ``lr``). A rate 10x
+            below ``lr`` keeps the pretrained decoder from learning to ignore the soft prefix
+            while the bottleneck is still noise; at one shared rate the toy run sat for hundreds
+            of steps on a plateau where the latent carried nothing (own = shuffled latent).
         warmup_steps: warm-up length.
         l1_warmup_steps: the sparsity penalty ramps up linearly over this many steps, so the
             latent first learns to carry the step (a full penalty from the start collapses every
@@ -63,7 +68,8 @@ class StepSAETrainConfig(Config):
 
     n_steps: int = 1000
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-3
+    lm_lr: float | None = 3e-4
     warmup_steps: int = 50
     l1_warmup_steps: int = 0
     weight_decay: float = 0.0
@@ -79,6 +85,8 @@ class StepSAETrainConfig(Config):
         for name in ("lr", "head_lr", "weight_decay", "warmup_steps", "l1_warmup_steps",
                      "checkpoint_every"):
             check_range(name, getattr(self, name), 0)
+        if self.lm_lr is not None:
+            check_range("lm_lr", self.lm_lr, 0)
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -91,6 +99,15 @@ def _batch(model: StepSAE, examples: StepExamples, idx: torch.Tensor):
     idx = idx.tolist()
     return collate([examples.context_ids[i] for i in idx], [examples.step_ids[i] for i in idx],
                    model.sep_id, model.eos_id, model.pad_id)
+
+
+def parameter_groups(model: StepSAE, params: list[torch.nn.Parameter],
+                     cfg: StepSAETrainConfig) -> list[dict]:
+    """Optimizer groups: the LMs' parameters at ``lm_lr``, the bottleneck's at ``lr``."""
+    in_lms = {id(p) for lm in (model.encoder, model.decoder) for p in lm.parameters()}
+    lm_lr = cfg.lr if cfg.lm_lr is None else cfg.lm_lr
+    return [{"params": [p for p in params if id(p) in in_lms], "lr": lm_lr},
+            {"params": [p for p in params if id(p) not in in_lms], "lr": cfg.lr}]
 
 
 def latest_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
@@ -194,7 +211,8 @@ def train_step_sae(model: StepSAE, examples: StepExamples, cfg: StepSAETrainConf
     if cfg.n_threads:
         torch.set_num_threads(cfg.n_threads)
     params = model.phase_parameters(1)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, params, cfg),
+                                  weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
     generator = torch.Generator().manual_seed(cfg.seed)

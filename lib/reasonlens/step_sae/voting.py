@@ -89,6 +89,37 @@ def solution_weights(n_solutions: int, solution_idx: np.ndarray, p_correct: np.n
     return np.divide(sums, counts, out=np.zeros(n_solutions), where=counts > 0)
 
 
+def weight_auc(solutions: pd.DataFrame, weights: np.ndarray) -> float:
+    """ROC AUC of the weights for telling correct solutions from wrong ones (NaN if one class).
+
+    0.5 means the probe's weights carry no information about which samples are right, and then
+    weighted voting can only match majority voting.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    correct = solutions["is_correct"].to_numpy(bool)
+    if correct.all() or not correct.any():
+        return float("nan")
+    return float(roc_auc_score(correct, np.asarray(weights, dtype=float)))
+
+
+def tau_sweep(problems: pd.DataFrame, solutions: pd.DataFrame, n_solutions: int,
+              solution_idx: np.ndarray, p_correct: np.ndarray, taus) -> pd.DataFrame:
+    """Weighted-vote accuracy for several ``tau`` (chosen on the same problems: descriptive only).
+
+    Returns:
+        One row per tau: tau, accuracy, weight_auc.
+    """
+    answers = problems.set_index("problem_id")["answer"]
+    rows = []
+    for tau in taus:
+        weights = solution_weights(n_solutions, solution_idx, p_correct, tau)
+        voted = vote(solutions, weights).reindex(answers.index)
+        rows.append({"tau": tau, "accuracy": float((voted == answers).fillna(False).mean()),
+                     "weight_auc": weight_auc(solutions, weights)})
+    return pd.DataFrame(rows)
+
+
 def vote(solutions: pd.DataFrame, weights: np.ndarray | None = None) -> pd.Series:
     """Each problem's voted answer (unweighted majority when ``weights`` is None).
 
