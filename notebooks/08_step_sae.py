@@ -67,9 +67,9 @@ step_token_sae_baseline = True
 step_n2g_latents = 8
 step_n2g_examples = 12
 step_keep_fraction = 0.5
-step_vote_problems = 120  # held-out problems to vote on (0: skip voting)
+step_vote_problems = 300  # held-out problems to vote on (0: skip voting)
 step_vote_k = 8  # sampled solutions per problem
-step_vote_temperature = 1.0
+step_vote_temperature = 0.6  # at 1.0 the toy's samples are mostly wrong
 step_vote_tau = 1.0
 step_vote_max_new_tokens = 160
 step_n_examples_shown = 8
@@ -261,6 +261,19 @@ examples_shown = n2g.example_table(test_examples, test_latents, patterns,
                                    step_n_examples_shown)
 display(examples_shown)
 plotting.text_table(examples_shown, save_to=run.figure("08_examples"));
+
+# %% [markdown]
+# ## Reading the results
+# - **Reconstruction.** The gap between the *own* and *shuffled* rows is what the latent carries
+#   about the step beyond its context; *zero* shows how much the trained decoder has come to rely
+#   on it. The phase-2 row shows how much of the latent the context alone predicts.
+# - **Probes.** Length and first token are what the decoder needs to reconstruct a step, so the
+#   latent must carry them; correctness is not needed for reconstruction, and is the question.
+#   Read the step SAE's AUC against the statistics baseline (0.5 by construction) and against the
+#   token-level SAE pooled over the step.
+# - **Voting.** Weighting can only beat majority voting when the weights rank correct samples
+#   above wrong ones: the AUC of the weights says whether they do, and the share of problems with
+#   some correct sample is the ceiling of any vote.
 
 # %% [markdown]
 # ## Write the artifacts
