@@ -203,7 +203,8 @@ n2g_cfg = n2g.N2GConfig(n_latents=step_n2g_latents, n_examples=step_n2g_examples
                         keep_fraction=step_keep_fraction)
 probe_effects = n2g.step_effects(sae, probe_examples)
 patterns = n2g.mine_patterns(sae, probe_examples, probe_effects, n2g_cfg, tokenizer)
-pattern_eval = n2g.evaluate_patterns(patterns, test_examples, n2g.step_effects(sae, test_examples))
+test_effects = n2g.step_effects(sae, test_examples)
+pattern_eval = n2g.evaluate_patterns(patterns, test_examples, test_effects)
 shown_patterns = patterns[patterns.n_tokens > 0].sort_values(["latent_idx", "n_sources"],
                                                              ascending=[True, False])
 display(shown_patterns.groupby("latent_idx").head(3)[["latent_idx", "pattern_text", "n_sources",
@@ -255,12 +256,15 @@ if step_vote_problems and "correctness" in targets:
 
 # %% [markdown]
 # ## Example steps, their top latents and those latents' patterns
+# One step of each kind in turn (when the data has kinds), with the latents the step itself
+# drives most (largest step effect) and those latents' mined patterns.
 
 # %%
-examples_shown = n2g.example_table(test_examples, test_latents, patterns,
-                                   step_n_examples_shown)
+examples_shown = n2g.example_table(test_examples, test_effects, patterns, step_n_examples_shown,
+                                   by="kind")
 display(examples_shown)
-plotting.text_table(examples_shown, save_to=run.figure("08_examples"));
+plotting.text_table(examples_shown, col_widths=[0.36, 0.07, 0.17, 0.4],
+                    save_to=run.figure("08_examples"));
 
 # %% [markdown]
 # ## Reading the results

@@ -261,3 +261,16 @@ def test_weight_auc_and_tau_sweep_follow_the_weights():
     p = np.array([0.2, 0.2, 0.9, 0.1, 0.8, 0.5])
     sweep = voting.tau_sweep(problems, solutions, 6, np.arange(6), p, [0.0, 8.0])
     assert sweep.accuracy.tolist() == [0.0, 1.0]  # tau 0 is the majority vote: 5 and 3
+
+
+def test_example_table_takes_one_step_of_each_kind_in_turn():
+    table = pd.DataFrame({"step": list("vwxyz"), "kind": ["a", "a", "b", "c", "b"]})
+    examples = data.StepExamples(table, [[]] * 5, [[1]] * 5)
+    scores = np.array([[0.1, 0.9], [0.2, 0.1], [0.8, 0.3], [0.0, 0.5], [0.4, 0.6]])
+    patterns = pd.DataFrame({"latent_idx": [0, 1, 1], "pattern_text": ["…p", "…[*]", "…q"],
+                             "n_sources": [1, 5, 2], "n_tokens": [1, 0, 1]})
+    shown = n2g.example_table(examples, scores, patterns, 4, n_top=1, by="kind")
+    assert shown.step.tolist() == ["v", "x", "y", "w"]
+    assert shown.top_latents.tolist() == ["1:0.90", "0:0.80", "1:0.50", "0:0.20"]
+    assert shown.patterns.tolist() == ["1:…q", "0:…p", "1:…q", "0:…p"]  # tokenless one skipped
+    assert n2g.example_table(examples, scores, patterns, 2, by=None).step.tolist() == ["v", "w"]

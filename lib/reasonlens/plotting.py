@@ -212,10 +212,12 @@ def step_sae_reconstruction(history: pd.DataFrame, metrics: pd.DataFrame, save_t
         ax.plot(history["step"], history[column].rolling(smooth, min_periods=1).mean())
         ax.set_title(f"{column} (training)")
         ax.set_xlabel("step")
+    axes[0].set_yscale("log")  # the first steps' loss would flatten the rest
     axes[2].bar(metrics["condition"], metrics["recon_loss"], color=[f"C{i}" for i in
                                                                     range(len(metrics))])
     for i, (loss, acc) in enumerate(zip(metrics["recon_loss"], metrics["token_accuracy"])):
         axes[2].text(i, loss, f"{loss:.3f}\n({acc:.0%})", ha="center", va="bottom", fontsize=8)
+    axes[2].set_ylim(0, 1.3 * metrics["recon_loss"].max())  # room for the labels
     axes[2].set_title("held-out NLL per step token (token acc.)")
     axes[2].tick_params(axis="x", rotation=20)
     return _finish(fig, save_to)

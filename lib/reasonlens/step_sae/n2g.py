@@ -219,24 +219,36 @@ def evaluate_patterns(patterns: pd.DataFrame, examples: StepExamples, effects: n
                                        "n_matched", "precision", "recall"])
 
 
-def example_table(examples: StepExamples, latents: np.ndarray, patterns: pd.DataFrame,
-                  n_examples: int, n_top: int = 3) -> pd.DataFrame:
-    """The first ``n_examples`` steps with their ``n_top`` latents and those latents' patterns.
+def example_table(examples: StepExamples, scores: np.ndarray, patterns: pd.DataFrame,
+                  n_examples: int, n_top: int = 3, by: str | None = None) -> pd.DataFrame:
+    """Example steps with their ``n_top`` latents and those latents' patterns.
+
+    Args:
+        examples: the steps; ``scores [n_steps, n_latents]`` ranks their latents (the step
+            effects, or the latents themselves).
+        patterns: ``mine_patterns`` output.
+        n_examples: rows to show.
+        by: a column of ``examples.table`` (e.g. the world's step ``kind``) to take the examples
+            from in turn, one of each value before a second; None (or a missing column): the
+            first ``n_examples`` steps.
 
     Returns:
-        Columns step, is_correct (when known), top_latents ("idx:value, ..."), patterns (each top
+        Columns step, is_correct (when known), top_latents ("idx:score, ..."), patterns (each top
         latent's pattern with tokens that most top steps gave, where it has one).
     """
+    table = examples.table
+    order = (table.groupby(by, sort=False).cumcount().sort_values(kind="stable").index
+             if by is not None and by in table else table.index)
     first = (patterns[patterns["n_tokens"] > 0]
              .sort_values("n_sources", ascending=False, kind="stable")
              .groupby("latent_idx")["pattern_text"].first())
     rows = []
-    for i in range(min(n_examples, len(examples))):
-        top = np.argsort(-latents[i], kind="stable")[:n_top]
-        row = {"step": examples.table["step"].iloc[i]}
-        if "is_correct" in examples.table:
-            row["is_correct"] = bool(examples.table["is_correct"].iloc[i])
-        row["top_latents"] = ", ".join(f"{j}:{latents[i, j]:.2f}" for j in top)
+    for i in list(order[:n_examples]):
+        top = np.argsort(-scores[i], kind="stable")[:n_top]
+        row = {"step": table["step"].iloc[i]}
+        if "is_correct" in table:
+            row["is_correct"] = bool(table["is_correct"].iloc[i])
+        row["top_latents"] = ", ".join(f"{j}:{scores[i, j]:.2f}" for j in top)
         row["patterns"] = "  ".join(f"{j}:{first[j]}" for j in top if j in first.index)
         rows.append(row)
     return pd.DataFrame(rows)
