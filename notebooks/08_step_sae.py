@@ -67,6 +67,7 @@ step_token_sae_baseline = True
 step_n2g_latents = 8
 step_n2g_examples = 12
 step_keep_fraction = 0.5
+step_n2g_anchor = "both"  # "end": suffix patterns (the paper's), "start": prefixes, "both"
 step_vote_problems = 300  # held-out problems to vote on (0: skip voting)
 step_vote_k = 8  # sampled solutions per problem
 step_vote_temperature = 0.6  # at 1.0 the toy's samples are mostly wrong
@@ -194,21 +195,24 @@ plotting.probe_results(probe_results, save_to=run.figure("08_probes"));
 # activation with an empty step: what the step itself adds over the context. For the latents with
 # the largest total effect, each top step gives the shortest step suffix that keeps the effect
 # above threshold (half the mean effect over the top steps), with wildcards where any of the
-# frequent tokens would do. A pattern that is all wildcards (the step's length, not its tokens,
-# carried the effect) explains nothing and is counted apart (`n_tokenless`). Precision and recall
-# are measured on the held-out steps.
+# frequent tokens would do. The paper mines suffixes; with `step_n2g_anchor = "both"` each top
+# step also tries the shortest prefix and keeps the shorter pattern, because latents cued by a
+# step's opening word ("Maybe", "Hmm,") otherwise get suffixes as long as the whole step. A
+# pattern that is all wildcards (the step's length, not its tokens, carried the effect) explains
+# nothing and is counted apart (`n_tokenless`). Precision and recall are measured on the held-out
+# steps.
 
 # %%
 n2g_cfg = n2g.N2GConfig(n_latents=step_n2g_latents, n_examples=step_n2g_examples,
-                        keep_fraction=step_keep_fraction)
+                        keep_fraction=step_keep_fraction, anchor=step_n2g_anchor)
 probe_effects = n2g.step_effects(sae, probe_examples)
 patterns = n2g.mine_patterns(sae, probe_examples, probe_effects, n2g_cfg, tokenizer)
 test_effects = n2g.step_effects(sae, test_examples)
 pattern_eval = n2g.evaluate_patterns(patterns, test_examples, test_effects)
 shown_patterns = patterns[patterns.n_tokens > 0].sort_values(["latent_idx", "n_sources"],
                                                              ascending=[True, False])
-display(shown_patterns.groupby("latent_idx").head(3)[["latent_idx", "pattern_text", "n_sources",
-                                                      "example"]])
+display(shown_patterns.groupby("latent_idx").head(3)[["latent_idx", "anchor", "pattern_text",
+                                                      "n_sources", "example"]])
 display(pattern_eval.round(3))
 
 # %% [markdown]

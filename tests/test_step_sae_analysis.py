@@ -109,6 +109,17 @@ def test_matches_is_a_suffix_match_with_wildcards():
     assert n2g.matches([w, 4], [1, 2, 9, 4])
     assert not n2g.matches([3, 4], [3, 4, 5])
     assert not n2g.matches([1, 2, 3, 4, 5], [2, 3, 4, 5])
+    assert n2g.matches([1, w], [1, 2, 3], anchor="start")
+    assert not n2g.matches([2, 3], [1, 2, 3], anchor="start")
+
+
+def test_both_anchors_keep_the_shortest_pattern_with_tokens():
+    w = n2g.WILDCARD
+    assert n2g._shorter({"end": (5, 6, 7), "start": (1, w)}) == ("start", (1, w))
+    assert n2g._shorter({"end": (w,), "start": (1, 2)}) == ("start", (1, 2))  # tokenless loses
+    assert n2g._shorter({"end": (6, 7), "start": (1, 2)}) == ("end", (6, 7))  # ties: the suffix
+    with pytest.raises(ValueError, match="anchor"):
+        n2g.N2GConfig(anchor="middle")
 
 
 def test_evaluate_patterns_gives_precision_and_recall():
@@ -117,8 +128,8 @@ def test_evaluate_patterns_gives_precision_and_recall():
     latents = np.array([[0.9], [0.1], [0.8], [0.0]])
     w = n2g.WILDCARD
     patterns = pd.DataFrame({"latent_idx": [0, 0, 0], "threshold": [0.5] * 3,
-                             "pattern": [[5], [4, 7], [w]], "n_sources": [1, 1, 2],
-                             "n_tokens": [1, 2, 0]})
+                             "anchor": ["end", "start", "end"], "pattern": [[5], [4, 7], [w]],
+                             "n_sources": [1, 1, 2], "n_tokens": [1, 2, 0]})
     result = n2g.evaluate_patterns(patterns, examples, latents).iloc[0]
     # matched: steps 0, 1, 3 (the all-wildcard pattern, which matches all, is left out); active: 0, 2
     assert (result.n_matched, result.n_active) == (3, 2)
@@ -154,7 +165,8 @@ def test_step_effects_subtract_the_context_alone(small_step_sae, world):
     assert (full >= 0).all() and (effects < 0).any()  # the step can also lower a latent
 
 
-def test_explain_step_finds_the_shortest_active_suffix(small_step_sae, world):
+@pytest.mark.parametrize("anchor", ["end", "start"])
+def test_explain_step_finds_the_shortest_active_suffix_or_prefix(small_step_sae, world, anchor):
     sae, tok = small_step_sae
     table = data.world_step_table(world.steps, world.problems).head(40)
     examples = data.tokenize_steps(table, tok, 12, 12)
@@ -164,11 +176,15 @@ def test_explain_step_finds_the_shortest_active_suffix(small_step_sae, world):
     context, step = examples.context_ids[row], examples.step_ids[row]
     threshold = 0.5 * effects[row, latent_idx]
     replacements = n2g.frequent_tokens(examples, 3)
-    pattern = n2g.explain_step(sae, context, step, latent_idx, threshold, replacements)
+    pattern = n2g.explain_step(sae, context, step, latent_idx, threshold, replacements,
+                               anchor=anchor)
     k = len(pattern)
     assert 1 <= k <= len(step)
-    suffix = step[-k:]
-    assert all(p == n2g.WILDCARD or p == t for p, t in zip(pattern, suffix))
+    def part(j):  # the suffix or prefix of length j
+        return step[-j:] if anchor == "end" else step[:j]
+
+    kept = part(k)
+    assert n2g.matches(pattern, step, anchor)
 
     def value(s):
         batch = data.collate([context] * 2, [s, []], sae.sep_id, sae.eos_id, sae.pad_id)
@@ -176,20 +192,22 @@ def test_explain_step_finds_the_shortest_active_suffix(small_step_sae, world):
             acts = sae.encode_activations(batch)[:, latent_idx]
         return (acts[0] - acts[1]).item()
 
-    assert value(suffix) >= threshold - 1e-6
-    assert all(value(step[-j:]) < threshold for j in range(1, k))
+    assert value(kept) >= threshold - 1e-6
+    assert all(value(part(j)) < threshold for j in range(1, k))
     for pos, p in enumerate(pattern):  # a wildcard survives every replacement
         if p == n2g.WILDCARD:
             for r in replacements:
-                assert value(suffix[:pos] + [r] + suffix[pos + 1:]) >= threshold - 1e-6
+                assert value(kept[:pos] + [r] + kept[pos + 1:]) >= threshold - 1e-6
 
-    patterns = n2g.mine_patterns(sae, examples, effects, n2g.N2GConfig(n_latents=2, n_examples=3),
-                                 tok)
+    patterns = n2g.mine_patterns(sae, examples, effects,
+                                 n2g.N2GConfig(n_latents=2, n_examples=3, anchor=anchor), tok)
+    assert (patterns.anchor == anchor).all()
     assert set(patterns.latent_idx) <= set(n2g.most_active_latents(effects.clip(0), 2).tolist())
     assert (patterns.n_tokens == [sum(t != n2g.WILDCARD for t in p)
                                   for p in patterns.pattern]).all()
     assert patterns.n_sources.groupby(patterns.latent_idx).sum().le(3).all()
-    assert patterns.pattern_text.str.startswith("…").all()
+    texts = patterns.pattern_text
+    assert (texts.str.startswith("…") if anchor == "end" else texts.str.endswith("…")).all()
     shown = n2g.example_table(examples, encode_steps(sae, examples), patterns, 4)
     assert list(shown.columns) == ["step", "is_correct", "top_latents", "patterns"]
     assert len(shown) == 4

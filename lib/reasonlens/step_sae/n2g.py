@@ -12,9 +12,11 @@ effect. For each, keep the context and find the *shortest suffix* of the step wh
 at or above the latent's threshold (``keep_fraction`` times the mean effect over those top steps).
 Then try a few replacement tokens at every position of that suffix: a position where every
 replacement keeps the effect above threshold is a *wildcard*. The token sequence with wildcards
-is a pattern; a step *matches* it when its last tokens do. On held-out steps, precision is
-P(active | a pattern matches) and recall P(some pattern matches | active), with active meaning a
-step effect at or above the threshold.
+is a pattern; a step *matches* it when its last tokens do. (``anchor="start"`` mines prefixes
+instead, and ``"both"`` keeps the shorter of the two per step: a latent cued by a step's opening
+word, such as "Maybe", has a suffix pattern only as long as the whole step.) On held-out steps,
+precision is P(active | a pattern matches) and recall P(some pattern matches | active), with
+active meaning a step effect at or above the threshold.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from reasonlens.step_sae.data import StepExamples, collate
 from reasonlens.step_sae.model import StepSAE
 
 WILDCARD = -1
+ANCHORS = ("end", "start")  # a pattern is a suffix ("end") or a prefix ("start") of the step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +50,9 @@ class N2GConfig(Config):
             evaluation).
         n_replacements: tokens tried at each position (the most frequent step tokens; one more
             is taken so that a position holding one of them still gets ``n_replacements``).
+        anchor: ``"end"``: patterns are step suffixes (the paper's); ``"start"``: prefixes;
+            ``"both"``: each top step keeps the shorter of its suffix and prefix pattern (ties go
+            to the suffix), so latents cued by a step's opening word get patterns too.
         batch_size: variants encoded per pass.
     """
 
@@ -54,12 +60,16 @@ class N2GConfig(Config):
     n_examples: int = 8
     keep_fraction: float = 0.5
     n_replacements: int = 4
+    anchor: str = "end"
     batch_size: int = 64
 
     def __post_init__(self):
         for name in ("n_latents", "n_examples", "n_replacements", "batch_size"):
             check_range(name, getattr(self, name), 1)
         check_range("keep_fraction", self.keep_fraction, 0.0, 1.0)
+        if self.anchor not in (*ANCHORS, "both"):
+            raise ValueError(f"anchor={self.anchor!r} is unknown; use 'end' (suffix patterns), "
+                             "'start' (prefix patterns) or 'both'.")
 
 
 def most_active_latents(latents: np.ndarray, n: int) -> np.ndarray:
@@ -107,33 +117,43 @@ def _effects(model: StepSAE, context: Sequence[int], steps: Sequence[Sequence[in
 
 
 def explain_step(model: StepSAE, context: Sequence[int], step: Sequence[int], latent_idx: int,
-                 threshold: float, replacements: Sequence[int], batch_size: int = 64
-                 ) -> tuple[int, ...]:
-    """One step's pattern: the shortest suffix whose step effect reaches ``threshold``, with
-    wildcards where tokens do not matter.
+                 threshold: float, replacements: Sequence[int], batch_size: int = 64,
+                 anchor: str = "end") -> tuple[int, ...]:
+    """One step's pattern: the shortest suffix (``anchor="end"``) or prefix (``"start"``) whose
+    step effect reaches ``threshold``, with wildcards where tokens do not matter.
 
     Returns:
-        Token ids of the suffix, ``WILDCARD`` (-1) at positions every replacement keeps active.
-        The whole step (without wildcard search) when no suffix reaches ``threshold``.
+        Token ids of the suffix or prefix, ``WILDCARD`` (-1) at positions every replacement keeps
+        active. The whole step (without wildcard search) when no candidate reaches ``threshold``.
     """
-    suffixes = [list(step[-k:]) for k in range(1, len(step) + 1)]
-    values = _effects(model, context, suffixes, latent_idx, batch_size)
+    if anchor not in ANCHORS:
+        raise ValueError(f"anchor={anchor!r} must be one of {ANCHORS}.")
+    lengths = range(1, len(step) + 1)
+    candidates = ([list(step[-k:]) for k in lengths] if anchor == "end"
+                  else [list(step[:k]) for k in lengths])
+    values = _effects(model, context, candidates, latent_idx, batch_size)
     active = np.flatnonzero(values >= threshold)
     if len(active) == 0:
         return tuple(step)
-    suffix = suffixes[active[0]]
+    kept_tokens = candidates[active[0]]
     variants, owners = [], []
-    for pos, token in enumerate(suffix):
+    for pos, token in enumerate(kept_tokens):
         for replacement in replacements:
             if replacement != token:
-                variants.append(suffix[:pos] + [replacement] + suffix[pos + 1:])
+                variants.append(kept_tokens[:pos] + [replacement] + kept_tokens[pos + 1:])
                 owners.append(pos)
-    kept = np.ones(len(suffix), dtype=bool)
+    wildcard = np.ones(len(kept_tokens), dtype=bool)
     if variants:
         still = _effects(model, context, variants, latent_idx, batch_size) >= threshold
         for pos, ok in zip(owners, still):
-            kept[pos] &= bool(ok)
-    return tuple(WILDCARD if kept[pos] else token for pos, token in enumerate(suffix))
+            wildcard[pos] &= bool(ok)
+    return tuple(WILDCARD if wildcard[pos] else t for pos, t in enumerate(kept_tokens))
+
+
+def _shorter(patterns: dict[str, tuple[int, ...]]) -> tuple[str, tuple[int, ...]]:
+    """The anchor whose pattern has tokens and is shortest (ties: the suffix)."""
+    return min(patterns.items(), key=lambda item: (all(t == WILDCARD for t in item[1]),
+                                                   len(item[1]), ANCHORS.index(item[0])))
 
 
 def mine_patterns(model: StepSAE, examples: StepExamples, effects: np.ndarray, cfg: N2GConfig,
@@ -147,13 +167,15 @@ def mine_patterns(model: StepSAE, examples: StepExamples, effects: np.ndarray, c
         tokenizer: to show patterns as text.
 
     Returns:
-        One row per (latent, pattern): latent_idx, threshold, pattern (token ids, -1 = wildcard),
-        pattern_text, n_sources (top steps that gave it), n_tokens (its non-wildcard tokens),
+        One row per (latent, pattern): latent_idx, threshold, anchor ("end": a suffix,
+        "start": a prefix), pattern (token ids, -1 = wildcard), pattern_text, n_sources (top
+        steps that gave it), n_tokens (its non-wildcard tokens),
         example (one source step's text). A pattern with no token (every position a wildcard)
         says that the step's length, not its tokens, carried the effect; it explains nothing and
         ``evaluate_patterns`` leaves it out.
     """
     replacements = frequent_tokens(examples, cfg.n_replacements + 1)
+    anchors = ANCHORS if cfg.anchor == "both" else (cfg.anchor,)
     rows = []
     for latent_idx in tqdm(most_active_latents(effects.clip(0), cfg.n_latents), desc="N2G",
                            mininterval=2.0):
@@ -161,33 +183,40 @@ def mine_patterns(model: StepSAE, examples: StepExamples, effects: np.ndarray, c
         top = np.argsort(-values, kind="stable")[: cfg.n_examples]
         top = top[values[top] > 0]
         threshold = cfg.keep_fraction * float(values[top].mean())
-        found: dict[tuple[int, ...], list[int]] = {}
+        found: dict[tuple[str, tuple[int, ...]], list[int]] = {}
         for row in top:
-            pattern = explain_step(model, examples.context_ids[row], examples.step_ids[row],
-                                   int(latent_idx), threshold, replacements, cfg.batch_size)
-            found.setdefault(pattern, []).append(int(row))
-        for pattern, sources in found.items():
-            rows.append({"latent_idx": int(latent_idx), "threshold": threshold,
-                         "pattern": list(pattern), "pattern_text": pattern_text(pattern, tokenizer),
+            mined = {anchor: explain_step(model, examples.context_ids[row],
+                                          examples.step_ids[row], int(latent_idx), threshold,
+                                          replacements, cfg.batch_size, anchor)
+                     for anchor in anchors}
+            found.setdefault(_shorter(mined), []).append(int(row))
+        for (anchor, pattern), sources in found.items():
+            rows.append({"latent_idx": int(latent_idx), "threshold": threshold, "anchor": anchor,
+                         "pattern": list(pattern),
+                         "pattern_text": pattern_text(pattern, tokenizer, anchor),
                          "n_sources": len(sources),
                          "n_tokens": sum(t != WILDCARD for t in pattern),
                          "example": examples.table["step"].iloc[sources[0]]})
-    return pd.DataFrame(rows, columns=["latent_idx", "threshold", "pattern", "pattern_text",
+    return pd.DataFrame(rows, columns=["latent_idx", "threshold", "anchor", "pattern",
+                                       "pattern_text",
                                        "n_sources", "n_tokens", "example"])
 
 
-def pattern_text(pattern: Sequence[int], tokenizer) -> str:
-    """A pattern as text, ``[*]`` for wildcards, ``…`` before it (it is a suffix)."""
-    parts = ["[*]" if t == WILDCARD else tokenizer.decode([t]) for t in pattern]
-    return "…" + "".join(parts)
+def pattern_text(pattern: Sequence[int], tokenizer, anchor: str = "end") -> str:
+    """A pattern as text, ``[*]`` for wildcards, ``…`` where the rest of the step goes."""
+    text = "".join("[*]" if t == WILDCARD else tokenizer.decode([t]) for t in pattern)
+    return "…" + text if anchor == "end" else text + "…"
 
 
-def matches(pattern: Sequence[int], step: Sequence[int]) -> bool:
-    """Whether ``step`` ends with ``pattern`` (wildcards match any token)."""
+def matches(pattern: Sequence[int], step: Sequence[int], anchor: str = "end") -> bool:
+    """Whether ``step`` ends (``anchor="end"``) or starts (``"start"``) with ``pattern``.
+
+    Wildcards match any token.
+    """
     if len(pattern) > len(step):
         return False
-    tail = step[len(step) - len(pattern):]
-    return all(p == WILDCARD or p == t for p, t in zip(pattern, tail))
+    part = step[len(step) - len(pattern):] if anchor == "end" else step[:len(pattern)]
+    return all(p == WILDCARD or p == t for p, t in zip(pattern, part))
 
 
 def evaluate_patterns(patterns: pd.DataFrame, examples: StepExamples, effects: np.ndarray
@@ -207,7 +236,8 @@ def evaluate_patterns(patterns: pd.DataFrame, examples: StepExamples, effects: n
     for latent_idx, group in patterns.groupby("latent_idx", sort=False):
         tokenless = group["n_tokens"] == 0
         active = effects[:, latent_idx] >= group["threshold"].iloc[0]
-        matched = np.array([any(matches(p, step) for p in group.loc[~tokenless, "pattern"])
+        explaining = list(group.loc[~tokenless, ["pattern", "anchor"]].itertuples(index=False))
+        matched = np.array([any(matches(p, step, a) for p, a in explaining)
                             for step in examples.step_ids], dtype=bool)
         hits = int((active & matched).sum())
         rows.append({"latent_idx": int(latent_idx), "n_patterns": int((~tokenless).sum()),
