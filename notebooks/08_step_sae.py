@@ -168,7 +168,8 @@ plotting.latent_density_histogram(density, save_to=run.figure("08_latent_density
 # ## Probes: correctness, length and first token
 # Logistic regressions fitted on training steps, scored on held-out ones, against the training
 # class frequencies (*statistics*) and, as the token-level baseline, the notebook-03 SAE's
-# features mean-pooled over the step's tokens.
+# features mean-pooled over the step's tokens. *encoder_state* probes the bottleneck's input, the
+# encoder LM's dense hidden state at `<eos>`: what the sparse latent could have kept.
 
 # %%
 probe_cfg = probes.ProbeConfig(n_length_bins=step_n_length_bins,
@@ -176,7 +177,9 @@ probe_cfg = probes.ProbeConfig(n_length_bins=step_n_length_bins,
 probe_examples = train_examples.subset(range(min(step_n_probe_train, len(train_examples))))
 targets = probes.step_targets(probes.with_token_labels(probe_examples.table, tokenizer),
                              probes.with_token_labels(test_examples.table, tokenizer), probe_cfg)
-feature_sets = {"step_sae": (inference.encode_steps(sae, probe_examples), test_latents)}
+feature_sets = {"step_sae": (inference.encode_steps(sae, probe_examples), test_latents),
+                "encoder_state": tuple(inference.encode_steps(sae, ex, dense=True)
+                                       for ex in (probe_examples, test_examples))}
 if step_token_sae_baseline:
     token_model = models.load_hooked(run.model_path(model_name), backend="hf",
                                      device=model_device)

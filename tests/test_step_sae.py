@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -154,6 +155,15 @@ def test_latents_are_nonnegative_unit_vectors_and_the_prefix_has_n_prefix_vector
     out = sae(batch)
     assert out.recon_loss.shape == out.l1.shape == out.token_accuracy.shape == (6,)
     assert torch.allclose(out.l1, latents.sum(-1))
+    with torch.no_grad():  # the latent is the normalised activation of the state at <eos>
+        state = sae.encoder.base_model(input_ids=batch.input_ids,
+                                       attention_mask=batch.attention_mask).last_hidden_state
+        state = state[torch.arange(6), batch.last_pos]
+        acts = sae.encode_activations(batch)
+    assert torch.allclose(acts / acts.norm(dim=-1, keepdim=True).clamp_min(1e-8), latents,
+                          atol=1e-6)
+    dense = inference.encode_steps(sae, examples, batch_size=4, dense=True)
+    np.testing.assert_allclose(dense, state.numpy(), atol=1e-5)
 
 
 def test_reconstruction_loss_is_only_on_step_tokens_and_ignores_padding(

@@ -20,11 +20,16 @@ def _batches(model: StepSAE, examples: StepExamples, batch_size: int, desc: str)
 
 
 @torch.no_grad()
-def encode_steps(model: StepSAE, examples: StepExamples, batch_size: int = 64) -> np.ndarray:
-    """L2-normalised latents ``[n_steps, n_latents]`` of every example."""
+def encode_steps(model: StepSAE, examples: StepExamples, batch_size: int = 64,
+                 dense: bool = False) -> np.ndarray:
+    """L2-normalised latents ``[n_steps, n_latents]`` of every example.
+
+    ``dense=True`` gives the bottleneck's input instead: the encoder LM's hidden state at
+    ``<eos>`` ``[n_steps, d_model]`` (what a probe could read before the bottleneck).
+    """
     model.eval()
-    return torch.cat([model.encode(b) for b in _batches(model, examples, batch_size, "encode")]
-                     ).numpy()
+    encode = model.step_state if dense else model.encode
+    return torch.cat([encode(b) for b in _batches(model, examples, batch_size, "encode")]).numpy()
 
 
 @torch.no_grad()
