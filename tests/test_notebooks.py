@@ -57,10 +57,12 @@ def test_every_notebook_runs_on_the_smoke_profile(smoke_run):
     assert table.condition.iloc[0] == "unsteered" and (table.n == table.n.iloc[0]).all()
     assert {"ablate top 2", "ablate random 2"} <= set(table.condition)
     step_probes = run.read_parquet(K.STEP_PROBES)
-    assert set(step_probes.features) == {"statistics", "step_sae", "token_sae"}
+    assert set(step_probes.features) == {"statistics", "step_sae", "encoder_state", "token_sae"}
     assert set(step_probes.task) == {"correctness", "length", "first_token"}
-    assert [row["method"] for row in run.read_json(K.STEP_VOTING)["table"]] == \
-        ["greedy", "majority", "weighted"]
+    step_voting = run.read_json(K.STEP_VOTING)
+    assert [row["method"] for row in step_voting["table"]] == ["greedy", "majority", "weighted"]
+    assert 0 <= step_voting["sample_accuracy"] <= step_voting["pass_at_k"] <= 1
+    assert set(run.read_parquet(K.STEP_PATTERNS).anchor) <= {"end", "start"}
     harness_results = run.read_json(K.HARNESS_RESULTS)
     assert harness_results["unsteered"]["ours (same problems)"] == \
         harness_results["unsteered"]["reasonlens_world"]
