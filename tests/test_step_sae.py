@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from reasonlens import constants as K
 from reasonlens.step_sae import data, inference, model as step_model, training
@@ -139,6 +140,32 @@ def test_build_adds_a_sep_token_and_resizes_both_lms(toy_model, step_tokenizer):
     for lm in (sae.encoder, sae.decoder):
         assert lm.get_input_embeddings().num_embeddings == n_before + 1
     assert toy_model.get_input_embeddings().num_embeddings == n_before  # the source is untouched
+
+
+def test_a_qwen2_checkpoint_with_tied_embeddings_trains_saves_and_reloads(
+        tmp_path, tokenizer, step_tokenizer, step_table):
+    # The paper's encoder is Qwen2.5-0.5B, whose input and output embeddings are tied.
+    torch.manual_seed(0)
+    qwen = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        tie_word_embeddings=True))
+    qwen.save_pretrained(tmp_path / "qwen")
+    sae = step_model.StepSAE.build(tmp_path / "qwen", step_tokenizer, build_step_sae_config())
+    for lm in (sae.encoder, sae.decoder):
+        assert lm.get_output_embeddings().weight is lm.get_input_embeddings().weight
+    examples = examples_of(step_table.head(16), step_tokenizer, sae.cfg)
+    before = sae.decoder.get_input_embeddings().weight.clone()
+    history = training.train_step_sae(sae, examples, build_train_config(n_steps=3),
+                                      progress=False)
+    assert history.loss.notna().all()
+    assert not torch.equal(sae.decoder.get_input_embeddings().weight, before)
+    sae.eval().save(tmp_path / "step_sae")
+    loaded = step_model.StepSAE.load(tmp_path / "step_sae")
+    np.testing.assert_array_equal(inference.encode_steps(loaded, examples),
+                                  inference.encode_steps(sae, examples))
+    assert loaded.decoder.get_output_embeddings().weight is \
+        loaded.decoder.get_input_embeddings().weight
 
 
 def test_latents_are_nonnegative_unit_vectors_and_the_prefix_has_n_prefix_vectors(

@@ -131,7 +131,8 @@ def test_evaluate_patterns_gives_precision_and_recall():
                              "anchor": ["end", "start", "end"], "pattern": [[5], [4, 7], [w]],
                              "n_sources": [1, 1, 2], "n_tokens": [1, 2, 0]})
     result = n2g.evaluate_patterns(patterns, examples, latents).iloc[0]
-    # matched: steps 0, 1, 3 (the all-wildcard pattern, which matches all, is left out); active: 0, 2
+    # matched: steps 0, 1, 3 (the all-wildcard pattern would match all; it is left out)
+    # active: steps 0, 2
     assert (result.n_matched, result.n_active) == (3, 2)
     assert (result.n_patterns, result.n_tokenless) == (2, 2)
     assert result.precision == pytest.approx(1 / 3) and result.recall == pytest.approx(1 / 2)

@@ -185,7 +185,7 @@ class StepSAE(torch.nn.Module):
         return hidden[torch.arange(len(hidden)), batch.last_pos]
 
     def sparse_latent(self, h_step: torch.Tensor) -> torch.Tensor:
-        """``[batch, d_model]`` -> ReLU(W_enc (h - b_pre) + b) scaled to unit L2 norm (0 stays 0)."""
+        """``[batch, d_model]`` -> ReLU(W_enc (h - b_pre) + b) at unit L2 norm (0 stays 0)."""
         acts = self.activations(h_step)
         return acts / acts.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
