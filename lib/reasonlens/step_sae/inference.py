@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import torch
@@ -11,12 +13,17 @@ from reasonlens.step_sae.data import StepExamples, collate
 from reasonlens.step_sae.model import StepSAE
 
 
-def _batches(model: StepSAE, examples: StepExamples, batch_size: int, desc: str):
-    for start in tqdm(range(0, len(examples), batch_size), desc=desc, mininterval=2.0,
-                      disable=len(examples) <= batch_size):
-        end = min(start + batch_size, len(examples))
-        yield collate(examples.context_ids[start:end], examples.step_ids[start:end],
-                      model.sep_id, model.eos_id, model.pad_id)
+def batches(model: StepSAE, context_ids: Sequence[Sequence[int]],
+            step_ids: Sequence[Sequence[int]], batch_size: int, desc: str | None = None):
+    """``context_ids[i] <sep> step_ids[i] <eos>`` in padded batches of ``batch_size``.
+
+    A progress bar named ``desc`` shows when there is more than one batch (none if None).
+    """
+    for start in tqdm(range(0, len(step_ids), batch_size), desc=desc, mininterval=2.0,
+                      disable=desc is None or len(step_ids) <= batch_size):
+        end = start + batch_size
+        yield collate(context_ids[start:end], step_ids[start:end], model.sep_id, model.eos_id,
+                      model.pad_id)
 
 
 @torch.no_grad()
@@ -29,7 +36,8 @@ def encode_steps(model: StepSAE, examples: StepExamples, batch_size: int = 64,
     """
     model.eval()
     encode = model.step_state if dense else model.encode
-    return torch.cat([encode(b) for b in _batches(model, examples, batch_size, "encode")]).numpy()
+    return torch.cat([encode(b) for b in batches(model, examples.context_ids, examples.step_ids,
+                                                  batch_size, "encode")]).numpy()
 
 
 @torch.no_grad()
@@ -46,7 +54,8 @@ def reconstruction_metrics(model: StepSAE, examples: StepExamples, batch_size: i
     """
     model.eval()
     sums = {c: np.zeros(2) for c in ("own", "shuffled", "zero", "context_head")}
-    for batch in _batches(model, examples, batch_size, "reconstruct"):
+    for batch in batches(model, examples.context_ids, examples.step_ids, batch_size,
+                         "reconstruct"):
         latents = model.encode(batch)
         predicted, _ = model.context_distribution(batch)
         choices = {"own": latents, "shuffled": latents.roll(1, dims=0),

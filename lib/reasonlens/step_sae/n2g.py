@@ -31,7 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from reasonlens.config import Config, check_range
-from reasonlens.step_sae.data import StepExamples, collate
+from reasonlens.step_sae.data import StepExamples
+from reasonlens.step_sae.inference import batches
 from reasonlens.step_sae.model import StepSAE
 
 WILDCARD = -1
@@ -87,14 +88,11 @@ def frequent_tokens(examples: StepExamples, n: int) -> list[int]:
 
 @torch.no_grad()
 def _activations(model: StepSAE, contexts: Sequence[Sequence[int]],
-                 steps: Sequence[Sequence[int]], batch_size: int) -> torch.Tensor:
+                 steps: Sequence[Sequence[int]], batch_size: int,
+                 desc: str | None = None) -> torch.Tensor:
     """Un-normalised latent activations ``[n, n_latents]`` of ``context[i] <sep> steps[i]``."""
-    values = []
-    for start in range(0, len(steps), batch_size):
-        end = start + batch_size
-        values.append(model.encode_activations(collate(
-            contexts[start:end], steps[start:end], model.sep_id, model.eos_id, model.pad_id)))
-    return torch.cat(values)
+    return torch.cat([model.encode_activations(b)
+                      for b in batches(model, contexts, steps, batch_size, desc)])
 
 
 def step_effects(model: StepSAE, examples: StepExamples, batch_size: int = 64) -> np.ndarray:
@@ -104,8 +102,10 @@ def step_effects(model: StepSAE, examples: StepExamples, batch_size: int = 64) -
     ``context <sep> <eos>``, an empty step.
     """
     model.eval()
-    with_step = _activations(model, examples.context_ids, examples.step_ids, batch_size)
-    alone = _activations(model, examples.context_ids, [[]] * len(examples), batch_size)
+    with_step = _activations(model, examples.context_ids, examples.step_ids, batch_size,
+                             "step effects")
+    alone = _activations(model, examples.context_ids, [[]] * len(examples), batch_size,
+                         "context alone")
     return (with_step - alone).numpy()
 
 
@@ -169,8 +169,8 @@ def mine_patterns(model: StepSAE, examples: StepExamples, effects: np.ndarray, c
     Returns:
         One row per (latent, pattern): latent_idx, threshold, anchor ("end": a suffix,
         "start": a prefix), pattern (token ids, -1 = wildcard), pattern_text, n_sources (top
-        steps that gave it), n_tokens (its non-wildcard tokens),
-        example (one source step's text). A pattern with no token (every position a wildcard)
+        steps that gave it), n_tokens (its non-wildcard tokens), example (one source step's
+        text). A pattern with no token (every position a wildcard)
         says that the step's length, not its tokens, carried the effect; it explains nothing and
         ``evaluate_patterns`` leaves it out.
     """
@@ -198,8 +198,7 @@ def mine_patterns(model: StepSAE, examples: StepExamples, effects: np.ndarray, c
                          "n_tokens": sum(t != WILDCARD for t in pattern),
                          "example": examples.table["step"].iloc[sources[0]]})
     return pd.DataFrame(rows, columns=["latent_idx", "threshold", "anchor", "pattern",
-                                       "pattern_text",
-                                       "n_sources", "n_tokens", "example"])
+                                       "pattern_text", "n_sources", "n_tokens", "example"])
 
 
 def pattern_text(pattern: Sequence[int], tokenizer, anchor: str = "end") -> str:

@@ -114,10 +114,16 @@ def tau_sweep(problems: pd.DataFrame, solutions: pd.DataFrame, n_solutions: int,
     rows = []
     for tau in taus:
         weights = solution_weights(n_solutions, solution_idx, p_correct, tau)
-        voted = vote(solutions, weights).reindex(answers.index)
-        rows.append({"tau": tau, "accuracy": float((voted == answers).fillna(False).mean()),
+        rows.append({"tau": tau, "accuracy": vote_is_correct(answers, solutions, weights).mean(),
                      "weight_auc": weight_auc(solutions, weights)})
     return pd.DataFrame(rows)
+
+
+def vote_is_correct(answers: pd.Series, solutions: pd.DataFrame,
+                    weights: np.ndarray | None = None) -> np.ndarray:
+    """Whether each problem's vote (``answers``: answer by problem_id) is right ``[n_problems]``."""
+    voted = vote(solutions, weights).reindex(answers.index)
+    return (voted == answers).fillna(False).to_numpy(bool)
 
 
 def vote(solutions: pd.DataFrame, weights: np.ndarray | None = None) -> pd.Series:
@@ -157,8 +163,7 @@ def voting_table(problems: pd.DataFrame, greedy: pd.DataFrame, solutions: pd.Dat
     correct = {"greedy": greedy.set_index("problem_id")["is_correct"].reindex(answers.index)
                .to_numpy(bool)}
     for name, w in (("majority", None), ("weighted", weights)):
-        voted = vote(solutions, w).reindex(answers.index)
-        correct[name] = (voted == answers).fillna(False).to_numpy(bool)
+        correct[name] = vote_is_correct(answers, solutions, w)
     rows = []
     for name, values in correct.items():
         lo, hi = evaluation.wilson_interval(int(values.sum()), len(values))
