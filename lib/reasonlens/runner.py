@@ -58,6 +58,7 @@ MANIFEST_DIR = ".runner"  # under the run dir: one JSON manifest per executed no
 _NOTEBOOK_NAME = re.compile(r"^(\d+)_\w+\.py$")
 _HASH_CHUNK = 1 << 20
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+NOT_LITERAL = object()  # a parameter default that is not a Python literal (read_parameters)
 
 
 class NotebookError(RuntimeError):
@@ -73,12 +74,14 @@ class Notebook:
         number: ``"02"`` for ``02_model.py``.
         name: the file stem, ``"02_model"``.
         parameters: the names its ``parameters``-tagged cell assigns.
+        defaults: the values it assigns them, where they are literals (see :func:`read_parameters`).
     """
 
     path: Path
     number: str
     name: str
     parameters: tuple[str, ...]
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
 
 @dataclasses.dataclass
@@ -115,7 +118,8 @@ def discover_notebooks(notebooks_dir: Path) -> list[Notebook]:
     for path in notebooks_dir.glob("*.py"):
         match = _NOTEBOOK_NAME.match(path.name)
         if match:
-            found.append(Notebook(path, match.group(1), path.stem, read_parameter_names(path)))
+            defaults = read_parameters(path)
+            found.append(Notebook(path, match.group(1), path.stem, tuple(defaults), defaults))
     if not found:
         raise FileNotFoundError(
             f"no notebooks named NN_name.py in {notebooks_dir}; notebooks are jupytext percent "
@@ -130,10 +134,21 @@ def discover_notebooks(notebooks_dir: Path) -> list[Notebook]:
 
 
 def read_parameter_names(path: Path) -> tuple[str, ...]:
-    """The variable names assigned in the ``parameters``-tagged cell of a jupytext notebook.
+    """The variable names assigned in the ``parameters``-tagged cell of a jupytext notebook, in order.
+
+    Raises:
+        ValueError: the parameters cell is not valid Python.
+    """
+    return tuple(read_parameters(path))
+
+
+def read_parameters(path: Path) -> dict[str, Any]:
+    """The names the ``parameters``-tagged cell of a jupytext notebook assigns, with their defaults.
 
     Returns:
-        The names in order of assignment; empty when the notebook has no parameters cell.
+        ``{name: default}`` in order of assignment; the default is the assigned value when it is a
+        Python literal (``ast.literal_eval``), else :data:`NOT_LITERAL` (also for names bound by
+        tuple unpacking). Empty when the notebook has no parameters cell.
 
     Raises:
         ValueError: the parameters cell is not valid Python.
@@ -147,17 +162,23 @@ def read_parameter_names(path: Path) -> tuple[str, ...]:
                 raise ValueError(
                     f"{path}: the parameters cell is not valid Python ({exc})."
                 ) from exc
-            names: list[str] = []
+            found: dict[str, Any] = {}
             for node in tree.body:
                 targets = node.targets if isinstance(node, ast.Assign) else (
                     [node.target] if isinstance(node, ast.AnnAssign) else []
                 )
                 for target in targets:
+                    value = NOT_LITERAL
+                    if isinstance(target, ast.Name) and node.value is not None:
+                        try:
+                            value = ast.literal_eval(node.value)
+                        except ValueError:
+                            pass
                     for name_node in ast.walk(target):
-                        if isinstance(name_node, ast.Name) and name_node.id not in names:
-                            names.append(name_node.id)
-            return tuple(names)
-    return ()
+                        if isinstance(name_node, ast.Name) and name_node.id not in found:
+                            found[name_node.id] = value
+            return found
+    return {}
 
 
 def select_notebooks(notebooks: Sequence[Notebook], only: str | None = None,
@@ -198,11 +219,19 @@ def _index_of(notebooks: Sequence[Notebook], selector: str, what: str) -> int:
 
 
 # --- parameters ----------------------------------------------------------------------------------
-def check_profile(values: dict[str, Any], notebooks: Sequence[Notebook]) -> None:
-    """Check that every key of a profile is a parameter some notebook declares.
+def check_profile(values: dict[str, Any], notebooks: Sequence[Notebook]) -> dict[str, Any]:
+    """Check a profile against the notebooks' parameters cells, before anything runs.
+
+    Every key must be a parameter some notebook declares, and a parameter whose default is a number
+    must be given a number. An integer parameter given a whole float (``training_tokens: 8.192e6``)
+    receives it as an int.
+
+    Returns:
+        The profile's values, with whole floats turned into ints where the default is an int.
 
     Raises:
-        ValueError: naming the unknown key(s) and listing the valid parameter names.
+        ValueError: naming the unknown key(s) and listing the valid parameter names; or naming a
+            numeric parameter given a non-number (e.g. a string) and the spelling to use.
     """
     valid = {"profile"}.union(*(nb.parameters for nb in notebooks))
     unknown = sorted(set(values) - valid)
@@ -212,6 +241,26 @@ def check_profile(values: dict[str, Any], notebooks: Sequence[Notebook]) -> None
             f"declares. Valid parameters: {sorted(valid)}. Fix the name in the profile, or "
             f"declare it in a notebook's parameters cell."
         )
+    checked = dict(values)
+    for nb in notebooks:
+        for name, default in nb.defaults.items():
+            if name not in values or not _is_number(default):
+                continue
+            value = values[name]
+            if not _is_number(value):
+                raise ValueError(
+                    f"profile {values.get('profile')!r}: {name}={value!r} is a "
+                    f"{type(value).__name__}, but {nb.name} expects a number (its default is "
+                    f"{default!r}). Write it as a number, e.g. {name}: {default!r}; for powers of "
+                    f"ten 5.0e-5, 5e-5 and 1E3 all read as numbers, quoted '5e-5' does not."
+                )
+            if isinstance(default, int) and isinstance(value, float) and value.is_integer():
+                checked[name] = int(value)
+    return checked
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def notebook_parameters(nb: Notebook, values: dict[str, Any]) -> dict[str, Any]:
@@ -423,7 +472,7 @@ def run(profile: str, notebooks_dir: str | Path | None = None, only: str | None 
     notebooks_dir = Path(notebooks_dir or config.repo_root() / "notebooks").resolve()
     values = config.load_profile(profile)
     notebooks = discover_notebooks(notebooks_dir)
-    check_profile(values, notebooks)
+    values = check_profile(values, notebooks)
     selected = select_notebooks(notebooks, only, start, stop)
     name = values["profile"]
     home = config.home()
