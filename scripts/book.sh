@@ -3,5 +3,6 @@
 # (sets up ./.venv on first use). Extra arguments go to the runner, e.g. --only 02 or --force.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+bash "$ROOT/scripts/system.sh" book  # Debian packages (d3)
 cd "$ROOT"
 python -m reasonlens.runner --profile "${PROFILE:-default}" "$@"

@@ -1,24 +1,22 @@
-"""Headless Chromium for the browser tests: install Debian's package, load a page, read its console.
+"""Headless Chromium for the browser tests: load a page, read its console.
 
-``ensure_installed`` installs ``chromium`` (and ``node-d3``, the local d3 the SAEDashboard pages
-ship with) through apt-get when missing. ``open_page`` loads a file in a fresh profile, lets its
-scripts run, and returns the serialised DOM with every console message; uncaught exceptions are
-the ``errors``.
+``scripts/system.sh test`` (run by ``scripts/test.sh`` before pytest) installs Debian's ``chromium``
+and ``node-d3``, listed in ``requirements/debian.txt``; :func:`missing` says which of them are not
+there, and the ``browser`` fixture skips with that reason. ``open_page`` loads a file in a fresh
+profile, lets its scripts run, and returns the serialised DOM with every console message; uncaught
+exceptions are the ``errors``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-D3 = "/usr/share/nodejs/d3/dist/d3.min.js"  # Debian's node-d3
-PACKAGES = {"chromium": CHROMIUM, "node-d3": D3}
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000"]
@@ -28,21 +26,23 @@ _CONSOLE = re.compile(r':INFO:CONSOLE[^\]]*\] "(.*)", source: (\S*)')
 KNOWN_BOOK_ERRORS = ("Uncaught SyntaxError: Identifier 'THEBE_JS_URL' has already been declared",)
 
 
-def ensure_installed() -> str | None:
-    """Install the missing Debian packages; None when all are there, else why they are not."""
-    missing = [pkg for pkg, path in PACKAGES.items() if not Path(path).exists()]
-    if not missing:
+def debian_packages(purpose: str = "test") -> dict[str, Path]:
+    """The Debian packages ``requirements/debian.txt`` lists for ``purpose``, with their proof file."""
+    packages = {}
+    for line in (ROOT / "requirements" / "debian.txt").read_text().splitlines():
+        fields = line.split("#")[0].split()
+        if len(fields) >= 3 and purpose in fields[2].split(","):
+            packages[fields[0]] = Path(fields[1])
+    return packages
+
+
+def missing() -> str | None:
+    """None when the browser tests' Debian packages are installed, else which are not and why."""
+    absent = [pkg for pkg, proof in debian_packages().items() if not proof.exists()]
+    if not absent:
         return None
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        return (f"cannot install {missing}: needs apt-get as root "
-                f"(apt-get install -y {' '.join(missing)})")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", *missing]):
-        result = subprocess.run(command, capture_output=True, text=True, env=env)
-        if result.returncode != 0:
-            return f"`{' '.join(command)}` failed:\n{result.stderr[-2000:]}"
-    still = [pkg for pkg, path in PACKAGES.items() if not Path(path).exists()]
-    return f"{still} still missing after apt-get install" if still else None
+    return (f"Debian packages {absent} are not installed (scripts/test.sh installs them as root; "
+            f"or: apt-get install -y {' '.join(absent)})")
 
 
 @dataclasses.dataclass

@@ -66,18 +66,11 @@ def sae():
 
 
 @pytest.fixture(scope="session")
-def browser_install():
-    """Install Debian's chromium and node-d3 when missing; None, or why they could not be."""
+def browser():
+    """The headless-Chromium helper module; the test is skipped when Chromium or d3 are missing."""
     import chromium
 
-    return chromium.ensure_installed()
-
-
-@pytest.fixture(scope="session")
-def browser(browser_install):
-    """The headless-Chromium helper module; the test is skipped when it cannot be installed."""
-    import chromium
-
-    if browser_install is not None:
-        pytest.skip(f"headless Chromium is not available: {browser_install}")
+    reason = chromium.missing()
+    if reason is not None:
+        pytest.skip(f"headless Chromium is not available: {reason}")
     return chromium

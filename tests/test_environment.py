@@ -37,3 +37,37 @@ def test_lock_holds_the_pinned_versions_and_no_cuda_extras():
     for unwanted in ("torchvision", "torchaudio", "decode-clt", "torch"):
         assert unwanted not in lock
     assert not any(name.startswith("nvidia-") for name in lock)
+
+
+def _system_sh(tmp_path, listed: str, **env: str):
+    import subprocess
+
+    packages = tmp_path / "debian.txt"
+    packages.write_text(listed)
+    bin_dir = tmp_path / "bin"  # a PATH without apt-get
+    bin_dir.mkdir(exist_ok=True)
+    return subprocess.run(["/bin/bash", str(ROOT / "scripts" / "system.sh"), "test"],
+                          capture_output=True, text=True,
+                          env={"PATH": str(bin_dir), "REASONLENS_DEBIAN_PACKAGES": str(packages),
+                               **env})
+
+
+def test_system_packages_that_cannot_be_installed_are_named_with_the_command(tmp_path):
+    listed = ("# comment\nthere /bin/bash test\nabsent /no/such/file book,test\n"
+              "bookonly /no/such/file book\n")
+    result = _system_sh(tmp_path, listed)
+    assert result.returncode == 0
+    assert "cannot install the Debian packages absent: there is no apt-get" in result.stderr
+    assert "apt-get install -y absent\n" in result.stderr and "bookonly" not in result.stderr
+    assert _system_sh(tmp_path, listed, CI="true").returncode == 1  # CI never skips silently
+    assert _system_sh(tmp_path, "there /bin/bash test\n", CI="true").returncode == 0
+
+
+def test_the_d3_the_pages_look_for_is_the_one_the_set_up_installs():
+    from reasonlens import dashboards
+
+    lines = [line.split() for line in (ROOT / "requirements" / "debian.txt").read_text()
+             .splitlines() if line and not line.startswith("#")]
+    proof = {fields[0]: fields[1] for fields in lines}
+    assert proof["node-d3"] in dashboards.D3_CANDIDATES
+    assert proof["chromium"] == "/usr/bin/chromium"

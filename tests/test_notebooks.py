@@ -20,7 +20,7 @@ NOTEBOOKS = sorted(p.stem for p in (repo_root() / "notebooks").glob("[0-9][0-9]_
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, browser_install):  # installs node-d3, which 05's pages ship
+def smoke_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("REASONLENS_HOME", str(home))
