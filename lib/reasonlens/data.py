@@ -141,7 +141,7 @@ def mix_documents(documents: pd.DataFrame, split: str, kinds: Sequence[str]) -> 
     return chosen["text"].tolist()
 
 
-# The two training mixes of DESIGN.md: the reasoning model sees traces, the base model does not.
+# The two training mixes of docs/design.md: the reasoning model sees traces, the base model does not.
 MIXES = {"reasoning": ("trace", "plain", "chat"), "base": ("plain", "chat")}
 
 

@@ -1,4 +1,4 @@
-"""The seeded generator of the synthetic reasoning world (DESIGN.md, "The synthetic reasoning world").
+"""The seeded generator of the synthetic reasoning world (docs/design.md, "What the system does").
 
 ``generate_world(WorldConfig(...))`` returns three tables: problems (with split and true answer),
 steps (every trace line with ground-truth labels) and documents (the texts both toy models train
