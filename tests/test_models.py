@@ -1,9 +1,24 @@
 import pytest
 import torch
-from helpers import build_toy_model_config
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
+from helpers import build_toy_model_config
 from reasonlens import models
+
+# A tiny Llama/Qwen2 shape: head_dim 16 gives llama3 RoPE all three frequency bands (below).
+TINY = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64)
+# Llama 3.1's RoPE scaled down: with head_dim 16 (wavelengths 6.3, 19.9, 62.8, ...) the first pair
+# is a high frequency (kept), the second a medium one (smoothed), the rest low ones (divided by 8).
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 32}
+ARCHS = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
 
 
 @pytest.fixture(scope="module")
@@ -83,20 +98,6 @@ def test_a_hook_point_the_model_lacks_is_a_clear_error(both_backends, tokens, na
                 model(tokens)
 
 
-def test_qwen2_checkpoints_convert_too(tmp_path, tokenizer):
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=128, tie_word_embeddings=False)
-    Qwen2ForCausalLM(cfg).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    tl = models.load_hooked(tmp_path, backend="transformer_lens")
-    hf = models.load_hooked(tmp_path, backend="hf")
-    tokens = torch.randint(0, len(tokenizer), (2, 16))
-    with torch.no_grad():
-        torch.testing.assert_close(tl(tokens), hf(tokens), atol=1e-5, rtol=1e-5)
-
-
 def test_unsupported_architecture_and_backend_are_clear_errors(tokenizer, saved_toy_model):
     from transformers import GPT2Config
     cfg = GPT2Config(n_layer=1)
@@ -129,3 +130,170 @@ def test_load_hooked_takes_a_dtype_by_name(saved_toy_model):
 def test_an_unsaved_tokenizer_is_a_clear_error(toy_model, tokenizer):
     with pytest.raises(ValueError, match="name_or_path"):
         models.as_hooked_transformer(toy_model, tokenizer)
+
+
+def tiny_hf_config(arch: str, vocab_size: int = 400, **overrides):
+    return ARCHS[arch][0](vocab_size=vocab_size, **{**TINY, **overrides})
+
+
+def tiny_hf_model(arch: str, vocab_size: int, **overrides):
+    """A tiny HF model with every weight, bias and norm scale random (HF zero-initialises biases
+    and sets norm scales to one, which would hide a bias or a scale the conversion dropped)."""
+    model = ARCHS[arch][1](tiny_hf_config(arch, vocab_size, **overrides))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(float(name.endswith("norm.weight")) + 0.3 * torch.randn_like(param))
+    return model.eval()
+
+
+def hf_residuals(hf_model, tokens):
+    """Logits and residual stream of a transformers Llama/Qwen2 under TransformerLens hook names,
+    read with plain forward hooks (resid_pre and resid_mid are the inputs of the two RMSNorms)."""
+    acts = {}
+
+    def keep(name, of_input):
+        def hook(module, args, output):
+            out = output[0] if isinstance(output, tuple) else output
+            acts[name] = args[0] if of_input else out
+        return hook
+
+    sites = [(hf_model.model.embed_tokens, "hook_embed", False)]
+    for layer, block in enumerate(hf_model.model.layers):
+        sites += [(block.input_layernorm, f"blocks.{layer}.hook_resid_pre", True),
+                  (block.post_attention_layernorm, f"blocks.{layer}.hook_resid_mid", True),
+                  (block, f"blocks.{layer}.hook_resid_post", False)]
+    handles = [module.register_forward_hook(keep(name, of_input))
+               for module, name, of_input in sites]
+    try:
+        with torch.no_grad():
+            logits = hf_model(input_ids=tokens).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits, acts
+
+
+def assert_converts_exactly(hf_model, tl_model, tokens):
+    """The HookedTransformer equals ``hf_model`` at the embedding, every layer's resid_pre, mid and
+    post, and the logits (float32 tolerance, relative to each activation's scale)."""
+    hf_logits, hf_acts = hf_residuals(hf_model, tokens)
+    with torch.no_grad():
+        tl_logits, tl_cache = tl_model.run_with_cache(tokens, names_filter=list(hf_acts))
+    assert len(hf_acts) == 1 + 3 * hf_model.config.num_hidden_layers
+    for name, expected in [*hf_acts.items(), ("logits", hf_logits)]:
+        actual = tl_logits if name == "logits" else tl_cache[name]
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+SUPPORTED_CONFIGS = {
+    "llama": ("llama", {}),
+    "llama-rope_theta": ("llama", {"rope_theta": 300.0}),
+    "llama-rope_type_default": ("llama", {"rope_scaling": {"rope_type": "default"}}),
+    "llama-llama3_rope": ("llama", {"rope_scaling": LLAMA3}),
+    "llama-multi_head": ("llama", {"num_key_value_heads": 4}),
+    "llama-head_dim": ("llama", {"head_dim": 8}),
+    "llama-attention_bias": ("llama", {"attention_bias": True}),
+    "llama-tie_word_embeddings": ("llama", {"tie_word_embeddings": True}),
+    "llama-rms_norm_eps": ("llama", {"rms_norm_eps": 0.3}),
+    "llama-pretraining_tp": ("llama", {"pretraining_tp": 2}),
+    **{f"llama-{act}": ("llama", {"hidden_act": act}) for act in
+       ("gelu", "gelu_python", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "swish")},
+    "qwen2": ("qwen2", {}),
+    "qwen2-sliding_window": ("qwen2", {"use_sliding_window": True, "sliding_window": 6,
+                                       "max_window_layers": 1}),
+    "qwen2-llama3_rope": ("qwen2", {"rope_scaling": LLAMA3}),
+    "qwen2-tie_word_embeddings": ("qwen2", {"tie_word_embeddings": True}),
+    "qwen2-head_dim": ("qwen2", {"head_dim": 8}),
+    "qwen2-ignores_llama_biases": ("qwen2", {"attention_bias": False, "mlp_bias": True}),
+}
+
+
+@pytest.mark.parametrize("case", SUPPORTED_CONFIGS)
+def test_a_supported_config_converts_exactly_at_every_hook_point(case, tmp_path, tokenizer):
+    arch, overrides = SUPPORTED_CONFIGS[case]
+    hf_model = tiny_hf_model(arch, len(tokenizer), **overrides)
+    hf_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    tl = models.load_hooked(tmp_path, backend="transformer_lens")
+    tokens = torch.randint(0, len(tokenizer), (2, 24))  # longer than the sliding window (6)
+    assert_converts_exactly(hf_model, tl.model, tokens)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_llama3_rope_scaling_converts_exactly_also_past_n_ctx(arch, tmp_path, tokenizer):
+    hf_model = tiny_hf_model(arch, len(tokenizer), rope_scaling=LLAMA3)
+    plain = tiny_hf_model(arch, len(tokenizer))  # the same weights with unscaled RoPE
+    tokens = torch.randint(0, len(tokenizer), (2, 40))  # past original_max_position_embeddings
+    with torch.no_grad():
+        assert (hf_model(tokens).logits - plain(tokens).logits).abs().max() > 1e-2
+    hf_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    tl = models.load_hooked(tmp_path, backend="transformer_lens", n_ctx=16)  # TL extends its RoPE
+    assert tl.model.cfg.use_NTK_by_parts_rope
+    assert_converts_exactly(hf_model, tl.model, tokens)
+
+
+def test_qwen2_sliding_window_converts_exactly_where_it_matters(tmp_path, tokenizer):
+    window = {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1}
+    hf_model = tiny_hf_model("qwen2", len(tokenizer), **window)
+    full = tiny_hf_model("qwen2", len(tokenizer))  # the same weights, full attention everywhere
+    tokens = torch.randint(0, len(tokenizer), (2, 24))
+    with torch.no_grad():
+        gap = (hf_model(tokens).logits - full(tokens).logits).abs().amax(dim=(0, 2))
+    assert gap[:6].max() < 1e-5 < gap[6:].min()  # the window (6) only matters past 6 tokens
+    hf_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    tl = models.load_hooked(tmp_path, backend="transformer_lens")
+    assert tl.model.cfg.attn_types == ["global", "local"] and tl.model.cfg.window_size == 6
+    assert_converts_exactly(hf_model, tl.model, tokens)
+
+
+UNSUPPORTED_CONFIGS = {
+    "llama-linear_rope": ("llama", {"rope_scaling": {"type": "linear", "factor": 2.0}},
+                          "rope_scaling"),
+    "llama-dynamic_rope": ("llama", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}},
+                           "rope_scaling"),
+    "llama-yarn_rope": ("llama", {"rope_scaling": {"rope_type": "yarn", "factor": 2.0,
+                                                   "original_max_position_embeddings": 32}},
+                        "rope_scaling"),
+    "llama-longrope": ("llama", {"rope_scaling": {"rope_type": "longrope",
+                                                  "short_factor": [1.0] * 8,
+                                                  "long_factor": [2.0] * 8,
+                                                  "original_max_position_embeddings": 32}},
+                       "rope_scaling"),
+    "qwen2-linear_rope": ("qwen2", {"rope_scaling": {"rope_type": "linear", "factor": 4.0}},
+                          "rope_scaling"),
+    "llama-mlp_bias": ("llama", {"mlp_bias": True}, "mlp_bias"),
+    "llama-relu2": ("llama", {"hidden_act": "relu2"}, "hidden_act"),
+    "qwen2-quick_gelu": ("qwen2", {"hidden_act": "quick_gelu"}, "hidden_act"),
+    "llama-partial_rotary_factor": ("llama", {"partial_rotary_factor": 0.5},
+                                    "partial_rotary_factor"),
+}
+
+
+@pytest.mark.parametrize("case", UNSUPPORTED_CONFIGS)
+def test_a_config_the_conversion_does_not_reproduce_is_refused_by_name(case):
+    arch, overrides, field = UNSUPPORTED_CONFIGS[case]
+    hf_config = tiny_hf_config(arch, **overrides)
+    with pytest.raises(ValueError, match=rf"{field}=.*backend='hf'"):
+        models.hooked_transformer_config(hf_config, architecture=ARCHS[arch][1].__name__)
+
+
+def test_load_hooked_refuses_linear_rope_scaling_but_the_hf_backend_loads_it(tmp_path, tokenizer):
+    tiny_hf_model("llama", len(tokenizer),
+                  rope_scaling={"type": "linear", "factor": 2.0}).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"rope_scaling=.*'linear'.*\('default', 'llama3'\)"):
+        models.load_hooked(tmp_path, backend="transformer_lens")
+    assert models.load_hooked(tmp_path, backend="hf").model.config.rope_scaling["factor"] == 2.0
+
+
+@pytest.mark.parametrize("config_cls", [LlamaConfig, Qwen2Config])
+def test_every_model_config_field_has_a_conversion_policy(config_cls):
+    fields = set(config_cls().to_dict()) - set(PretrainedConfig().to_dict())
+    missing = fields - set(models.CONFIG_FIELD_POLICY)
+    assert not missing, f"classify these {config_cls.__name__} fields in CONFIG_FIELD_POLICY"
+    assert {"tie_word_embeddings", "partial_rotary_factor"} <= set(models.CONFIG_FIELD_POLICY)

@@ -112,32 +112,111 @@ def load_hf_model(path_or_id: str | Path, dtype: str | torch.dtype = torch.float
     return model.to(device).eval(), tokenizer
 
 
+# What the TransformerLens conversion does with each LlamaConfig and Qwen2Config field of
+# transformers 4.56 (and partial_rotary_factor, which transformers' RoPE reads when a config has
+# it). A field that changes the forward pass is reproduced, and tested against transformers at
+# every residual hook point in tests/test_models.py, or refused with a ValueError naming it: the
+# conversion never silently differs. That test fails when transformers adds a field not listed here.
+CONFIG_FIELD_POLICY = {
+    "vocab_size": "reproduced: d_vocab",
+    "hidden_size": "reproduced: d_model",
+    "intermediate_size": "reproduced: d_mlp",
+    "num_hidden_layers": "reproduced: n_layers",
+    "num_attention_heads": "reproduced: n_heads",
+    "num_key_value_heads": "reproduced: n_key_value_heads (grouped-query attention)",
+    "head_dim": "reproduced: d_head, also when it is not hidden_size / num_attention_heads",
+    "hidden_act": "reproduced for the names in HIDDEN_ACTS; refused otherwise",
+    "rms_norm_eps": "reproduced: eps",
+    "rope_theta": "reproduced: rotary_base",
+    "rope_scaling": "reproduced for rope_type 'default' and 'llama3' (NTK-by-parts); refused for "
+                    "'linear', 'dynamic', 'yarn', 'longrope' (TransformerLens has no such RoPE)",
+    "partial_rotary_factor": "refused unless 1.0 (transformers' Llama and Qwen2 cannot run it)",
+    "attention_bias": "Llama: reproduced (q/k/v/o biases copied); Qwen2 ignores it (q/k/v biases "
+                      "always, converted by TransformerLens)",
+    "mlp_bias": "Llama: refused when true (TransformerLens's gated MLP has no gate or up bias); "
+                "Qwen2 ignores it",
+    "tie_word_embeddings": "reproduced: W_U is read from lm_head, which transformers ties",
+    "use_sliding_window": "Qwen2: reproduced through layer_types",
+    "sliding_window": "Qwen2: reproduced as window_size of TransformerLens local attention",
+    "max_window_layers": "Qwen2: reproduced through layer_types",
+    "layer_types": "Qwen2: 'sliding_attention' layers become attn_types 'local', others 'global'",
+    "max_position_embeddings": "default n_ctx (capped at 8192); 'default' and 'llama3' RoPE do not "
+                               "read it, and TransformerLens extends its RoPE and mask past n_ctx",
+    "pretraining_tp": "no effect: the transformers 4.56 forward pass does not read it",
+    "attention_dropout": "no effect in eval mode (training only)",
+    "initializer_range": "no effect: initialisation only",
+    "use_cache": "no effect: key/value caching only",
+}
+# transformers' hidden_act -> the TransformerLens act_fn that computes the same function.
+HIDDEN_ACTS = {"silu": "silu", "swish": "silu", "relu": "relu", "gelu": "gelu",
+               "gelu_python": "gelu", "gelu_new": "gelu_new", "gelu_fast": "gelu_fast",
+               "gelu_pytorch_tanh": "gelu_pytorch_tanh"}
+ROPE_TYPES = ("default", "llama3")
+
+
+def _refuse_what_would_differ(hf_config, arch: str) -> None:
+    """Raise for the first field of ``CONFIG_FIELD_POLICY`` whose value the conversion refuses."""
+    scaling = hf_config.rope_scaling or {}
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    partial_rotary = getattr(hf_config, "partial_rotary_factor", 1.0)
+    mlp_bias = arch == "LlamaForCausalLM" and getattr(hf_config, "mlp_bias", False)
+    use_hf = "load this model with backend='hf' instead"
+    checks = [
+        ("rope_scaling", scaling, rope_type in ROPE_TYPES,
+         f"rope_type must be one of {ROPE_TYPES}; {use_hf}"),
+        ("hidden_act", hf_config.hidden_act, hf_config.hidden_act in HIDDEN_ACTS,
+         f"valid: {sorted(HIDDEN_ACTS)}; {use_hf}"),
+        ("partial_rotary_factor", partial_rotary, partial_rotary == 1.0,
+         "valid: 1.0, the only value transformers' Llama and Qwen2 run (backend='hf' fails too); "
+         "remove it from the model's config.json"),
+        ("mlp_bias", True, not mlp_bias,
+         f"TransformerLens's gated MLP has no gate or up bias; {use_hf}"),
+    ]
+    for field, value, is_reproduced, valid_and_fix in checks:
+        if not is_reproduced:
+            raise ValueError(f"{field}={value!r} in the {arch} config changes the forward pass "
+                             "in a way the TransformerLens conversion does not reproduce, so its "
+                             f"activations would differ from transformers'; {valid_and_fix}.")
+
+
 def hooked_transformer_config(hf_config, n_ctx: int | None = None,
                               device: str = "cpu", dtype: torch.dtype = torch.float32,
                               architecture: str | None = None) -> HookedTransformerConfig:
     """The HookedTransformerConfig matching a Llama or Qwen2 HF config.
 
+    Every field is handled as ``CONFIG_FIELD_POLICY`` says: reproduced, or refused.
+
     Args:
         hf_config: the HF model's config.
-        n_ctx: longest sequence TransformerLens should support (defaults to the model's, capped at
-            8192 because TransformerLens allocates an n_ctx x n_ctx mask).
+        n_ctx: sequence length TransformerLens precomputes its mask and RoPE for (defaults to the
+            model's, capped at 8192 because it allocates an n_ctx x n_ctx mask); longer inputs
+            still run, as TransformerLens extends both.
         device, dtype: as for the model.
         architecture: the HF class name, when the config does not record it (an unsaved model).
 
+    Returns:
+        The config for ``HookedTransformer``.
+
     Raises:
-        ValueError: an architecture other than those in ``SUPPORTED_ARCHITECTURES``.
+        ValueError: an architecture other than those in ``SUPPORTED_ARCHITECTURES``, or a config
+            field whose value the conversion does not reproduce (``rope_scaling`` other than
+            ``ROPE_TYPES``, ``hidden_act`` not in ``HIDDEN_ACTS``, ``partial_rotary_factor``,
+            Llama's ``mlp_bias``); the message names the field.
     """
     arch = architecture or (hf_config.architectures or ["?"])[0]
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"model architecture {arch!r} has no TransformerLens conversion here; "
                          f"supported: {SUPPORTED_ARCHITECTURES}. Use backend='hf' instead.")
-    d_head = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+    _refuse_what_would_differ(hf_config, arch)
+    d_head = (getattr(hf_config, "head_dim", None)
+              or hf_config.hidden_size // hf_config.num_attention_heads)
     fields = dict(
         d_model=hf_config.hidden_size, d_head=d_head, n_heads=hf_config.num_attention_heads,
         n_key_value_heads=hf_config.num_key_value_heads, d_mlp=hf_config.intermediate_size,
         n_layers=hf_config.num_hidden_layers,
         n_ctx=n_ctx or min(hf_config.max_position_embeddings, 8192),
-        eps=hf_config.rms_norm_eps, d_vocab=hf_config.vocab_size, act_fn=hf_config.hidden_act,
+        eps=hf_config.rms_norm_eps, d_vocab=hf_config.vocab_size,
+        act_fn=HIDDEN_ACTS[hf_config.hidden_act],
         normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=d_head,
         rotary_adjacent_pairs=False, rotary_base=getattr(hf_config, "rope_theta", 10000.0),
         final_rms=True, gated_mlp=True, original_architecture=arch, device=device, dtype=dtype,
@@ -149,15 +228,34 @@ def hooked_transformer_config(hf_config, n_ctx: int | None = None,
                       NTK_by_parts_low_freq_factor=scaling["low_freq_factor"],
                       NTK_by_parts_high_freq_factor=scaling["high_freq_factor"],
                       NTK_original_ctx_len=scaling["original_max_position_embeddings"])
+    layer_types = getattr(hf_config, "layer_types", None) or []
+    if arch == "Qwen2ForCausalLM" and "sliding_attention" in layer_types:
+        fields.update(use_local_attn=True, window_size=hf_config.sliding_window,
+                      attn_types=["local" if kind == "sliding_attention" else "global"
+                                  for kind in layer_types])
     return HookedTransformerConfig(**fields)
+
+
+def _llama_attention_biases(hf_model, cfg: HookedTransformerConfig) -> dict[str, torch.Tensor]:
+    """A Llama's q/k/v/o biases as TransformerLens parameters (its conversion writes zeros)."""
+    state_dict = {}
+    for layer, block in enumerate(hf_model.model.layers):
+        attn, prefix = block.self_attn, f"blocks.{layer}.attn."
+        state_dict[prefix + "b_Q"] = attn.q_proj.bias.reshape(cfg.n_heads, cfg.d_head)
+        # n_key_value_heads is always set, so TransformerLens builds grouped-query attention
+        state_dict[prefix + "_b_K"] = attn.k_proj.bias.reshape(cfg.n_key_value_heads, cfg.d_head)
+        state_dict[prefix + "_b_V"] = attn.v_proj.bias.reshape(cfg.n_key_value_heads, cfg.d_head)
+        state_dict[prefix + "b_O"] = attn.o_proj.bias
+    return state_dict
 
 
 def as_hooked_transformer(hf_model, tokenizer, n_ctx: int | None = None) -> HookedTransformer:
     """Convert a Llama or Qwen2 HF model into a HookedTransformer with the same logits.
 
-    Weights are converted with TransformerLens's own conversion functions and loaded without
-    processing (no LayerNorm folding or centring), so ``blocks.{L}.hook_resid_post`` equals the HF
-    model's hidden state after layer L.
+    Weights are converted with TransformerLens's own conversion functions (plus a Llama's
+    attention biases, which those drop) and loaded without processing (no LayerNorm folding or
+    centring), so ``blocks.{L}.hook_resid_post`` equals the HF model's hidden state after layer L.
+    A config the conversion would not reproduce is refused (see ``CONFIG_FIELD_POLICY``).
 
     Args:
         hf_model: a loaded ``LlamaForCausalLM`` or ``Qwen2ForCausalLM``.
@@ -169,7 +267,8 @@ def as_hooked_transformer(hf_model, tokenizer, n_ctx: int | None = None) -> Hook
 
     Raises:
         ValueError: a tokenizer that was never saved (TransformerLens reloads it by its
-            ``name_or_path``).
+            ``name_or_path``), or a config field the conversion does not reproduce (see
+            ``hooked_transformer_config``).
     """
     if not tokenizer.name_or_path:
         raise ValueError("tokenizer has no name_or_path: TransformerLens reloads the tokenizer "
@@ -178,8 +277,10 @@ def as_hooked_transformer(hf_model, tokenizer, n_ctx: int | None = None) -> Hook
     cfg = hooked_transformer_config(hf_model.config, n_ctx, device=str(param.device),
                                     dtype=param.dtype, architecture=type(hf_model).__name__)
     convert = {"LlamaForCausalLM": weight_conversions.convert_llama_weights,
-               "Qwen2ForCausalLM": weight_conversions.convert_qwen2_weights}[cfg.original_architecture]
-    state_dict = convert(hf_model, cfg)
+               "Qwen2ForCausalLM": weight_conversions.convert_qwen2_weights}
+    state_dict = convert[cfg.original_architecture](hf_model, cfg)
+    if cfg.original_architecture == "LlamaForCausalLM" and hf_model.config.attention_bias:
+        state_dict.update(_llama_attention_biases(hf_model, cfg))
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_and_process_state_dict(state_dict, fold_ln=False, center_writing_weights=False,
                                       center_unembed=False, fold_value_biases=False)
@@ -381,7 +482,8 @@ def load_hooked(path: str | Path, backend: str = "transformer_lens", n_ctx: int 
         A ``TLHookedModel`` or ``HFHookedModel``.
 
     Raises:
-        ValueError: an unknown backend.
+        ValueError: an unknown backend, or (backend "transformer_lens") a config field the
+            conversion does not reproduce, named in the message (see ``CONFIG_FIELD_POLICY``).
     """
     if backend not in ("transformer_lens", "hf"):
         raise ValueError(f"backend={backend!r} is unknown; use 'transformer_lens' or 'hf'.")
