@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +82,30 @@ FAILING_02 = """
 
     # %%
     y = scale / 0  # the failing line
+    """
+# Writes scaled.json, then fills a directory artifact and, while the file `hold` exists beside the
+# notebooks (papermill's working directory), waits inside it: a runner can be killed there.
+HOLDING_02 = """
+    # %% [markdown]
+    # # 2. Scale the numbers, slowly
+
+    # %% tags=["parameters"]
+    profile = "default"
+    scale = 1.0
+
+    # %%
+    import os
+    import time
+    from pathlib import Path
+    from reasonlens.artifacts import RunDir
+    run = RunDir(profile)
+    run.write("scaled.json", [scale * x for x in run.read_json("numbers.json")])
+    with run.write_dir("pages") as pages:
+        (pages / "a.html").write_text("a")
+        Path("held").write_text(str(os.getpid()))
+        while Path("hold").exists():
+            time.sleep(0.05)
+        (pages / "b.html").write_text("b")
     """
 NAMES = ["01_make", "02_plot", "03_sum"]
 
@@ -291,3 +320,120 @@ def test_hash_library_follows_the_source(tmp_path):
     (library / "sub" / "b.py").write_text("y = 3\n")
     assert hash_library(library) != first
     assert len(hash_library()) == 64  # the real library
+
+
+# --- crashes, interruptions and concurrent runners ------------------------------------------------
+# The command line, with the library's hash pinned as in this module's in-process runs.
+PINNED_MAIN = ("import sys; from reasonlens import runner; "
+               f"runner.hash_library = lambda: {PINNED_LIBRARY_SHA256!r}; "
+               "sys.exit(runner.main(sys.argv[1:]))")
+
+
+def start_holding_runner(notebooks_dir: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
+    """Start the runner on 'tiny' in a subprocess; return it and its kernel's PID once it holds."""
+    (notebooks_dir / "hold").touch()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", PINNED_MAIN, "--profile", "tiny", "--notebooks-dir",
+             str(notebooks_dir), "--no-book"], stdout=log, stderr=subprocess.STDOUT)
+    held = notebooks_dir / "held"
+    deadline = time.monotonic() + 120
+    while not (held.is_file() and held.read_text()):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the runner never reached the holding cell:\n{log_path.read_text()}")
+        time.sleep(0.05)
+    return process, int(held.read_text())
+
+
+def kill_runner(process: subprocess.Popen, kernel_pid: int) -> None:
+    """SIGKILL the runner, then wait until its kernel is gone too (it polls for its parent)."""
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 30
+    while is_running(kernel_pid):
+        if time.monotonic() > deadline:
+            os.kill(kernel_pid, signal.SIGKILL)
+            pytest.fail(f"the kernel {kernel_pid} outlived its killed runner")
+        time.sleep(0.1)
+
+
+def is_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_a_runner_killed_mid_notebook_loses_nothing(first_run, home, tmp_path, caplog):
+    notebooks_dir = write_notebooks(tmp_path / "notebooks", {"02_plot.py": HOLDING_02})
+    process, kernel_pid = start_holding_runner(notebooks_dir, tmp_path / "runner.log")
+    kill_runner(process, kernel_pid)
+    run_root, executed_dir = home / "data/runs/tiny", home / "build/tiny/notebooks"
+    assert (run_root / "scaled.json").is_file()  # written, atomically, before the kill
+    assert not (run_root / "pages").exists()  # the half-filled directory is only a temporary
+    assert len(list(run_root.glob(".pages.*"))) == 1
+    assert not (run_root / ".runner/02_plot.json").exists()  # no record: 02 did not finish
+    assert not (executed_dir / "02_plot.ipynb").exists()  # nor its executed notebook of old
+    (notebooks_dir / "hold").unlink()
+
+    caplog.set_level(logging.INFO, logger="reasonlens.runner")
+    for _ in range(2):  # a later notebook is never up to date while an earlier one is unfinished
+        report = runner.run("tiny", notebooks_dir=notebooks_dir, only="03", build=False)
+        assert report.ran == ["03_sum"]
+    assert f"the last runner on profile 'tiny' (PID {process.pid}" in caplog.text
+    assert "03_sum reads the outputs of ['02_plot'], whose last run did not finish" in caplog.text
+    assert "03_sum: running (02_plot did not finish)" in caplog.text
+
+    report = runner.run("tiny", notebooks_dir=notebooks_dir, build=False)  # the same command again
+    assert report.skipped == ["01_make"] and report.ran == ["02_plot", "03_sum"]
+    assert "02_plot: running (its last run did not finish)" in caplog.text
+    assert sorted(p.name for p in (run_root / "pages").iterdir()) == ["a.html", "b.html"]
+    assert json.loads((run_root / "total.json").read_text()) == {"total": 18.0}
+    hidden = [p.relative_to(run_root).as_posix() for p in run_root.rglob(".*")]
+    assert hidden == [".runner"]  # the killed writer's temporary is gone
+    assert sorted(p.name for p in (run_root / ".runner").iterdir()) == [
+        "01_make.json", "02_plot.json", "03_sum.json", "lock"]
+    assert (run_root / ".runner/lock").read_text() == ""  # a finished runner leaves no record
+    report = runner.run("tiny", notebooks_dir=notebooks_dir, build=False)
+    assert report.ran == [] and report.skipped == NAMES
+
+
+def test_a_second_runner_on_the_same_profile_refuses(first_run, home, tmp_path, caplog):
+    notebooks_dir = write_notebooks(tmp_path / "notebooks", {"02_plot.py": HOLDING_02})
+    process, kernel_pid = start_holding_runner(notebooks_dir, tmp_path / "runner.log")
+    lock = home / "data/runs/tiny/.runner/lock"
+    manifest = home / "data/runs/tiny/.runner/01_make.json"
+    recorded = manifest.stat().st_mtime_ns
+    argv = ["--profile", "tiny", "--notebooks-dir", str(first_run["notebooks_dir"]), "--only", "01",
+            "--force", "--no-book"]
+    try:
+        assert runner.main(argv) == 1
+    finally:
+        kill_runner(process, kernel_pid)
+    (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert message.startswith(f"profile 'tiny' is already being run by another runner, PID "
+                              f"{process.pid} on ")
+    assert f"it holds the lock file {lock}." in message and f"kill {process.pid}" in message
+    assert manifest.stat().st_mtime_ns == recorded  # the second runner wrote nothing
+    with pytest.raises(runner.ProfileBusyError, match="profile 'tiny' is already being run"):
+        with runner.profile_lock(lock, "tiny"):  # taken in this process: the same refusal
+            runner.run("tiny", notebooks_dir=first_run["notebooks_dir"], build=False)
+    # The killed runner's lock went with it: the next one runs.
+    (notebooks_dir / "hold").unlink()
+    report = runner.run("tiny", notebooks_dir=first_run["notebooks_dir"], only="01", build=False)
+    assert report.skipped == ["01_make"]
+
+
+def test_a_corrupt_upstream_artifact_fails_the_notebook_naming_the_file(first_run, home):
+    numbers = home / "data/runs/tiny/numbers.json"
+    numbers.write_bytes(numbers.read_bytes()[:5])  # cut short
+    with pytest.raises(runner.NotebookError,
+                       match=r"03_sum\.py failed in cell .*CorruptArtifactError: \S*/numbers\.json "
+                             r"is truncated or corrupt: it is not valid JSON .*--profile tiny"):
+        runner.run("tiny", notebooks_dir=first_run["notebooks_dir"], only="03", force=True,
+                   build=False)
+    report = runner.run("tiny", notebooks_dir=first_run["notebooks_dir"], build=False)
+    assert report.ran == ["01_make", "03_sum"] and report.skipped == ["02_plot"]
+    assert json.loads(numbers.read_text()) == [0, 1, 2, 3]

@@ -18,14 +18,23 @@ outputs of every earlier notebook) and the files it wrote. A notebook is skipped
 fingerprint is unchanged, its executed notebook exists and its outputs are intact. Because each
 fingerprint includes the hashes of earlier notebooks' outputs, a notebook that re-runs and writes
 something different invalidates the ones after it.
+
+Interruptions: a notebook that starts running loses its record and gets ``NN_name.unfinished``
+instead, removed when it succeeds. So a runner killed mid-notebook (even by SIGKILL) leaves that
+notebook to run again, and no later notebook is skipped while an earlier one is unfinished.
+Artifacts are written atomically; the temporaries a killed writer leaves behind are deleted by the
+next run. One runner at a time works on a profile: it holds ``.runner/lock`` (``fcntl.flock``,
+released by the OS however the runner ends), and a second one refuses to start.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import datetime as _dt
+import fcntl
 import filecmp
 import hashlib
 import json
@@ -33,10 +42,11 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +65,8 @@ LIBRARY_DIR = Path(__file__).resolve().parent
 BOOK_CONFIG = "jupyter_book.yml"  # in the repo root; becomes the book's _config.yml
 EXTRA_DIR = "_extra"  # in the book dir: copied as-is into the built HTML (html_extra_path)
 MANIFEST_DIR = ".runner"  # under the run dir: one JSON manifest per executed notebook
+UNFINISHED_SUFFIX = ".unfinished"  # in MANIFEST_DIR: NN_name.unfinished while NN_name runs
+LOCK_FILE = "lock"  # in MANIFEST_DIR: held by the runner working on the profile
 _NOTEBOOK_NAME = re.compile(r"^(\d+)_\w+\.py$")
 _HASH_CHUNK = 1 << 20
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
@@ -63,6 +75,10 @@ NOT_LITERAL = object()  # a parameter default that is not a Python literal (read
 
 class NotebookError(RuntimeError):
     """A notebook failed while executing; the message names the notebook and the failing cell."""
+
+
+class ProfileBusyError(RuntimeError):
+    """Another runner is working on the profile; the message names its PID and the lock file."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -467,6 +483,7 @@ def run(profile: str, notebooks_dir: str | Path | None = None, only: str | None 
         FileNotFoundError: the profile or the notebooks directory does not exist.
         ValueError: the profile sets a parameter no notebook declares, or a selector is bad.
         NotebookError: a notebook failed; later notebooks did not run.
+        ProfileBusyError: another runner is working on the same profile.
         RuntimeError: the book did not build; the message ends with its log.
     """
     notebooks_dir = Path(notebooks_dir or config.repo_root() / "notebooks").resolve()
@@ -483,47 +500,136 @@ def run(profile: str, notebooks_dir: str | Path | None = None, only: str | None 
     report = RunReport(profile=name)
     logger.info("profile %r: %d of %d notebooks selected; run dir %s",
                 name, len(selected), len(notebooks), run_dir.root)
+    manifest_dir = run_dir.root / MANIFEST_DIR
+    with profile_lock(manifest_dir / LOCK_FILE, name):
+        removed = run_dir.remove_stale_temporaries()
+        if removed:
+            logger.info("removed %d temporary file(s) left by an interrupted write: %s",
+                        len(removed), [str(path) for path in removed])
+        for nb in tqdm(selected, desc=f"notebooks ({name})", unit="notebook"):
+            manifest_path = manifest_dir / f"{nb.name}.json"
+            unfinished_path = manifest_dir / f"{nb.name}{UNFINISHED_SUFFIX}"
+            executed_path = executed_dir / f"{nb.name}.ipynb"
+            parameters = notebook_parameters(nb, values)
+            earlier = notebooks[:notebooks.index(nb)]
+            inputs = notebook_inputs(nb, parameters, library_sha256, earlier, manifest_dir)
+            manifest = read_manifest(manifest_path)
+            unfinished = unfinished_notebooks(earlier, manifest_dir)
+            if force:
+                reason = "--force"
+            elif unfinished_path.exists():
+                reason = "its last run did not finish"
+            else:
+                reason = stale_reason(manifest, inputs, executed_path, home) or (
+                    f"{', '.join(unfinished)} did not finish" if unfinished else None)
+            if reason is None:
+                logger.info("%s: unchanged, skipped", nb.name)
+                report.skipped.append(nb.name)
+                continue
+            if unfinished:
+                logger.warning(
+                    "%s reads the outputs of %s, whose last run did not finish (killed or failed):"
+                    " they may be incomplete. To redo them: python -m reasonlens.runner --profile "
+                    "%s --from %s", nb.name, unfinished, name, unfinished[0].split("_")[0])
 
-    for nb in tqdm(selected, desc=f"notebooks ({name})", unit="notebook"):
-        manifest_path = run_dir.root / MANIFEST_DIR / f"{nb.name}.json"
-        executed_path = executed_dir / f"{nb.name}.ipynb"
-        parameters = notebook_parameters(nb, values)
-        earlier = notebooks[:notebooks.index(nb)]
-        inputs = notebook_inputs(nb, parameters, library_sha256, earlier, manifest_path.parent)
-        manifest = read_manifest(manifest_path)
-        reason = "--force" if force else stale_reason(manifest, inputs, executed_path, home)
-        if reason is None:
-            logger.info("%s: unchanged, skipped", nb.name)
-            report.skipped.append(nb.name)
-            continue
+            logger.info("%s: running (%s) with %s", nb.name, reason, parameters)
+            # Until it succeeds, a re-running notebook has no valid record and no executed notebook.
+            manifest_dir.mkdir(parents=True, exist_ok=True)
+            unfinished_path.write_text(_now() + "\n")
+            manifest_path.unlink(missing_ok=True)
+            executed_path.unlink(missing_ok=True)
+            before = snapshot_files(watched, home)
+            started = time.perf_counter()
+            execute_notebook(nb, parameters, executed_path)
+            seconds = time.perf_counter() - started
+            outputs = changed_files(before, snapshot_files(watched, home), home)
+            write_manifest(manifest_path, {
+                "notebook": nb.name,
+                "source": str(nb.path),
+                "profile": name,
+                "fingerprint": fingerprint(inputs),
+                "inputs": inputs,
+                "executed_notebook": str(executed_path),
+                "outputs": outputs,
+                "seconds": round(seconds, 3),
+                "finished": _now(),
+                "library_version": __version__,
+                "git_hash": artifacts.git_hash(),
+            })
+            unfinished_path.unlink()
+            logger.info("%s: done in %.1f s, %d output file(s)", nb.name, seconds, len(outputs))
+            report.ran.append(nb.name)
+            report.seconds[nb.name] = seconds
 
-        logger.info("%s: running (%s) with %s", nb.name, reason, parameters)
-        manifest_path.unlink(missing_ok=True)  # a notebook that is re-running has no valid record
-        before = snapshot_files(watched, home)
-        started = time.perf_counter()
-        execute_notebook(nb, parameters, executed_path)
-        seconds = time.perf_counter() - started
-        outputs = changed_files(before, snapshot_files(watched, home), home)
-        write_manifest(manifest_path, {
-            "notebook": nb.name,
-            "source": str(nb.path),
-            "profile": name,
-            "fingerprint": fingerprint(inputs),
-            "inputs": inputs,
-            "executed_notebook": str(executed_path),
-            "outputs": outputs,
-            "seconds": round(seconds, 3),
-            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "library_version": __version__,
-            "git_hash": artifacts.git_hash(),
-        })
-        logger.info("%s: done in %.1f s, %d output file(s)", nb.name, seconds, len(outputs))
-        report.ran.append(nb.name)
-        report.seconds[nb.name] = seconds
-
-    if build:
-        report.book_index = build_book(name, notebooks, home / "build" / name)
+        if build:
+            report.book_index = build_book(name, notebooks, home / "build" / name)
     return report
+
+
+def unfinished_notebooks(notebooks: Sequence[Notebook], manifest_dir: Path) -> list[str]:
+    """The names of those ``notebooks`` whose last run started but did not finish."""
+    return [nb.name for nb in notebooks
+            if (manifest_dir / f"{nb.name}{UNFINISHED_SUFFIX}").exists()]
+
+
+@contextlib.contextmanager
+def profile_lock(path: Path, profile: str) -> Iterator[None]:
+    """Hold ``path`` locked (``fcntl.flock``) for the block: one runner at a time on a profile.
+
+    The file records the holder (PID, host, start time, command). The OS releases the lock when
+    the holder exits however it ends, SIGKILL included, so a lock never outlives its runner; the
+    record a killed runner leaves in the file is reported by the next one.
+
+    Args:
+        path: the lock file, ``<run dir>/.runner/lock``.
+        profile: the profile's name, for messages.
+
+    Raises:
+        ProfileBusyError: another process holds the lock; the message names the profile, the lock
+            file and the PID of the runner holding it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_lock_record(fd)
+            raise ProfileBusyError(
+                f"profile {profile!r} is already being run by another runner, PID "
+                f"{holder.get('pid', '(not recorded yet)')} on {holder.get('host', '?')} (started "
+                f"{holder.get('started', '?')}: {holder.get('command', '?')}); it holds the lock "
+                f"file {path}. Two runners on one profile would overwrite each other's artifacts. "
+                f"Wait for it to finish, or stop it (kill {holder.get('pid', '<pid>')}), then run "
+                f"this command again."
+            ) from None
+        previous = _read_lock_record(fd)
+        if previous:
+            logger.warning("the last runner on profile %r (PID %s, started %s) did not finish: it "
+                           "was killed or crashed; its unfinished notebooks run again",
+                           profile, previous.get("pid", "?"), previous.get("started", "?"))
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
+                  "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # a finished runner leaves no record
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _read_lock_record(fd: int) -> dict[str, Any]:
+    try:
+        record = json.loads(os.pread(fd, 1 << 16, 0) or b"{}")
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
