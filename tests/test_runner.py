@@ -291,7 +291,10 @@ def test_book_builds_from_executed_notebooks(first_run, home):
     assert list((html_dir / "_images").glob("*.png"))
     assert "tiny" in (html_dir / "intro.html").read_text()
     toc = (home / "build/tiny/book/_toc.yml").read_text()
-    assert toc.index("01_make") < toc.index("02_plot") < toc.index("03_sum")
+    assert toc.index("design") < toc.index("01_make") < toc.index("02_plot") < toc.index("03_sum")
+    # The project's design page is a chapter, and the front page's link to it works in the book.
+    assert "Reproduced methods" in (html_dir / "design.html").read_text()
+    assert 'href="design.html' in (html_dir / "intro.html").read_text()
 
 
 def test_stale_reason_names_what_changed(first_run):

@@ -63,6 +63,7 @@ logger = logging.getLogger("reasonlens.runner")  # also when run as __main__
 KERNEL_NAME = "python3"
 LIBRARY_DIR = Path(__file__).resolve().parent
 BOOK_CONFIG = "jupyter_book.yml"  # in the repo root; becomes the book's _config.yml
+DESIGN_PAGE = Path("docs/design.md")  # in the repo; the book's first chapter, after the README
 EXTRA_DIR = "_extra"  # in the book dir: copied as-is into the built HTML (html_extra_path)
 MANIFEST_DIR = ".runner"  # under the run dir: one JSON manifest per executed notebook
 UNFINISHED_SUFFIX = ".unfinished"  # in MANIFEST_DIR: NN_name.unfinished while NN_name runs
@@ -676,9 +677,11 @@ def build_book(profile: str, notebooks: Sequence[Notebook], build_dir: Path,
     book_dir = build_dir / "book"
     book_dir.mkdir(parents=True, exist_ok=True)
     _write_if_changed(book_dir / "_config.yml", book_config.read_text())
-    toc = {"format": "jb-book", "root": "intro", "chapters": [{"file": nb.name} for nb in chapters]}
+    toc = {"format": "jb-book", "root": "intro",
+           "chapters": [{"file": DESIGN_PAGE.stem}] + [{"file": nb.name} for nb in chapters]}
     _write_if_changed(book_dir / "_toc.yml", yaml.safe_dump(toc, sort_keys=False))
     _write_if_changed(book_dir / "intro.md", intro_text(profile))
+    _write_if_changed(book_dir / DESIGN_PAGE.name, (config.repo_root() / DESIGN_PAGE).read_text())
     for stale in book_dir.glob("*.ipynb"):
         if stale.stem not in {nb.name for nb in chapters}:
             stale.unlink()
@@ -725,9 +728,14 @@ def copy_extra_pages(profile: str, extra_dir: Path) -> None:
 
 
 def intro_text(profile: str) -> str:
-    """The book's first page: the repo's README.md (or a title), and the profile it shows."""
+    """The book's first page: the repo's README.md (or a title), and the profile it shows.
+
+    The README's link to ``docs/design.md`` points at the book's Design chapter instead.
+    """
     readme = config.repo_root() / "README.md"
-    text = readme.read_text() if readme.is_file() else ""
+    # The README links the design page by its path in the repo; in the book it sits beside intro.md.
+    text = readme.read_text().replace(f"]({DESIGN_PAGE})", f"]({DESIGN_PAGE.name})") \
+        if readme.is_file() else ""
     if not text.lstrip().startswith("# "):
         text = "# reasonlens\n\n" + text
     return (
