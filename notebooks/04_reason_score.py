@@ -48,7 +48,7 @@ from reasonlens import constants as K
 run = artifacts.RunDir(profile)
 model = models.load_hooked(run.model_path(model_name), backend="transformer_lens",
                            device=model_device, dtype=model_dtype)
-sae = SAE.load_from_disk(str(run.require(K.SAE_DIR)))
+sae = SAE.load_from_disk(str(run.require(K.SAE_DIR)), device=model_device)
 contexts = run.read_parquet(K.CONTEXTS.format(split=score_split))
 tokens = data.contexts_tensor(contexts)[:n_score_contexts]
 print(f"{tokens.numel():,} tokens; SAE {sae.cfg.metadata.hook_name}, d_sae={sae.cfg.d_sae}")

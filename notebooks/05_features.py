@@ -57,7 +57,7 @@ from reasonlens.feature_map import feature_map
 run = artifacts.RunDir(profile)
 model = models.load_hooked(run.model_path(model_name), backend="transformer_lens",
                            device=model_device, dtype=model_dtype)
-sae = SAE.load_from_disk(str(run.require(K.SAE_DIR)))
+sae = SAE.load_from_disk(str(run.require(K.SAE_DIR)), device=model_device)
 scores = run.read_parquet(K.REASON_SCORES)
 tokens = data.contexts_tensor(run.read_parquet(K.CONTEXTS.format(split=score_split)))
 tokens = tokens[:n_score_contexts]

@@ -48,7 +48,7 @@ from reasonlens.world import prompt
 run = artifacts.RunDir(profile)
 model = models.load_hooked(run.model_path(model_name), backend="hf", device=model_device,
                            dtype=model_dtype)
-sae = SAE.load_from_disk(str(run.require(K.SAE_DIR)))
+sae = SAE.load_from_disk(str(run.require(K.SAE_DIR)), device=model_device)
 scores = run.read_parquet(K.REASON_SCORES)
 features = steer_features or scores.nlargest(n_steer_features, "reason_score").feature_idx.tolist()
 max_activations = steering.max_activations_of(run)

@@ -183,7 +183,7 @@ feature_sets = {"step_sae": (inference.encode_steps(sae, probe_examples), test_l
 if step_token_sae_baseline:
     token_model = models.load_hooked(run.model_path(model_name), backend="hf",
                                      device=model_device)
-    token_sae = SAE.load_from_disk(str(run.require(K.SAE_DIR)))
+    token_sae = SAE.load_from_disk(str(run.require(K.SAE_DIR)), device=model_device)
     feature_sets["token_sae"] = tuple(
         probes.pooled_token_features(token_model, token_sae, ex)
         for ex in (probe_examples, test_examples))

@@ -104,3 +104,11 @@ def test_bad_input_names_the_parameter(evil_model, sae, evil_tokens, tmp_path):
 def test_config_round_trip():
     cfg = dashboards.DashboardConfig(minibatch_size_tokens=4, ignore_token_ids=[0, 2])
     assert dashboards.DashboardConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# --- model and SAE on different devices (the meta device stands in for a GPU) -------------------
+def test_the_sae_is_brought_to_the_model_before_any_page(evil_model, sae, evil_tokens, tmp_path):
+    with pytest.raises(ValueError, match="SAE is on meta and the model on cpu"):
+        dashboards.write_dashboards(evil_model.model, copy.deepcopy(sae).to("meta"), evil_tokens,
+                                    [3], tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -169,3 +169,15 @@ def test_a_script_token_does_not_run_in_a_browser(ex, top, tmp_path, browser):
     loaded = browser.open_page(page)
     assert loaded.title == "explorer" and loaded.errors == []
     assert "&lt;script&gt;document.title='pwned'&lt;/script&gt;" in loaded.dom
+
+
+# --- model and SAE on different devices (the meta device stands in for a GPU) -------------------
+def test_the_explorer_brings_the_sae_to_the_model_before_any_pass(tl_model, sae, tokens, scores,
+                                                                  top):
+    import copy
+    meta = copy.deepcopy(sae).to("meta")
+    with pytest.raises(ValueError, match="SAE is on meta and the model on cpu"):
+        explorer.FeatureExplorer(tl_model, meta, tokens, scores, top, progress=False)
+    with pytest.raises(ValueError, match="SAE is on meta and the model on cpu"):
+        explorer.feature_activations(tl_model, scoring.folded_sae(meta), tokens, top,
+                                     progress=False)

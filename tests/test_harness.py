@@ -108,3 +108,11 @@ def test_max_activations_come_from_a_scores_parquet(tmp_path):
     pd.DataFrame({"feature_idx": [0, 1, 2], "max_activation": [0.5, 2.0, 1.0]}).to_parquet(path)
     assert harness.max_activation_vector(str(path), [1], 3).tolist() == [0.5, 2.0, 1.0]
     assert harness.max_activation_vector("3;4", [0, 2], 3)[[0, 2]].tolist() == [3.0, 4.0]
+
+
+def test_the_steered_model_brings_its_sae_to_the_models_device(saved_toy_model, sae_dir):
+    lm = harness.SteeredHFLM(pretrained=str(saved_toy_model), sae=str(sae_dir), device="cpu",
+                             features=3, strength=1.0, mode="add")
+    lm.model.to("meta")  # stands in for a GPU the model was moved to after loading
+    with lm._steered():
+        assert lm.sae.W_dec.device == torch.device("meta")

@@ -69,3 +69,10 @@ def test_injection_texts_pair_four_kinds_per_problem_and_measure_labels_them(sav
     frame = injection.measure_conditions(model, sae, texts, ["p0", "p1"], [4])
     assert len(frame) == 8 and set(frame.problem_id) == {"p0", "p1"}
     assert frame.groupby("condition").size().tolist() == [2, 2, 2, 2]
+
+
+def test_feature_activations_bring_the_sae_to_the_model_first(saved_toy_model, sae):
+    import copy
+    model = models.load_hooked(saved_toy_model, backend="hf")
+    with pytest.raises(ValueError, match="SAE is on meta and the model on cpu"):
+        injection.feature_activations(model, copy.deepcopy(sae).to("meta"), [PLAIN], [0, 3])

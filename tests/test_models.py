@@ -1,3 +1,6 @@
+import copy
+import logging
+
 import pytest
 import torch
 from transformers import (
@@ -297,3 +300,45 @@ def test_every_model_config_field_has_a_conversion_policy(config_cls):
     missing = fields - set(models.CONFIG_FIELD_POLICY)
     assert not missing, f"classify these {config_cls.__name__} fields in CONFIG_FIELD_POLICY"
     assert {"tie_word_embeddings", "partial_rotary_factor"} <= set(models.CONFIG_FIELD_POLICY)
+
+
+# --- the SAE where the model is (the meta device stands in for a GPU) ---------------------------
+def meta_hooked(path):
+    """A TransformerLens hooked model whose weights are on the meta device."""
+    model = models.load_hooked(path, backend="transformer_lens")
+    model.model.to("meta")
+    return model
+
+
+def test_device_of_reads_a_hooked_model_and_a_bare_hooked_transformer(saved_toy_model):
+    model = meta_hooked(saved_toy_model)
+    assert models.device_of(model) == torch.device("meta")
+    assert models.device_of(model.model) == torch.device("meta")  # what dashboards and evals get
+
+
+def test_an_sae_on_the_cpu_moves_to_the_models_device_once_and_says_so(saved_toy_model, sae,
+                                                                          caplog):
+    model, own = meta_hooked(saved_toy_model), copy.deepcopy(sae)  # as SAE.load_from_disk leaves it
+    with caplog.at_level(logging.INFO, logger="reasonlens.models"):
+        first = models.sae_on_model_device(own, model)
+        second = models.sae_on_model_device(own, model)
+    assert first is own and second is own
+    assert {p.device for p in own.parameters()} == {torch.device("meta")}
+    assert own.device == torch.device("meta") and own.cfg.device == "meta"  # SAELens's record
+    moves = [r.getMessage() for r in caplog.records if "moving the SAE" in r.getMessage()]
+    assert moves == ["moving the SAE from cpu to the model's device meta (load it with "
+                     "device='meta' to skip this)"]
+
+
+def test_an_sae_already_on_the_models_device_is_left_as_it_is(saved_toy_model, sae, caplog):
+    model, own = models.load_hooked(saved_toy_model, backend="hf"), copy.deepcopy(sae)
+    weights = own.W_dec.data_ptr()
+    with caplog.at_level(logging.INFO, logger="reasonlens.models"):
+        assert models.sae_on_model_device(own, model) is own
+    assert own.W_dec.data_ptr() == weights and not caplog.records
+
+
+def test_an_sae_without_weights_is_refused_naming_both_devices(saved_toy_model, sae):
+    model = models.load_hooked(saved_toy_model, backend="hf")
+    with pytest.raises(ValueError, match=r"SAE is on meta and the model on cpu.*device='cpu'"):
+        models.sae_on_model_device(copy.deepcopy(sae).to("meta"), model)

@@ -159,3 +159,9 @@ def test_clear_errors(hooked, contexts, tmp_path):
     with pytest.raises(ValueError, match="tokens"):
         sae_mod.evaluate_sae(hooked, identity_sae(D_MODEL, "blocks.0.hook_resid_post"),
                              contexts[:0])
+
+
+def test_evaluation_brings_the_sae_to_the_model_first(hooked, contexts):
+    meta = identity_sae(D_MODEL, "blocks.0.hook_resid_post").to("meta")
+    with pytest.raises(ValueError, match="SAE is on meta and the model on cpu"):
+        sae_mod.evaluate_sae(hooked, meta, contexts[:2])

@@ -353,3 +353,29 @@ def test_top_activation_window_share_counts_top_tokens_inside_windows(hf_model, 
     top = acts[keep].topk(10).indices
     assert shares.window_share.iloc[1] == pytest.approx(inside[keep][top].float().mean().item())
     assert shares.chance_share.iloc[0] == pytest.approx(inside[keep].float().mean().item())
+
+
+# --- model and SAE on different devices (the meta device stands in for a GPU) -------------------
+def test_encode_batch_refuses_activations_on_another_device_naming_both(saved_toy_model, sae,
+                                                                          tokens):
+    model = models.load_hooked(saved_toy_model, backend="transformer_lens")
+    model.model.to("meta")
+    with pytest.raises(ValueError, match=rf"'{HOOK}' are on meta but the SAE is on cpu"):
+        scoring.encode_batch(model, scoring.folded_sae(sae), tokens, HOOK)
+
+
+SCORING_ENTRY_POINTS = {
+    "reason_score": lambda m, s, t: scoring.reason_score(m, s, t, build_reason_score_config(),
+                                                         progress=False),
+    "accumulate_stats (folded)": lambda m, s, t: scoring.accumulate_stats(
+        m, s, t, build_reason_score_config(), progress=False, fold=False),
+    "prompt_score": lambda m, s, t: scoring.prompt_score(m, s, t, [0, 1], hook_name=HOOK),
+    "top_activation_window_share": lambda m, s, t: scoring.top_activation_window_share(
+        m, s, t, [0, 1], build_reason_score_config()),
+}
+
+
+@pytest.mark.parametrize("entry", SCORING_ENTRY_POINTS)
+def test_scoring_brings_the_sae_to_the_model_before_any_pass(entry, hf_model, sae, tokens):
+    with pytest.raises(ValueError, match="SAE is on meta and the model on cpu"):
+        SCORING_ENTRY_POINTS[entry](hf_model, copy.deepcopy(sae).to("meta"), tokens)

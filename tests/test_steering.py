@@ -183,3 +183,64 @@ def test_max_activations_take_notebook_05s_values_over_04s(tmp_path):
                                              "max_activation": [3.0, 1.0, 2.0]}))
     run.write(K.MAX_ACTIVATIONS, pd.DataFrame({"feature_idx": [1], "max_activation": [5.0]}))
     assert steering.max_activations_of(run).tolist() == [1.0, 5.0, 3.0]
+
+
+# --- model and SAE on different devices (the meta device stands in for a GPU) -------------------
+def _on_meta(path, backend):
+    model = models.load_hooked(path, backend)
+    model.model.to("meta")
+    return model
+
+
+@pytest.mark.parametrize("mode", steering.MODES)
+def test_steering_a_model_on_another_device_brings_the_sae_there(saved_toy_model, sae, tokens,
+                                                                 mode):
+    import copy
+    model, own = _on_meta(saved_toy_model, "transformer_lens"), copy.deepcopy(sae)  # SAE on cpu
+    with torch.no_grad(), steering.steer(model, own, {3: 2.0, 9: -1.0}, mode,
+                                         torch.ones(sae.cfg.d_sae)):
+        logits = model(tokens)
+    assert logits.device == torch.device("meta")
+    assert logits.shape == (*tokens.shape, model.model.cfg.d_vocab)
+    assert own.W_dec.device == torch.device("meta")
+
+
+def test_steering_an_hf_model_puts_the_sae_on_its_device_before_attaching(saved_toy_model, sae):
+    import copy
+    model, own = _on_meta(saved_toy_model, "hf"), copy.deepcopy(sae)
+    with steering.steer(model, own, {3: 1.0}, "add"):
+        assert own.W_dec.device == torch.device("meta")
+
+
+@pytest.mark.parametrize("mode", steering.MODES)
+def test_a_hook_given_activations_on_another_device_names_both(sae, mode):
+    import types
+    hook = steering.steering_hook(sae, {3: 1.0}, mode, torch.ones(sae.cfg.d_sae))
+    x = torch.zeros(2, 5, sae.cfg.d_in, device="meta")
+    with pytest.raises(ValueError, match=rf"at {HOOK} are on meta but the SAE is on cpu"):
+        hook(x, types.SimpleNamespace(name=HOOK))
+
+
+def test_run_conditions_refuses_an_sae_it_cannot_bring_to_the_model(backends, sae):
+    import copy
+    _, hf = backends
+    with pytest.raises(ValueError, match="SAE is on meta and the model on cpu"):
+        steering.run_conditions(hf, copy.deepcopy(sae).to("meta"), ["Add 2 to 3."],
+                                {"steered": {3: 1.0}}, mode="add", max_new_tokens=2)
+
+
+def test_a_bfloat16_model_steers_in_the_float32_of_the_sae(saved_toy_model, sae, tokens):
+    model = models.load_hooked(saved_toy_model, "hf", dtype="bfloat16")
+    x = scoring.capture_activations(model, tokens, HOOK)
+    assert x.dtype == torch.bfloat16 and sae.W_dec.dtype == torch.float32
+    acts = sae.encode(x.float())
+    silent = int((acts.amax(dim=(0, 1)) == 0).nonzero()[0])
+    max_act = torch.ones(sae.cfg.d_sae)
+    unchanged = steering.steering_hook(sae, {silent: 0.0}, "clamp", max_act)(x, None)
+    assert unchanged.dtype == torch.bfloat16 and torch.equal(unchanged, x)  # not one bit moved
+    # a real clamp: the float32 result, rounded to bfloat16 once
+    d = sae.W_dec[5]
+    with torch.no_grad():
+        steered = steering.steering_hook(sae, {5: 3.0}, "clamp", max_act)(x, None)
+        expected = x.float() + (3.0 / d.norm() - acts[..., 5:6]) * d
+    torch.testing.assert_close(steered, expected.to(torch.bfloat16), atol=0.02, rtol=0.01)

@@ -293,3 +293,12 @@ def test_example_table_takes_one_step_of_each_kind_in_turn():
     assert shown.top_latents.tolist() == ["1:0.90", "0:0.80", "1:0.50", "0:0.20"]
     assert shown.patterns.tolist() == ["1:…q", "0:…p", "1:…q", "0:…p"]  # tokenless one skipped
     assert n2g.example_table(examples, scores, patterns, 2, by=None).step.tolist() == ["v", "w"]
+
+
+def test_pooled_token_features_bring_the_sae_to_the_model_first(toy_model, tokenizer, world):
+    model = models.HFHookedModel(toy_model, tokenizer)
+    sae = build_token_sae(toy_model.config.hidden_size).to("meta")
+    examples = data.tokenize_steps(data.world_step_table(world.steps, world.problems).head(2),
+                                   tokenizer, 20, 16)
+    with pytest.raises(ValueError, match="SAE is on meta and the model on cpu"):
+        probes.pooled_token_features(model, sae, examples)

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from reasonlens.config import Config, check_range
+from reasonlens.models import device_of, sae_on_model_device
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ def write_dashboards(model, sae, tokens: torch.Tensor, feature_idx: Sequence[int
     Args:
         model: a TransformerLens ``HookedTransformer`` with its ``tokenizer`` attached (the
             ``.model`` of a ``TLHookedModel``).
-        sae: a SAELens SAE at one of the model's hook points (a copy is folded; it is untouched).
+        sae: a SAELens SAE at one of the model's hook points, moved to the model's device first
+            (``models.sae_on_model_device``); a copy is folded.
         tokens: ``[n_contexts, pos]`` token ids, e.g. the scoring contexts of notebook 04.
         feature_idx: the features to show, e.g. the top features by ReasonScore.
         out_dir: an existing directory; pages are ``feature_<idx>.html``, plus ``plotly.min.js``
@@ -107,8 +109,8 @@ def write_dashboards(model, sae, tokens: torch.Tensor, feature_idx: Sequence[int
         ``{feature_idx: page path}``.
 
     Raises:
-        ValueError: no features, a feature outside ``[0, d_sae)``, empty tokens, or a model
-            without a tokenizer.
+        ValueError: no features, a feature outside ``[0, d_sae)``, empty tokens, a model
+            without a tokenizer, or an SAE on the meta device.
         RuntimeError: SAEDashboard wrote its page data in a form this function cannot protect.
     """
     from sae_dashboard.html_fns import HTML
@@ -125,14 +127,15 @@ def write_dashboards(model, sae, tokens: torch.Tensor, feature_idx: Sequence[int
         raise ValueError("model has no tokenizer; SAEDashboard needs one to show tokens. Load it "
                          "with reasonlens.models.load_hooked(..., backend='transformer_lens').")
     out_dir = Path(out_dir)
+    encoder = copy.deepcopy(sae_on_model_device(sae, model))
     vis_cfg = SaeVisConfig(
         hook_point=sae.cfg.metadata.hook_name, features=features,
         minibatch_size_features=cfg.minibatch_size_features,
         minibatch_size_tokens=cfg.minibatch_size_tokens, ignore_tokens=set(cfg.ignore_token_ids),
-        device=str(tokens.device), seed=cfg.seed, verbose=progress)
+        device=str(device_of(model)), seed=cfg.seed, verbose=progress)
     with warnings.catch_warnings():  # eindex, inside SAEDashboard, warns on every feature
         warnings.filterwarnings("ignore", category=UserWarning, module="eindex")
-        vis_data = SaeVisRunner(vis_cfg).run(encoder=copy.deepcopy(sae), model=model,
+        vis_data = SaeVisRunner(vis_cfg).run(encoder=encoder, model=model,
                                              tokens=tokens.long())
     decode = get_decode_html_safe_fn(model.tokenizer)
     layout = vis_cfg.feature_centric_layout

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from reasonlens import plotting
 from reasonlens.config import check_range
 from reasonlens.dashboards import check_features, rank_features
-from reasonlens.models import device_of, sae_hook_name, special_token_ids
+from reasonlens.models import device_of, sae_hook_name, sae_on_model_device, special_token_ids
 from reasonlens.scoring import encode_batch, folded_sae, ignored_mask
 
 HEAT_RGB = "255, 112, 0"  # the heat-map colour; opacity is activation / the feature's maximum
@@ -39,7 +39,8 @@ def feature_activations(model, sae, tokens: torch.Tensor, feature_idx: Sequence[
     Args:
         model: a hooked model (``reasonlens.models.load_hooked``).
         sae: a SAELens SAE with decoder norms already folded (``scoring.folded_sae``), so that
-            activations are on ReasonScore's scale.
+            activations are on ReasonScore's scale; moved to the model's device first
+            (``models.sae_on_model_device``).
         tokens: ``[n_contexts, pos]`` token ids.
         feature_idx: the features.
         hook_name: the SAE's hook point (its own when None).
@@ -47,10 +48,11 @@ def feature_activations(model, sae, tokens: torch.Tensor, feature_idx: Sequence[
         progress: show a tqdm bar.
 
     Raises:
-        ValueError: a feature outside ``[0, d_sae)``.
+        ValueError: a feature outside ``[0, d_sae)``, or an SAE on the meta device.
     """
     features = torch.tensor(check_features(feature_idx, sae.cfg.d_sae))
     hook_name = sae_hook_name(sae, hook_name)
+    sae = sae_on_model_device(sae, model)
     device = device_of(model)
     out = []
     for start in tqdm(range(0, tokens.shape[0], batch_size), desc="feature activations",
@@ -184,7 +186,8 @@ class FeatureExplorer:
 
     Args:
         model: a hooked model (either backend).
-        sae: a SAELens SAE; a copy with decoder norms folded is used.
+        sae: a SAELens SAE, moved to the model's device (``models.sae_on_model_device``); a
+            copy with decoder norms folded is used.
         tokens: ``[n_contexts, pos]`` the scoring contexts.
         scores: the ReasonScore frame of notebook 04 (one row per feature).
         feature_idx: features whose activations are computed up front (others on first use).
@@ -197,7 +200,8 @@ class FeatureExplorer:
         progress: show tqdm bars.
 
     Raises:
-        ValueError: scores that do not cover the SAE's features, bad counts, or bad features.
+        ValueError: scores that do not cover the SAE's features, bad counts, bad features, or an
+            SAE on the meta device.
     """
 
     def __init__(self, model, sae, tokens: torch.Tensor, scores: pd.DataFrame,
@@ -211,7 +215,7 @@ class FeatureExplorer:
         if len(scores) != sae.cfg.d_sae:
             raise ValueError(f"scores has {len(scores)} rows but the SAE has d_sae="
                              f"{sae.cfg.d_sae}; pass the reason_scores.parquet of this SAE.")
-        self.model, self.sae = model, folded_sae(sae)
+        self.model, self.sae = model, folded_sae(sae_on_model_device(sae, model))
         self.tokenizer = model.tokenizer
         self.tokens = tokens.long().cpu()
         self.scores = rank_features(scores)

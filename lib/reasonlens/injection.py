@@ -21,6 +21,7 @@ from reasonlens import constants as K
 from reasonlens.config import check_range
 from reasonlens.evaluation import paired_bootstrap_difference
 from reasonlens.explorer import feature_activations as encode_features
+from reasonlens.models import sae_on_model_device
 from reasonlens.scoring import (ReasonScoreConfig, default_ignore_ids, folded_sae, ignored_mask,
                                 reasoning_groups, word_masks)
 
@@ -64,7 +65,8 @@ def feature_activations(model, sae, texts: Sequence[str], features: Sequence[int
 
     Args:
         model: a hooked model (either backend) with ``tokenizer``.
-        sae: a SAELens SAE (decoder norms folded into a copy, as for ReasonScore).
+        sae: a SAELens SAE (decoder norms folded into a copy, as for ReasonScore), moved to the
+            model's device first (``models.sae_on_model_device``).
         texts: documents, special tokens spelled out.
         features: feature indices.
         cfg: words, window and ignored tokens, as for ReasonScore.
@@ -73,6 +75,9 @@ def feature_activations(model, sae, texts: Sequence[str], features: Sequence[int
     Returns:
         One row per (text_idx, feature_idx): doc_mean, doc_max, window_mean (NaN when the text has
         no reasoning word).
+
+    Raises:
+        ValueError: no texts, or an SAE on the meta device.
     """
     cfg = cfg or ReasonScoreConfig()
     if len(texts) == 0:
@@ -83,8 +88,8 @@ def feature_activations(model, sae, texts: Sequence[str], features: Sequence[int
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     width = max(map(len, ids))  # right padding: a causal model's earlier positions are unchanged
     tokens = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i in ids])
-    acts = encode_features(model, folded_sae(sae), tokens, features, cfg.hook_name, batch_size,
-                           progress=False)  # [texts, pos, features]
+    acts = encode_features(model, folded_sae(sae_on_model_device(sae, model)), tokens, features,
+                           cfg.hook_name, batch_size, progress=False)  # [texts, pos, features]
     keep = (~ignored_mask(tokens, ignore_ids)).float()[..., None]
     window = word_masks(tokens, groups, cfg.window, ignore_ids).any(0).float()[..., None]
     in_window = window.sum(1)

@@ -345,11 +345,43 @@ def special_token_ids(tokenizer) -> tuple[int, ...]:
 
 
 def device_of(model) -> torch.device:
-    """Where a hooked model's weights live (CPU when it has none)."""
+    """Where a model's weights live: a hooked model's (``.model``) or a module's; CPU when none."""
     try:
-        return next(model.model.parameters()).device
+        return next(getattr(model, "model", model).parameters()).device
     except (AttributeError, StopIteration):
         return torch.device("cpu")
+
+
+def sae_on_model_device(sae, model):
+    """Put ``sae`` where ``model``'s weights are, in place and once; a no-op when it is there.
+
+    Every function that feeds a model's activations to an SAE calls this on entry, so a model on
+    ``cuda`` and an SAE loaded on the CPU (``SAE.load_from_disk``'s default) meet on the GPU and
+    no hook or batch loop moves anything. The move is logged; loading the SAE on the model's
+    device (``SAE.load_from_disk(path, device=model_device)``) avoids it. The dtype is left as it
+    is: SAELens's ``encode`` casts its input to the SAE's dtype.
+
+    Args:
+        sae: a SAELens SAE (moved with ``sae.to``, so the caller's object moves).
+        model: a hooked model (``load_hooked``), or a torch module such as a HookedTransformer.
+
+    Returns:
+        ``sae``, on the model's device.
+
+    Raises:
+        ValueError: the SAE is on the meta device and the model is not (it has no weights to
+            move), naming both devices.
+    """
+    device, current = device_of(model), sae.W_dec.device
+    if current == device:
+        return sae
+    if current.type == "meta":
+        raise ValueError(f"the SAE is on {current} and the model on {device}: an SAE on the meta "
+                         "device has no weights to move. Load it where the model is: "
+                         f"SAE.load_from_disk(path, device={str(device)!r}).")
+    log.info("moving the SAE from %s to the model's device %s (load it with device=%r to skip "
+             "this)", current, device, str(device))
+    return sae.to(device)
 
 
 class HookedModel:

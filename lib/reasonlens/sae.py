@@ -41,7 +41,8 @@ import pandas as pd
 import torch
 
 from reasonlens.config import Config, check_range
-from reasonlens.models import check_sae_fits, parse_hook_name, special_token_ids
+from reasonlens.models import (check_sae_fits, device_of, parse_hook_name, sae_on_model_device,
+                               special_token_ids)
 
 log = logging.getLogger(__name__)
 
@@ -501,7 +502,8 @@ def evaluate_sae(model, sae, tokens, hook_name: str | None = None, batch_size: i
 
     Args:
         model: a ``TLHookedModel`` or ``HookedTransformer``.
-        sae: an ``sae_lens.SAE`` reading ``hook_name``.
+        sae: an ``sae_lens.SAE`` reading ``hook_name``, moved to the model's device first
+            (``models.sae_on_model_device``).
         tokens: ``[n_contexts, pos]`` tensor, a ``tokens`` DataFrame or Dataset.
         hook_name: defaults to the SAE's recorded hook.
         batch_size: contexts per forward pass.
@@ -511,7 +513,8 @@ def evaluate_sae(model, sae, tokens, hook_name: str | None = None, batch_size: i
         An ``SAEEvaluation``.
 
     Raises:
-        ValueError: a hook point the model lacks, ``sae.cfg.d_in`` != d_model, or empty tokens.
+        ValueError: a hook point the model lacks, ``sae.cfg.d_in`` != d_model, empty tokens, or
+            an SAE on the meta device.
 
     Used by notebooks/03_train_sae.py.
     """
@@ -524,7 +527,8 @@ def evaluate_sae(model, sae, tokens, hook_name: str | None = None, batch_size: i
     check_range("batch_size", batch_size, 1)
     ignore = special_token_ids(ht.tokenizer) if exclude_special_tokens else []
     layer, _ = parse_hook_name(hook_name, ht.cfg.n_layers)
-    device = next(ht.parameters()).device
+    device = device_of(ht)
+    sae_on_model_device(sae, ht)
     was_training = sae.training
     sae.eval()
     variance = ExplainedVarianceCalculator()
@@ -535,7 +539,7 @@ def evaluate_sae(model, sae, tokens, hook_name: str | None = None, batch_size: i
         batch = tokens[start:start + batch_size].to(device)
         keep = ~torch.isin(batch, torch.tensor(ignore, dtype=torch.long, device=device))
         _, cache = ht.run_with_cache(batch, names_filter=[hook_name], stop_at_layer=layer + 1)
-        acts = cache[hook_name][keep].to(sae.device)
+        acts = cache[hook_name][keep]
         feature_acts = sae.encode(acts)
         variance.add_batch(sae.decode(feature_acts).float(), acts.float())
         active = (feature_acts != 0)

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from reasonlens.config import Config, check_range
 from reasonlens.constants import REASONING_WORDS
 from reasonlens.models import (check_sae_fits, device_of, parse_hook_name, sae_hook_name,
-                               special_token_ids)
+                               sae_on_model_device, special_token_ids)
 
 log = logging.getLogger(__name__)
 
@@ -429,16 +429,30 @@ def encode_batch(model, sae, tokens: torch.Tensor, hook_name: str, batch_label: 
                  ) -> torch.Tensor:
     """Feature activations ``[batch, pos, d_sae]`` of an (already folded) SAE on ``tokens``.
 
+    The SAE must already be where the model's activations are (callers put it there once with
+    ``models.sae_on_model_device``); its ``encode`` casts them to its dtype.
+
+    Args:
+        model: a hooked model.
+        sae: a SAELens SAE at ``hook_name``.
+        tokens: ``[batch, pos]`` token ids on the model's device.
+        hook_name: the SAE's hook point.
+        batch_label: names the batch in errors.
+
     Raises:
+        ValueError: activations on another device than the SAE, naming both.
         FloatingPointError: non-finite model or feature activations.
     """
     acts = capture_activations(model, tokens, hook_name)
+    if acts.device != sae.W_dec.device:
+        raise ValueError(f"the activations at hook_name={hook_name!r} are on {acts.device} but the "
+                         f"SAE is on {sae.W_dec.device}; put the SAE where the model is first "
+                         "(models.sae_on_model_device(sae, model)).")
     if not torch.isfinite(acts).all():
         raise FloatingPointError(f"non-finite activations at hook_name={hook_name!r} in "
                                  f"{batch_label or 'this batch'}; check the model's dtype/weights.")
-    device = next(sae.parameters()).device
     with torch.no_grad():
-        feature_acts = sae.encode(acts.to(device))
+        feature_acts = sae.encode(acts)
     if not torch.isfinite(feature_acts).all():
         raise FloatingPointError(f"non-finite SAE feature activations for hook_name={hook_name!r}"
                                  f" in {batch_label or 'this batch'}; check the SAE's weights.")
@@ -451,7 +465,8 @@ def accumulate_stats(model, sae, tokens, cfg: ReasonScoreConfig, batch_indices=N
 
     Args:
         model: a ``TLHookedModel`` or ``HFHookedModel``.
-        sae: a SAELens SAE at ``cfg.hook_name``.
+        sae: a SAELens SAE at ``cfg.hook_name``, moved to the model's device first
+            (``models.sae_on_model_device``).
         tokens: ``[n_contexts, pos]`` token ids (or a contexts frame with a ``tokens`` column).
         cfg: the scoring config.
         batch_indices: which batches to run (for sharding); all when None.
@@ -459,13 +474,15 @@ def accumulate_stats(model, sae, tokens, cfg: ReasonScoreConfig, batch_indices=N
         fold: fold decoder norms into a copy of the SAE first (False when already folded).
 
     Raises:
-        ValueError: empty tokens, a hook the model lacks, an SAE of another width, no usable word.
+        ValueError: empty tokens, a hook the model lacks, an SAE of another width, no usable word,
+            an SAE on the meta device.
         FloatingPointError: non-finite activations.
     """
     hook_name = sae_hook_name(sae, cfg.hook_name)
     tokens = _check_inputs(model, sae, tokens, hook_name)
     groups = reasoning_groups(model.tokenizer, cfg)
     ignore_ids = default_ignore_ids(model.tokenizer, cfg)
+    sae = sae_on_model_device(sae, model)
     if fold:
         sae = folded_sae(sae)
     stats = ReasonStats.zeros(list(groups), sae.cfg.d_sae)
@@ -528,7 +545,8 @@ def prompt_score(model, sae, tokens: torch.Tensor, feature_idx: Sequence[int] | 
 
     Args:
         model: a hooked model.
-        sae: a SAELens SAE (decoder norms folded into a copy when ``fold``).
+        sae: a SAELens SAE (decoder norms folded into a copy when ``fold``), moved to the
+            model's device first (``models.sae_on_model_device``).
         tokens: ``[batch, pos]`` prompts (pad with the tokenizer's PAD; it is ignored).
         feature_idx: features, best first.
         top_k: how many of them (all when None).
@@ -539,7 +557,8 @@ def prompt_score(model, sae, tokens: torch.Tensor, feature_idx: Sequence[int] | 
         ``[batch]`` float tensor (0 for a prompt with no non-ignored token).
 
     Raises:
-        ValueError: empty tokens or feature_idx, top_k < 1, a bad hook or SAE width.
+        ValueError: empty tokens or feature_idx, top_k < 1, a bad hook or SAE width, an SAE on the
+            meta device.
     """
     hook_name = sae_hook_name(sae, hook_name)
     tokens = _check_inputs(model, sae, tokens, hook_name)
@@ -552,6 +571,7 @@ def prompt_score(model, sae, tokens: torch.Tensor, feature_idx: Sequence[int] | 
         idx = idx[:top_k]
     if int(idx.max()) >= sae.cfg.d_sae or int(idx.min()) < 0:
         raise ValueError(f"feature_idx must lie in [0, {sae.cfg.d_sae}); got {idx.tolist()}.")
+    sae = sae_on_model_device(sae, model)
     if fold:
         sae = folded_sae(sae)
     ids = (tuple(ignore_token_ids) if ignore_token_ids is not None
@@ -574,7 +594,8 @@ def top_activation_window_share(model, sae, tokens, feature_idx: Sequence[int],
 
     Args:
         model: a hooked model.
-        sae: a SAELens SAE (decoder norms folded into a copy).
+        sae: a SAELens SAE (decoder norms folded into a copy), moved to the model's device
+            first (``models.sae_on_model_device``).
         tokens: ``[n_contexts, pos]`` token ids or a contexts frame.
         feature_idx: the features to check (e.g. the top ReasonScore features).
         cfg: words, window and ignored tokens as for ReasonScore.
@@ -589,7 +610,7 @@ def top_activation_window_share(model, sae, tokens, feature_idx: Sequence[int],
     tokens = _check_inputs(model, sae, tokens, hook_name)
     groups = reasoning_groups(model.tokenizer, cfg)
     ignore_ids = default_ignore_ids(model.tokenizer, cfg)
-    sae = folded_sae(sae)
+    sae = folded_sae(sae_on_model_device(sae, model))
     idx = torch.as_tensor(list(feature_idx), dtype=torch.long)
     values, inside, n_pos, n_kept = [], [], 0, 0
     for start in range(0, tokens.shape[0], cfg.batch_size):

@@ -32,7 +32,7 @@ import torch
 
 from reasonlens import evaluation
 from reasonlens.config import check_range
-from reasonlens.models import check_sae_fits
+from reasonlens.models import check_sae_fits, sae_on_model_device
 
 MODES = ("clamp", "direction", "add")
 
@@ -66,30 +66,54 @@ def check_steering(model, sae, features: Mapping[int, float], mode: str,
 
 def steering_hook(sae, features: Mapping[int, float], mode: str = "clamp",
                   max_activations: Sequence[float] | torch.Tensor | None = None):
-    """A ``fn(activation, hook)`` that steers ``[batch, pos, d_model]`` activations."""
+    """A ``fn(activation, hook)`` that steers ``[batch, pos, d_model]`` activations.
+
+    What the hook needs is computed here, once, on the SAE's device and in its dtype; each call
+    steers in the SAE's dtype and returns the activation's own (a bfloat16 model with a float32 SAE
+    steers in float32, and features left as they are leave the activation exactly as it was).
+
+    Args:
+        sae: a SAELens SAE, already on the device of the activations it will see (``steer`` puts
+            it there).
+        features: ``{feature_idx: strength}``.
+        mode: ``clamp``, ``direction`` or ``add`` (see the module docstring).
+        max_activations: ``[d_sae]`` (needed by ``clamp`` and ``direction``).
+
+    Returns:
+        The hook function; it raises ``ValueError`` naming both devices when an activation is not
+        on the SAE's device.
+    """
+    w_dec = sae.W_dec.detach()
+    device, dtype = w_dec.device, w_dec.dtype
     idx = torch.tensor([int(i) for i in features], dtype=torch.long)
-    strengths = torch.tensor([float(s) for s in features.values()])
-    w_dec = sae.W_dec.detach()[idx]  # [n, d_model]
+    strengths = torch.tensor([float(s) for s in features.values()], dtype=dtype, device=device)
+    w_dec = w_dec[idx.to(device)]  # [n, d_model]
     norms = w_dec.norm(dim=-1)
     directions = w_dec / norms.clamp(min=1e-12)[:, None]
     if mode != "add":
         # folded units: the component along d_k; the SAE's own activation is that / ||W_dec[k]||
-        components = torch.as_tensor(max_activations, dtype=torch.float32)[idx] * strengths
-        targets = components / norms.float()
+        maxima = torch.as_tensor(max_activations, dtype=torch.float32)[idx]
+        components = maxima.to(device, dtype) * strengths
+        targets = components / norms
+    idx = idx.to(device)
 
     def hook(activation: torch.Tensor, hook) -> torch.Tensor:
-        x = activation
-        if mode == "clamp":
+        if activation.device != device:
+            raise ValueError(f"the activations at {getattr(hook, 'name', 'the hook point')} are on"
+                             f" {activation.device} but the SAE is on {device}; put the SAE where"
+                             " the model is (steer does: models.sae_on_model_device).")
+        x = activation.to(dtype)
+        if mode == "clamp":  # x + decode(f') - decode(f): the error term x - decode(f) is kept
             with torch.no_grad():
-                feature_acts = sae.encode(x.to(sae.W_dec.dtype))
-                error = x - sae.decode(feature_acts).to(x.dtype)
-                feature_acts[..., idx] = targets.to(feature_acts)
-                return sae.decode(feature_acts).to(x.dtype) + error
-        d = directions.to(x)
-        if mode == "direction":
-            current = x @ d.T  # [batch, pos, n]
-            return x + (components.to(x) - current) @ d
-        return x + (strengths.to(x) @ d)
+                feature_acts = sae.encode(x)
+                reconstruction = sae.decode(feature_acts)
+                feature_acts[..., idx] = targets
+                x = x + (sae.decode(feature_acts) - reconstruction)
+        elif mode == "direction":
+            x = x + (components - x @ directions.T) @ directions  # [batch, pos, n] @ [n, d_model]
+        else:
+            x = x + strengths @ directions
+        return x.to(activation.dtype)
 
     return hook
 
@@ -101,15 +125,18 @@ def steer(model, sae, features: Mapping[int, float], mode: str = "clamp",
 
     Args:
         model: a ``TLHookedModel`` or ``HFHookedModel`` (``reasonlens.models``).
-        sae: a SAELens SAE at one of the model's hook points.
+        sae: a SAELens SAE at one of the model's hook points; moved to the model's device first
+            (in place, once: ``models.sae_on_model_device``).
         features: strengths per feature index.
         mode: ``clamp`` (the paper's), ``direction`` or ``add``.
         max_activations: ``[d_sae]`` largest activation of each feature on the scoring data.
 
     Raises:
-        ValueError: see ``check_steering``; raised before anything is attached.
+        ValueError: see ``check_steering``, or an SAE on the meta device (see
+            ``models.sae_on_model_device``); raised before anything is attached.
     """
     check_steering(model, sae, features, mode, max_activations)
+    sae_on_model_device(sae, model)
     hook = steering_hook(sae, features, mode, max_activations)
     with model.hooks([(sae.cfg.metadata.hook_name, hook)]):
         yield model
@@ -136,7 +163,7 @@ def run_conditions(model, sae, prompts: Sequence[str],
 
     Args:
         model: an ``HFHookedModel`` (generation runs through transformers with a KV cache).
-        sae: the SAE whose features are steered.
+        sae: the SAE whose features are steered (moved to the model's device before generating).
         prompts: texts to complete.
         conditions: name -> {feature_idx: strength}; ``None`` (or empty) runs unsteered. Strength
             0 in ``clamp`` mode zero-ablates the feature (the error term is kept).
@@ -148,14 +175,17 @@ def run_conditions(model, sae, prompts: Sequence[str],
         One row per (condition, prompt): condition, prompt_idx, completion, generated_ids.
 
     Raises:
-        ValueError: a model on another backend, or a bad steering request (before generating).
+        ValueError: a model on another backend, a bad steering request or an SAE on the meta
+            device (all before generating).
     """
     if getattr(model, "backend", None) != "hf":
         raise ValueError("model must be loaded with backend='hf' (models.load_hooked(path, "
                          "backend='hf')): generation runs through transformers.")
-    for features in conditions.values():
-        if features:
-            check_steering(model, sae, features, mode, max_activations)
+    steered = [features for features in conditions.values() if features]
+    for features in steered:
+        check_steering(model, sae, features, mode, max_activations)
+    if steered:
+        sae_on_model_device(sae, model)
     rows = []
     for name, features in conditions.items():
         context = (steer(model, sae, features, mode, max_activations) if features

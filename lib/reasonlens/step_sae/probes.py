@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from reasonlens import scoring
 from reasonlens.config import Config, check_range
-from reasonlens.models import sae_hook_name
+from reasonlens.models import device_of, sae_hook_name, sae_on_model_device
 from reasonlens.step_sae.data import StepExamples
 
 STATISTICS = "statistics"
@@ -178,12 +178,18 @@ def pooled_token_features(model, sae, examples: StepExamples, hook_name: str | N
 
     Args:
         model: a ``reasonlens.models`` hooked model (either backend).
-        sae: a SAELens SAE for one of its hook points (notebook 03).
+        sae: a SAELens SAE for one of its hook points (notebook 03), moved to the model's device
+            first (``models.sae_on_model_device``).
         examples: tokenized steps.
         hook_name: default: the SAE's own.
         batch_size: sequences per model pass.
+
+    Raises:
+        ValueError: an SAE on the meta device.
     """
     hook_name = sae_hook_name(sae, hook_name)
+    sae = sae_on_model_device(sae, model)
+    device = device_of(model)
     out = []
     for start in tqdm(range(0, len(examples), batch_size), desc="token SAE", mininterval=2.0):
         rows = [list(c) + list(s) for c, s in zip(examples.context_ids[start: start + batch_size],
@@ -193,6 +199,7 @@ def pooled_token_features(model, sae, examples: StepExamples, hook_name: str | N
         for i, (row, step) in enumerate(zip(rows, examples.step_ids[start: start + batch_size])):
             tokens[i, : len(row)] = torch.tensor(row)
             mask[i, len(row) - len(step): len(row)] = 1
-        acts = scoring.encode_batch(model, sae, tokens, hook_name)
+        acts = scoring.encode_batch(model, sae, tokens.to(device), hook_name)
+        mask = mask.to(acts)
         out.append(((acts * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).cpu())
     return torch.cat(out).numpy()
