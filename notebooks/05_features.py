@@ -82,14 +82,15 @@ maxima.round(4).set_index("feature_idx")
 # %% [markdown]
 # ## SAEDashboard pages
 # SAEDashboard's runner computes, for each top feature, its top-activating sequences and
-# activation quantiles on the scoring data, activation and logit histograms, and logit tables.
-# One page per feature (token strings HTML-escaped); the first is embedded below, all are linked.
+# activation quantiles on the scoring data, activation and logit histograms, and logit tables;
+# BOS, EOS and PAD are left out, as in ReasonScore. One page per feature (every token shown as it
+# is, `<think>` included); the first is embedded below, all are linked.
 
 # %%
-dash_cfg = dashboards.DashboardConfig(minibatch_size_tokens=dash_minibatch_size_tokens,
-                                      ignore_token_ids=explorer.ignore_ids, seed=seed)
+dash_cfg = dashboards.DashboardConfig(minibatch_size_tokens=dash_minibatch_size_tokens, seed=seed)
 with run.write_dir(K.DASHBOARDS_DIR, config=dash_cfg) as out:
-    pages = dashboards.write_dashboards(model.model, sae, tokens, features, out, dash_cfg)
+    pages = dashboards.write_dashboards(model.model, sae, tokens, features, out, dash_cfg,
+                                        profile=profile)
 print(f"{len(pages)} pages in {run.path(K.DASHBOARDS_DIR)}")
 display(HTML(dashboards.index_html(pages, scores, "dashboards")))
 display(IFrame(f"dashboards/{pages[features[0]].name}", width="100%", height=720))

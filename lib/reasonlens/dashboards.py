@@ -2,13 +2,17 @@
 
 The data come from SAEDashboard's own runner (``SaeVisRunner`` with a ``SaeVisConfig``) on the
 scoring contexts: top-activating sequences, activation quantiles, activation and logit histograms,
-and logit tables. Two things are changed on the way to disk:
+and logit tables. By default the tokenizer's BOS, EOS and PAD tokens are left out, as ReasonScore
+leaves them out. Three things are changed on the way to disk:
 
-- Token strings are HTML-escaped where the page inserts them with ``innerHTML`` (SAEDashboard's
-  tooltips do, so a token such as ``<img src=x onerror=...>`` would run), and every ``<`` in the
-  page's inline JSON data is written ``\\u003c``, so a ``</script>`` token cannot end the block.
+- Token strings stay plain text in the page data (each reads as itself: ``<|user|>``, ``&lt;``), and
+  are HTML-escaped exactly once, in the page's script, where SAEDashboard puts them into HTML (its
+  tooltips use ``innerHTML``, so a token such as ``<img src=x onerror=...>`` would otherwise run).
+  Every ``<`` in the page's inline JSON data is written ``\\u003c``, so a ``</script>`` token
+  cannot end the block.
 - The page loads d3 and Plotly from CDNs. Plotly is copied from the ``plotly`` package beside the
   pages, and d3 from a local copy when one exists (Debian's ``node-d3``), so the book reads offline.
+- A page that must load d3 from the CDN says so at its top, and how to ship d3 with it.
 
 Used by notebooks/05_features.py.
 """
@@ -22,13 +26,13 @@ import json
 import logging
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from reasonlens.config import Config, check_range
-from reasonlens.models import device_of, sae_on_model_device
+from reasonlens.models import device_of, sae_on_model_device, special_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,17 @@ PLOTLY_CDN = '<script src="https://cdn.plot.ly/plotly-latest.min.js"></script>'
 D3_CDN = '<script src="https://d3js.org/d3.v6.min.js"></script>'
 # Local d3 builds with the v5+ selection API SAEDashboard's scripts use (Debian: node-d3).
 D3_CANDIDATES = ("/usr/share/nodejs/d3/dist/d3.min.js", "/usr/share/javascript/d3/dist/d3.min.js")
+RERUN = "python -m reasonlens.runner --profile {profile} --only 05 --force"
+# Where SAEDashboard's tokenScript.js puts a token string into HTML, and how often: its tooltips
+# (innerHTML) and its histogram annotations (Plotly's HTML-like text). Each gets ESCAPE_JS.
+TOKEN_SINKS = {"<code>${tok}</code>": 3, "|${tok}|<br>": 1}
+# Quotes as numeric references: Plotly's labels decode those, but not "&quot;".
+ESCAPE_JS = """<script>
+function rlEscapeHtml(text) {  // a token string as HTML text (reasonlens.dashboards)
+  const entities = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;"};
+  return String(text).replace(/[&<>"']/g, c => entities[c]);
+}
+</script>"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +61,9 @@ class DashboardConfig(Config):
     Args:
         minibatch_size_tokens: contexts per model pass in SAEDashboard's runner.
         minibatch_size_features: features per batch in SAEDashboard's runner.
-        ignore_token_ids: token ids whose activations SAEDashboard ignores (e.g. BOS, EOS, PAD).
+        ignore_token_ids: token ids whose activations SAEDashboard ignores; None (the default)
+            means the tokenizer's BOS, EOS and PAD ids (``models.special_token_ids``), as
+            ReasonScore ignores them; ``()`` ignores none.
         d3_path: a local d3 (v5 or later) ``d3.min.js`` to ship with the pages; None searches
             ``D3_CANDIDATES`` and falls back to the CDN when none exists.
         seed: SAEDashboard's random seed (for its quantile samples).
@@ -54,43 +71,86 @@ class DashboardConfig(Config):
 
     minibatch_size_tokens: int = 16
     minibatch_size_features: int = 64
-    ignore_token_ids: tuple[int, ...] = ()
+    ignore_token_ids: tuple[int, ...] | None = None
     d3_path: str | None = None
     seed: int = 0
 
     def __post_init__(self):
         check_range("minibatch_size_tokens", self.minibatch_size_tokens, 1)
         check_range("minibatch_size_features", self.minibatch_size_features, 1)
-        object.__setattr__(self, "ignore_token_ids", tuple(int(i) for i in self.ignore_token_ids))
+        if self.ignore_token_ids is not None:
+            object.__setattr__(self, "ignore_token_ids",
+                               tuple(int(i) for i in self.ignore_token_ids))
         if self.d3_path is not None and not Path(self.d3_path).is_file():
             raise FileNotFoundError(f"d3_path={self.d3_path!r} does not exist; give a d3.min.js "
                                     "(v5+, e.g. Debian's node-d3) or None to search for one.")
 
+    def ignore_ids(self, tokenizer) -> tuple[int, ...]:
+        """``ignore_token_ids``, or the BOS, EOS and PAD ids of ``tokenizer`` when it is None."""
+        if self.ignore_token_ids is None:
+            return special_token_ids(tokenizer)
+        return self.ignore_token_ids
 
-def escape_tokens(data):
-    """A copy of SAEDashboard's page data with token strings HTML-escaped where it uses innerHTML.
 
-    Its token scripts insert ``tok``, ``posToks`` and ``negToks`` into tooltips with ``innerHTML``
-    (``symbol``, in the logit tables, goes through ``textContent`` and stays as it is).
+def token_decoder(tokenizer) -> Callable[[int | Sequence[int]], str | list[str]]:
+    """SAEDashboard's ``decode_fn``: the text of each token as it reads, plain (no HTML).
+
+    The text is the vocabulary string with byte-level BPE characters shown as SAEDashboard shows
+    them ("Ġ" as a space, "Ċ" as ``\\n``). SAEDashboard passes ``tok`` and ``symbol`` through its
+    ``unprocess_str_tok``, which decodes HTML entities (a token spelled "&lt;" would read "<"), so
+    every "&" leaves here as "&amp;", which that function leaves alone, and ``plain_tokens`` turns
+    it back.
+
+    Args:
+        tokenizer: the model's tokenizer.
+
+    Returns:
+        ``decode(token_id)``: a string for an int id, a list for a list or tensor of ids.
+    """
+    from sae_dashboard.utils_fns import HTML_ANOMALIES
+
+    shown = {char: html.unescape(entity).replace("\xa0", " ")
+             for char, entity in HTML_ANOMALIES.items()}
+    texts = {}
+    for token, token_id in tokenizer.get_vocab().items():
+        for char, text in shown.items():
+            token = token.replace(char, text)
+        texts[token_id] = token.replace("&", "&amp;")
+
+    def decode(token_id):
+        if isinstance(token_id, torch.Tensor):
+            token_id = token_id.tolist()
+        if isinstance(token_id, int):
+            return texts.get(token_id, "UNK")  # what SAEDashboard shows for an unknown id
+        return [decode(i) for i in token_id]
+
+    return decode
+
+
+def plain_tokens(data):
+    """A copy of SAEDashboard's page data whose token strings are ``token_decoder``'s plain text.
+
+    The token strings are ``tok`` (sequences), ``posToks``/``negToks`` (tooltips) and ``symbol``
+    (logit tables); each gets its "&" back from "&amp;".
     """
     if isinstance(data, list):
-        return [escape_tokens(v) for v in data]
+        return [plain_tokens(v) for v in data]
     if not isinstance(data, dict):
         return data
     out = {}
     for key, value in data.items():
-        if key == "tok" and isinstance(value, str):
-            out[key] = html.escape(value, quote=False)
+        if key in ("tok", "symbol") and isinstance(value, str):
+            out[key] = value.replace("&amp;", "&")
         elif key in ("posToks", "negToks") and isinstance(value, list):
-            out[key] = [html.escape(str(v), quote=False) for v in value]
+            out[key] = [str(v).replace("&amp;", "&") for v in value]
         else:
-            out[key] = escape_tokens(value)
+            out[key] = plain_tokens(value)
     return out
 
 
 def write_dashboards(model, sae, tokens: torch.Tensor, feature_idx: Sequence[int],
                      out_dir: str | Path, cfg: DashboardConfig | None = None,
-                     progress: bool = True) -> dict[int, Path]:
+                     progress: bool = True, profile: str | None = None) -> dict[int, Path]:
     """Run SAEDashboard on ``tokens`` and write one HTML page per feature into ``out_dir``.
 
     Args:
@@ -101,9 +161,11 @@ def write_dashboards(model, sae, tokens: torch.Tensor, feature_idx: Sequence[int
         tokens: ``[n_contexts, pos]`` token ids, e.g. the scoring contexts of notebook 04.
         feature_idx: the features to show, e.g. the top features by ReasonScore.
         out_dir: an existing directory; pages are ``feature_<idx>.html``, plus ``plotly.min.js``
-            and (when found) ``d3.min.js``.
+            and (when found) ``d3.min.js``. Without a local d3 each page says, at its top, that
+            it loads d3 from the network and how to ship d3 with it.
         cfg: see ``DashboardConfig``.
         progress: show SAEDashboard's progress bars.
+        profile: the run's profile, named in that note's rerun command.
 
     Returns:
         ``{feature_idx: page path}``.
@@ -111,12 +173,12 @@ def write_dashboards(model, sae, tokens: torch.Tensor, feature_idx: Sequence[int
     Raises:
         ValueError: no features, a feature outside ``[0, d_sae)``, empty tokens, a model
             without a tokenizer, or an SAE on the meta device.
-        RuntimeError: SAEDashboard wrote its page data in a form this function cannot protect.
+        RuntimeError: SAEDashboard wrote its page data or scripts in a form this function cannot
+            protect.
     """
     from sae_dashboard.html_fns import HTML
     from sae_dashboard.sae_vis_data import SaeVisConfig
     from sae_dashboard.sae_vis_runner import SaeVisRunner
-    from sae_dashboard.utils_fns import get_decode_html_safe_fn
 
     cfg = cfg or DashboardConfig()
     features = check_features(feature_idx, sae.cfg.d_sae)
@@ -131,22 +193,24 @@ def write_dashboards(model, sae, tokens: torch.Tensor, feature_idx: Sequence[int
     vis_cfg = SaeVisConfig(
         hook_point=sae.cfg.metadata.hook_name, features=features,
         minibatch_size_features=cfg.minibatch_size_features,
-        minibatch_size_tokens=cfg.minibatch_size_tokens, ignore_tokens=set(cfg.ignore_token_ids),
+        minibatch_size_tokens=cfg.minibatch_size_tokens,
+        ignore_tokens=set(cfg.ignore_ids(model.tokenizer)),
         device=str(device_of(model)), seed=cfg.seed, verbose=progress)
     with warnings.catch_warnings():  # eindex, inside SAEDashboard, warns on every feature
         warnings.filterwarnings("ignore", category=UserWarning, module="eindex")
         vis_data = SaeVisRunner(vis_cfg).run(encoder=encoder, model=model,
                                              tokens=tokens.long())
-    decode = get_decode_html_safe_fn(model.tokenizer)
+    decode = token_decoder(model.tokenizer)
     layout = vis_cfg.feature_centric_layout
     scripts = _local_scripts(out_dir, cfg.d3_path)
+    note = "" if D3_CDN in scripts else _d3_note(profile)
     pages = {}
     for feature in features:
         data = vis_data.feature_data_dict[feature]._get_html_data_feature_centric(layout, decode)
         page = HTML()
         page.html_data = data.html_data
         page.js_data = {"AGGDATA": vis_data.feature_stats.aggdata,
-                        "DASHBOARD_DATA": {str(feature): escape_tokens(data.js_data)}}
+                        "DASHBOARD_DATA": {str(feature): plain_tokens(data.js_data)}}
         path = out_dir / PAGE.format(feature_idx=feature)
         page.get_html(layout_columns=layout.columns, layout_height=layout.height, filename=path,
                       first_key=str(feature))
@@ -156,10 +220,12 @@ def write_dashboards(model, sae, tokens: torch.Tensor, feature_idx: Sequence[int
             raise RuntimeError(f"{path}: SAEDashboard's page layout changed; cannot protect its "
                                "data block.")
         text = text.replace(raw, raw.replace("<", "\\u003c"))
+        text = _escape_token_sinks(text, path)  # after the data: no sink can match inside it now
         for cdn, local in scripts.items():
             text = text.replace(cdn, local)
         path.write_text(f"<!DOCTYPE html>\n<meta charset='utf-8'>\n<title>SAE feature {feature}"
-                        f"</title>\n<h2 id='feature-title'>SAE feature {feature}</h2>\n{text}")
+                        f"</title>\n{ESCAPE_JS}\n<h2 id='feature-title'>SAE feature {feature}</h2>"
+                        f"\n{note}{text}")
         pages[feature] = path
     return pages
 
@@ -236,8 +302,32 @@ def _local_scripts(out_dir: Path, d3_path: str | None) -> dict[str, str]:
     d3 = find_d3(d3_path)
     if d3 is None:
         log.warning("no local d3 found (looked in %s); the dashboards load d3 from d3js.org and "
-                    "need the network. Install one: apt-get install node-d3", D3_CANDIDATES)
+                    "need the network. Install one: apt-get install node-d3, then rerun notebook "
+                    "05.", D3_CANDIDATES)
     else:
         shutil.copy(d3, out_dir / "d3.min.js")
         scripts[D3_CDN] = '<script src="d3.min.js"></script>'
     return scripts
+
+
+def _escape_token_sinks(text: str, path: Path) -> str:
+    """Wrap each token string SAEDashboard's script puts into HTML (``TOKEN_SINKS``) in
+    ``rlEscapeHtml``."""
+    for sink, n_expected in TOKEN_SINKS.items():
+        n_found = text.count(sink)
+        if n_found != n_expected:
+            raise RuntimeError(f"{path}: SAEDashboard's tokenScript.js changed ({sink!r} appears "
+                               f"{n_found} times, not {n_expected}); cannot escape its tokens. "
+                               "Pin sae-dashboard==0.8.0.")
+        text = text.replace(sink, sink.replace("${tok}", "${rlEscapeHtml(tok)}"))
+    return text
+
+
+def _d3_note(profile: str | None) -> str:
+    """The paragraph atop a page that loads d3 from the CDN: why it may be empty, and the fix."""
+    command = RERUN.format(profile=profile or "<profile>")
+    return ("<p id='rl-d3-note' style='border:1px solid #c60;background:#fff4e5;padding:6px'>"
+            "This page draws its charts and tokens with d3, which it loads from d3js.org: no local "
+            "d3 was found when it was written, so offline the page stays empty. To ship d3 with "
+            "the pages, install it (<code>apt-get install node-d3</code>) and rerun notebook 05: "
+            f"<code>{html.escape(command)}</code></p>\n")
