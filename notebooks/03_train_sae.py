@@ -77,8 +77,9 @@ print(f"d_model {model.d_model}, {model.n_layers} layers; {len(train_frame):,} t
 # ## Train (or load) the SAE
 # SAELens streams activations from the model over the training contexts, shuffles them in a
 # buffer and trains the SAE on batches of `sae_batch_size` tokens. Checkpoints land in
-# `sae/checkpoints/`; if training is interrupted, running this cell again with the same
-# parameters continues from the latest one.
+# `sae/checkpoints/`; if training is interrupted (an interrupt stops it at the end of the
+# current step and writes one), running this cell again with the same parameters continues from
+# the latest one, shuffle buffer included, and ends with the SAE an uninterrupted run would have.
 
 # %%
 cfg = sae_lib.SAETrainConfig(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+
+import pandas as pd
 import pytest
 import torch
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
@@ -62,6 +65,8 @@ def test_config_round_trip_and_validation():
         build_sae_train_config(training_tokens=10)
     with pytest.raises(ValueError, match="lr"):
         build_sae_train_config(lr=0.0)
+    with pytest.raises(ValueError, match="n_batches_for_norm_estimate"):
+        build_sae_train_config(n_batches_for_norm_estimate=0)
     with pytest.raises(ValueError, match="unknown parameter"):
         sae_mod.SAETrainConfig.from_dict({"expansion": 4})
 
@@ -113,6 +118,82 @@ def test_interrupted_training_resumes_from_its_checkpoint(hooked, contexts, tmp_
     seen.clear()
     sae_mod.train_sae(hooked, contexts, cfg.replace(lr=2e-3), tmp_path, on_step=seen.append)
     assert seen[0] == 1
+
+
+def assert_same_training(sae, history, reference, reference_history):
+    """Same weights (to float rounding) and the same metrics at every step as the reference run."""
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        torch.testing.assert_close(getattr(sae, name), getattr(reference, name),
+                                   rtol=1e-5, atol=1e-7, msg=name)
+    pd.testing.assert_frame_equal(history, reference_history, rtol=1e-5)
+
+
+def stop_at(n_stop: int):
+    def on_step(n_steps):
+        if n_steps == n_stop:
+            raise KeyboardInterrupt
+    return on_step
+
+
+@pytest.mark.parametrize("normalize_activations", sae_mod.NORMALIZATIONS)
+def test_resumed_training_ends_where_uninterrupted_training_does(hooked, contexts, tmp_path,
+                                                                normalize_activations):
+    # 10 steps with lr warm-up and decay and an L1 warm-up, so that every scheduler matters;
+    # the shuffling buffer holds 10 batches, so stops at 2 and 7 fall inside two refills.
+    cfg = build_sae_train_config(training_tokens=10 * 128, lr_warm_up_steps=2,
+                                 lr_decay_steps=3, l1_warm_up_steps=4,
+                                 normalize_activations=normalize_activations,
+                                 n_batches_for_norm_estimate=30)
+    reference, reference_history = sae_mod.train_sae(hooked, contexts, cfg)
+    for n_stop in (2, 7):
+        with pytest.raises(KeyboardInterrupt):
+            sae_mod.train_sae(hooked, contexts, cfg, tmp_path, on_step=stop_at(n_stop))
+        assert sae_mod.latest_checkpoint(tmp_path).name == str(n_stop * cfg.batch_size)
+        torch.manual_seed(100 + n_stop)  # as a new process would, with another RNG state
+    seen = []
+    sae, history = sae_mod.train_sae(hooked, contexts, cfg, tmp_path, on_step=seen.append)
+    assert seen == [8, 9, 10]
+    assert_same_training(sae, history, reference, reference_history)
+
+
+def test_resume_after_a_crash_starts_from_the_periodic_checkpoint(hooked, contexts, tmp_path,
+                                                                  trained):
+    # One intermediate checkpoint: after step 4 of 6 (the first past half the tokens).
+    cfg = build_sae_train_config(n_checkpoints=1)
+
+    def crash_at_5(n_steps):
+        if n_steps == 5:
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        sae_mod.train_sae(hooked, contexts, cfg, tmp_path, on_step=crash_at_5)
+    assert sae_mod.latest_checkpoint(tmp_path).name == str(4 * cfg.batch_size)
+    seen = []
+    sae, history = sae_mod.train_sae(hooked, contexts, cfg, tmp_path, on_step=seen.append)
+    assert seen == [5, 6]
+    assert_same_training(sae, history, *trained)
+
+
+def test_a_signal_stops_training_when_the_step_ends(hooked, contexts, tmp_path, trained):
+    # SIGINT arrives while the model computes activations for the first buffer, before step 1:
+    # training finishes step 1, checkpoints, and a rerun ends as if never stopped.
+    cfg = build_sae_train_config()
+    n_forwards = []
+
+    def signal_at_3rd_forward(activation, hook):
+        n_forwards.append(1)
+        if len(n_forwards) == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    previous_handler = signal.getsignal(signal.SIGINT)
+    with hooked.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", signal_at_3rd_forward)]):
+        with pytest.raises(KeyboardInterrupt):
+            sae_mod.train_sae(hooked, contexts, cfg, tmp_path)
+    assert signal.getsignal(signal.SIGINT) is previous_handler
+    assert not hooked.model.hook_dict["blocks.0.hook_resid_pre"].fwd_hooks
+    assert sae_mod.latest_checkpoint(tmp_path).name == str(cfg.batch_size)
+    sae, history = sae_mod.train_sae(hooked, contexts, cfg, tmp_path)
+    assert_same_training(sae, history, *trained)
 
 
 def test_evaluation_metrics_are_in_range(trained, hooked, contexts):

@@ -2,8 +2,12 @@
 
 Training goes through SAELens (``LanguageModelSAETrainingRunner``) with the HookedTransformer and
 our packed contexts injected (``override_model``, ``override_dataset``), W&B off. Checkpoints are
-SAELens's own (SAE weights, optimizer and scheduler state, activation-store position); an
-interrupted run resumes from the latest complete one. SAELens only logs training metrics to W&B,
+SAELens's own (SAE weights, optimizer, lr and coefficient schedulers, dead-feature and sparsity
+counters, the normalisation scaling factor, the dataset position) plus what SAELens leaves out:
+the activations waiting in the shuffling buffer and the state of the RNG that shuffles them.
+They are taken only between steps (a SIGINT/SIGTERM stops training when the step ends), so an
+interrupted run resumed from the latest complete one ends with the same weights as an
+uninterrupted run, to float rounding. SAELens only logs training metrics to W&B,
 so ``train_sae`` records them itself, every ``log_every`` steps, with SAELens's own
 ``SAETrainer.build_train_step_log_dict``, and keeps them in each checkpoint so a resumed run keeps
 its history.
@@ -52,6 +56,7 @@ TRAIN_CONFIG_FILENAME = "reasonlens_train_config.json"  # beside the checkpoints
 HISTORY_FILENAME = "history.parquet"  # in each checkpoint: the training curve so far
 _CHECKPOINT_FILES = ("sae_weights.safetensors", "cfg.json", "trainer_state.pt",
                      "activations_store_state.safetensors")
+CHECKPOINT_FORMAT = 2  # 2: checkpoints hold the shuffling buffer; older ones start over
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +82,7 @@ class SAETrainConfig(Config):
         store_batch_size_prompts: contexts per model forward pass when collecting activations.
         normalize_activations: ``"none"`` or ``"expected_average_only_in"`` (scale inputs to
             norm sqrt(d_in) while training; folded into the weights at the end).
+        n_batches_for_norm_estimate: batches whose mean norm sets that scale (SAELens default).
         exclude_special_tokens: drop BOS/EOS/PAD activations from training (as the paper does).
         n_checkpoints: intermediate checkpoints (0: none; an interruption still writes one).
         dead_feature_window: steps without firing after which SAELens counts a feature dead.
@@ -100,6 +106,7 @@ class SAETrainConfig(Config):
     context_size: int = 1024  # paper: 1024
     store_batch_size_prompts: int = 16
     normalize_activations: str = "none"
+    n_batches_for_norm_estimate: int = 1000  # SAELens default
     exclude_special_tokens: bool = True  # paper: BOS/EOS/PAD ignored
     n_checkpoints: int = 0
     dead_feature_window: int = 1000  # SAELens default
@@ -123,6 +130,7 @@ class SAETrainConfig(Config):
         check_range("batch_size", self.batch_size, 1)
         check_range("context_size", self.context_size, 1)
         check_range("store_batch_size_prompts", self.store_batch_size_prompts, 1)
+        check_range("n_batches_for_norm_estimate", self.n_batches_for_norm_estimate, 1)
         check_range("training_tokens", self.training_tokens, self.batch_size,
                     hint="Train on at least one batch (batch_size tokens).")
         check_range("n_checkpoints", self.n_checkpoints, 0)
@@ -207,29 +215,99 @@ def latest_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
     return max(found)[1] if found else None
 
 
+def _store_class():
+    from safetensors.torch import load_file
+    from sae_lens.training.activations_store import ActivationsStore
+
+    class ResumableActivationsStore(ActivationsStore):
+        """SAELens's activation store, with a shuffling buffer that its checkpoint holds.
+
+        SAELens's store checkpoints only its position in the dataset. The activations waiting in
+        its mixing buffer are lost, and the global torch RNG that shuffles them is not restored,
+        so a resumed run trains on other batches than an uninterrupted one. This store shuffles
+        exactly as SAELens's ``mixing_buffer`` does (a buffer of ``n_batches_in_buffer``
+        contexts; once full, permuted with the global CPU RNG, and all but
+        ``activations_mixing_fraction`` of it served in batches), so an uninterrupted run sees
+        the same batches, and it saves the buffer and the RNG state beside the position. The
+        buffer holds at most ``n_batches_in_buffer + store_batch_size_prompts`` contexts of
+        activations (about 0.6 GB at the paper's scale, beside 6 GB of Adam state).
+        """
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            empty = torch.zeros(0, self.d_in, device=self.device)
+            self.pool, self.ready = empty, empty  # waiting to be shuffled; shuffled, to serve
+
+        def __next__(self) -> torch.Tensor:
+            while len(self.ready) < self.train_batch_size_tokens:
+                self._refill()
+            batch = self.ready[:self.train_batch_size_tokens]
+            self.ready = self.ready[self.train_batch_size_tokens:]
+            return batch
+
+        def _refill(self) -> None:
+            try:
+                acts = self.get_filtered_llm_batch(raise_on_epoch_end=True)
+            except StopIteration:  # the contexts are used up: start them again
+                acts = self.get_filtered_llm_batch()
+            self.pool = torch.cat([self.pool, acts])
+            buffer_size = self.n_batches_in_buffer * self.training_context_size
+            if len(self.pool) < buffer_size:
+                return
+            order = torch.randperm(len(self.pool))  # global CPU RNG, as in SAELens
+            shuffled = self.pool[order.to(self.pool.device)]
+            n_kept = int(buffer_size * self.activations_mixing_fraction)
+            n_served = max(1, (len(shuffled) - n_kept) // self.train_batch_size_tokens)
+            n_served *= self.train_batch_size_tokens
+            self.ready, self.pool = shuffled[:n_served], shuffled[n_served:]
+
+        def state_dict(self) -> dict[str, torch.Tensor]:
+            return {**super().state_dict(), "pool": self.pool.contiguous().cpu(),
+                    "ready": self.ready.contiguous().cpu(),
+                    "torch_rng_state": torch.get_rng_state()}
+
+        def load(self, file_path: str) -> None:
+            super().load(file_path)  # fast-forwards the dataset to the saved position
+            state = load_file(file_path)
+            self.pool, self.ready = (state[key].to(self.device) for key in ("pool", "ready"))
+            torch.set_rng_state(state["torch_rng_state"])
+
+    return ResumableActivationsStore
+
+
 def _runner_class():
     from sae_lens import LanguageModelSAETrainingRunner
-    from sae_lens.training._interruption import InterruptedException, interrupt_callback
 
     class RecordingRunner(LanguageModelSAETrainingRunner):
-        """SAELens's runner, plus: metrics recorded without W&B, full checkpoints on interrupt."""
+        """SAELens's runner, plus: metrics recorded without W&B, exact resumption.
+
+        Checkpoints are written only after ``fit()`` has counted a step (SAELens writes its
+        periodic ones before, and its interrupt one wherever the signal lands), and hold the
+        shuffling buffer of ``ResumableActivationsStore``, so a resumed run continues as if it
+        had never stopped.
+        """
 
         history: list[dict[str, Any]]
         log_every: int = 10
         on_step: Callable[[int], None] | None = None
 
+        def __init__(self, cfg, override_dataset, override_model):
+            super().__init__(cfg, override_dataset=override_dataset, override_model=override_model)
+            # Replace SAELens's store by one whose checkpoint holds its shuffling buffer.
+            store = _store_class().from_config(self.model, cfg, override_dataset=override_dataset)
+            self.activations_store = self.evaluator.activations_store = store
+
         def run_trainer_with_interruption_handling(self, trainer):
-            self._install_recorder(trainer)
-            with _interrupt_signals(interrupt_callback):
+            stop = _StopRequest()
+            self._install_recorder(trainer, stop)
+            with _interrupt_signals(stop):
                 try:
                     return trainer.fit()
-                except (KeyboardInterrupt, InterruptedException):
-                    if self.cfg.checkpoint_path is not None:
-                        # SAELens's own handler saves only the activation-store state; save the
-                        # SAE, optimizer and position too, so that the run can resume from here.
-                        log.warning("interrupted at %d tokens; saving a checkpoint",
-                                    trainer.n_training_samples)
-                        trainer.save_checkpoint(checkpoint_name=str(trainer.n_training_samples))
+                except KeyboardInterrupt:
+                    if self.cfg.checkpoint_path is not None and not stop.is_checkpointed:
+                        log.warning("interrupted before the first step ended, or by a second "
+                                    "signal; no checkpoint written, a rerun resumes from the "
+                                    "latest one")
                     raise
 
         def save_checkpoint(self, checkpoint_path):
@@ -241,8 +319,9 @@ def _runner_class():
                     if old.is_dir() and old != Path(checkpoint_path):
                         shutil.rmtree(old, ignore_errors=True)
 
-        def _install_recorder(self, trainer):
+        def _install_recorder(self, trainer, stop: _StopRequest):
             step, update_pbar = trainer.step, trainer._update_pbar
+            checkpoint_if_needed = trainer._checkpoint_if_needed
             total_steps = trainer.cfg.total_training_steps
 
             def recording_step(batch):
@@ -256,18 +335,54 @@ def _runner_class():
                 return output
 
             def after_step(step_output, pbar, *args, **kwargs):
+                # fit() has counted the step now: a checkpoint here records a consistent state.
                 update_pbar(step_output, pbar, *args, **kwargs)
-                if self.on_step is not None:
-                    self.on_step(trainer.n_training_steps)
+                checkpoint_if_needed()
+                try:
+                    if self.on_step is not None:
+                        self.on_step(trainer.n_training_steps)
+                    stop.raise_if_requested()
+                except KeyboardInterrupt:
+                    if self.cfg.checkpoint_path is not None:
+                        log.warning("interrupted after step %d; saving a checkpoint",
+                                    trainer.n_training_steps)
+                        trainer.save_checkpoint(checkpoint_name=str(trainer.n_training_samples))
+                        stop.is_checkpointed = True
+                    raise
 
             trainer.step, trainer._update_pbar = recording_step, after_step
+            trainer._checkpoint_if_needed = lambda: None  # run by after_step instead
 
     return RecordingRunner
 
 
+class _StopRequest:
+    """SIGINT/SIGTERM handler: the first signal stops training when the current step ends.
+
+    A checkpoint written in the middle of a step (or of refilling the activation buffer) could
+    not resume exactly, so the first signal only sets a flag that ``raise_if_requested`` turns
+    into ``KeyboardInterrupt`` at the step's end; a second signal interrupts at once.
+    """
+
+    def __init__(self):
+        self.is_requested = False
+        self.is_checkpointed = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.is_requested:
+            raise KeyboardInterrupt
+        self.is_requested = True
+        log.warning("signal %d: stopping when this training step ends (send it again to stop "
+                    "at once, without a checkpoint)", signum)
+
+    def raise_if_requested(self) -> None:
+        if self.is_requested:
+            raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def _interrupt_signals(handler) -> Iterator[None]:
-    """SIGINT/SIGTERM raise SAELens's InterruptedException inside; restored on exit."""
+    """SIGINT/SIGTERM go to ``handler`` inside; restored on exit."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -286,11 +401,14 @@ def train_sae(model, tokens, cfg: SAETrainConfig, checkpoint_dir: str | Path | N
     """Train an SAE on ``model``'s activations at ``cfg.hook_name`` over ``tokens``, with SAELens.
 
     Checkpoints (``cfg.n_checkpoints`` during training, one whenever training is interrupted by
-    SIGINT/SIGTERM/KeyboardInterrupt, and a final one) go to ``checkpoint_dir/<n_tokens>/``; only
-    the newest is kept. With ``resume``, a run whose config, contexts and model match the ones
-    that wrote ``checkpoint_dir`` continues from its checkpoint (weights, Adam and scheduler state,
-    step count, dataset position), or just loads the result if training had finished; anything
-    else, or ``resume=False``, clears ``checkpoint_dir`` and starts over.
+    SIGINT/SIGTERM or by ``KeyboardInterrupt`` from ``on_step``, and a final one) go to
+    ``checkpoint_dir/<n_tokens>/``; only the newest is kept. A signal stops training when the
+    current step ends (a second one at once, without a checkpoint). With ``resume``, a run whose
+    config, contexts and model match the ones that wrote ``checkpoint_dir`` continues from its
+    checkpoint (weights, Adam and scheduler state, step count, scaling factor, dataset position,
+    shuffling buffer and its RNG state), and ends with the weights and history of an
+    uninterrupted run, to float rounding; or it just loads the result if training had finished.
+    Anything else, or ``resume=False``, clears ``checkpoint_dir`` and starts over.
 
     Args:
         model: a ``TLHookedModel`` or ``HookedTransformer`` (with its tokenizer attached).
@@ -312,6 +430,8 @@ def train_sae(model, tokens, cfg: SAETrainConfig, checkpoint_dir: str | Path | N
     Raises:
         ValueError: a hook point the model lacks, empty tokens, or contexts shorter than
             ``cfg.context_size``.
+        KeyboardInterrupt: training was stopped by a signal or by ``on_step`` (after writing a
+            checkpoint when ``checkpoint_dir`` is set).
 
     Used by notebooks/03_train_sae.py.
     """
@@ -327,7 +447,8 @@ def train_sae(model, tokens, cfg: SAETrainConfig, checkpoint_dir: str | Path | N
                          "or rebuild the contexts in notebook 01.")
     excluded = special_token_ids(ht.tokenizer) if cfg.exclude_special_tokens else []
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    fingerprint = {"config": cfg.to_dict(), "data": _fingerprint(tokens, ht)}
+    fingerprint = {"config": cfg.to_dict(), "data": _fingerprint(tokens, ht),
+                   "checkpoint_format": CHECKPOINT_FORMAT}
     resume_from = _prepare_checkpoint_dir(checkpoint_dir, fingerprint, resume)
     if resume_from is not None and resume_from.name.startswith("final_"):
         log.info("training already finished in %s; loading it", resume_from)
@@ -341,6 +462,7 @@ def train_sae(model, tokens, cfg: SAETrainConfig, checkpoint_dir: str | Path | N
         training_tokens=cfg.training_tokens, train_batch_size_tokens=cfg.batch_size,
         store_batch_size_prompts=cfg.store_batch_size_prompts,
         n_batches_in_buffer=max(20, math.ceil(4 * cfg.batch_size / cfg.context_size)),
+        n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate,
         lr=cfg.lr, lr_warm_up_steps=cfg.lr_warm_up_steps, lr_decay_steps=cfg.lr_decay_steps,
         dead_feature_window=cfg.dead_feature_window, seed=cfg.seed, device=cfg.device,
         dtype=cfg.dtype, exclude_special_tokens=excluded or False,
