@@ -2,7 +2,7 @@
 
 Implements the ReasonScore of Galichin et al. (2025), "I Have Covered All the Bases Here:
 Interpreting Reasoning Features in LLMs via Sparse Autoencoders" (arXiv 2503.18878), Sec. 3.2,
-Eq. (1)-(3), as specified in DESIGN.md ("ReasonScore"):
+Eq. (1)-(3), as specified in docs/design.md ("ReasonScore"):
 
     mu_i(f)   mean activation of feature f over mask_i (the tokens of every match of word i,
               widened by ``window``, minus ignored tokens)

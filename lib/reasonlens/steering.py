@@ -1,4 +1,4 @@
-"""Feature steering during generation (Galichin et al., 2025, Sec. 5; DESIGN.md "Steering").
+"""Feature steering during generation (Galichin et al., 2025, Sec. 5; docs/design.md, "Steering").
 
 At the SAE's hook point, for every position (the prompt and each generated token, with or without
 a KV cache):
