@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 
 import pandas as pd
@@ -172,6 +173,47 @@ def test_resume_after_a_crash_starts_from_the_periodic_checkpoint(hooked, contex
     sae, history = sae_mod.train_sae(hooked, contexts, cfg, tmp_path, on_step=seen.append)
     assert seen == [5, 6]
     assert_same_training(sae, history, *trained)
+
+
+def test_a_checkpoint_cut_short_is_never_resumed_from(hooked, contexts, tmp_path, trained):
+    # A process killed while saving the checkpoint after step 5 leaves a folder whose files are all
+    # there, one cut short; only its completion marker, written last, is missing.
+    cfg = build_sae_train_config(n_checkpoints=1)
+
+    def crash_at_5(n_steps):
+        if n_steps == 5:
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        sae_mod.train_sae(hooked, contexts, cfg, tmp_path, on_step=crash_at_5)
+    complete = sae_mod.latest_checkpoint(tmp_path)
+    assert complete.name == str(4 * cfg.batch_size)
+    cut = tmp_path / str(5 * cfg.batch_size)
+    shutil.copytree(complete, cut)
+    (cut / sae_mod.CHECKPOINT_COMPLETE).unlink()
+    weights = cut / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    seen = []
+    sae, history = sae_mod.train_sae(hooked, contexts, cfg, tmp_path, on_step=seen.append)
+    assert seen == [5, 6]  # resumed from the complete checkpoint after step 4
+    assert_same_training(sae, history, *trained)
+
+    # The run's record cut short by a kill: start over rather than fail or trust what is there.
+    (tmp_path / sae_mod.TRAIN_CONFIG_FILENAME).write_text('{"training_tokens": ')
+    seen.clear()
+    sae_mod.train_sae(hooked, contexts, cfg, tmp_path, on_step=seen.append)
+    assert seen[0] == 1
+
+
+def test_latest_checkpoint_skips_incomplete_ones(tmp_path):
+    for name, complete in (("256", True), ("384", False), ("final_512", False)):
+        folder = tmp_path / name
+        folder.mkdir()
+        for file in sae_mod._CHECKPOINT_FILES:
+            (folder / file).write_text("x")
+        if not complete:
+            (folder / sae_mod.CHECKPOINT_COMPLETE).unlink()
+    assert sae_mod.latest_checkpoint(tmp_path) == tmp_path / "256"
 
 
 def test_a_signal_stops_training_when_the_step_ends(hooked, contexts, tmp_path, trained):

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from reasonlens.artifacts import atomic_path
 from reasonlens.config import Config, check_range
 from reasonlens.models import (check_sae_fits, device_of, parse_hook_name, sae_on_model_device,
                                special_token_ids)
@@ -54,8 +55,11 @@ ARCHITECTURES = ("standard", "topk", "jumprelu")
 NORMALIZATIONS = ("none", "expected_average_only_in")
 TRAIN_CONFIG_FILENAME = "reasonlens_train_config.json"  # beside the checkpoints: what made them
 HISTORY_FILENAME = "history.parquet"  # in each checkpoint: the training curve so far
+# Written last, atomically, into each checkpoint: a checkpoint without it was cut short (the process
+# died while saving it) and is never resumed from.
+CHECKPOINT_COMPLETE = "reasonlens_checkpoint_complete.json"
 _CHECKPOINT_FILES = ("sae_weights.safetensors", "cfg.json", "trainer_state.pt",
-                     "activations_store_state.safetensors")
+                     "activations_store_state.safetensors", HISTORY_FILENAME, CHECKPOINT_COMPLETE)
 CHECKPOINT_FORMAT = 2  # 2: checkpoints hold the shuffling buffer; older ones start over
 
 
@@ -204,7 +208,10 @@ def _training_sae_config(cfg: SAETrainConfig, d_in: int):
 
 
 def latest_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
-    """The complete SAELens checkpoint with the most training tokens under ``checkpoint_dir``."""
+    """The complete checkpoint with the most training tokens under ``checkpoint_dir``.
+
+    Complete means saved to the end: its ``CHECKPOINT_COMPLETE`` marker, written last, is there.
+    """
     if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
         return None
     found = []
@@ -314,6 +321,8 @@ def _runner_class():
             super().save_checkpoint(checkpoint_path)
             if checkpoint_path is not None:
                 pd.DataFrame(self.history).to_parquet(Path(checkpoint_path) / HISTORY_FILENAME)
+                with atomic_path(Path(checkpoint_path) / CHECKPOINT_COMPLETE) as marker:
+                    marker.write_text(json.dumps({"format": CHECKPOINT_FORMAT}))
                 # Keep only the newest checkpoint (a real-model one holds GBs of Adam state).
                 for old in Path(checkpoint_path).parent.iterdir():
                     if old.is_dir() and old != Path(checkpoint_path):
@@ -516,7 +525,10 @@ def _prepare_checkpoint_dir(checkpoint_dir: Path | None, fingerprint: dict[str, 
     if checkpoint_dir is None:
         return None
     record = checkpoint_dir / TRAIN_CONFIG_FILENAME
-    same = record.exists() and json.loads(record.read_text()) == fingerprint
+    try:
+        same = json.loads(record.read_text()) == fingerprint
+    except (FileNotFoundError, json.JSONDecodeError):  # none yet, or cut short by a kill
+        same = False
     if checkpoint_dir.exists() and not (resume and same):
         if record.exists() and not same:
             log.warning("checkpoints in %s were made with another config, model or data; "
@@ -524,7 +536,8 @@ def _prepare_checkpoint_dir(checkpoint_dir: Path | None, fingerprint: dict[str, 
                         checkpoint_dir)
         shutil.rmtree(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(fingerprint, indent=2))
+    with atomic_path(record) as tmp:
+        tmp.write_text(json.dumps(fingerprint, indent=2))
     return latest_checkpoint(checkpoint_dir)
 
 
