@@ -225,8 +225,8 @@ with tempfile.TemporaryDirectory() as task_dir:
         tasks = ["reasonlens_world"]
     else:
         tasks = list(lm_eval_tasks)
-    steer_args = dict(sae=str(run.path(K.SAE_DIR)), features=top[0], strength=eval_strength,
-                      mode=eval_mode, max_activations=str(run.path(K.MAX_ACTIVATIONS)))
+    steer_args = dict(sae=str(run.require(K.SAE_DIR)), features=top[0], strength=eval_strength,
+                      mode=eval_mode, max_activations=str(run.require(K.MAX_ACTIVATIONS)))
     evaluate = lambda **steer: harness.run_harness(  # noqa: E731
         run.model_path(model_name), tasks, task_dir, builtin_tasks=lm_eval_tasks is not None,
         limit=n_lm_eval, batch_size=eval_batch_size, device=model_device, dtype=model_dtype,
