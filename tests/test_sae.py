@@ -96,13 +96,8 @@ def test_save_and_load_from_disk_round_trip(trained, hooked, contexts, tmp_path)
 
 def test_interrupted_training_resumes_from_its_checkpoint(hooked, contexts, tmp_path):
     cfg = build_sae_train_config()
-
-    def interrupt_at_3(n_steps):
-        if n_steps == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        sae_mod.train_sae(hooked, contexts, cfg, tmp_path, on_step=interrupt_at_3)
+        sae_mod.train_sae(hooked, contexts, cfg, tmp_path, on_step=stop_at(3))
     checkpoint = sae_mod.latest_checkpoint(tmp_path)
     assert checkpoint is not None and checkpoint.name == str(3 * cfg.batch_size)
 
@@ -129,10 +124,11 @@ def assert_same_training(sae, history, reference, reference_history):
     pd.testing.assert_frame_equal(history, reference_history, rtol=1e-5)
 
 
-def stop_at(n_stop: int):
+def stop_at(n_stop: int, error: BaseException | type[BaseException] = KeyboardInterrupt):
+    """An ``on_step`` that raises ``error`` once step ``n_stop`` has finished."""
     def on_step(n_steps):
         if n_steps == n_stop:
-            raise KeyboardInterrupt
+            raise error
     return on_step
 
 
@@ -161,13 +157,9 @@ def test_resume_after_a_crash_starts_from_the_periodic_checkpoint(hooked, contex
                                                                   trained):
     # One intermediate checkpoint: after step 4 of 6 (the first past half the tokens).
     cfg = build_sae_train_config(n_checkpoints=1)
-
-    def crash_at_5(n_steps):
-        if n_steps == 5:
-            raise RuntimeError("power cut")
-
     with pytest.raises(RuntimeError, match="power cut"):
-        sae_mod.train_sae(hooked, contexts, cfg, tmp_path, on_step=crash_at_5)
+        sae_mod.train_sae(hooked, contexts, cfg, tmp_path,
+                          on_step=stop_at(5, RuntimeError("power cut")))
     assert sae_mod.latest_checkpoint(tmp_path).name == str(4 * cfg.batch_size)
     seen = []
     sae, history = sae_mod.train_sae(hooked, contexts, cfg, tmp_path, on_step=seen.append)
@@ -179,13 +171,9 @@ def test_a_checkpoint_cut_short_is_never_resumed_from(hooked, contexts, tmp_path
     # A process killed while saving the checkpoint after step 5 leaves a folder whose files are all
     # there, one cut short; only its completion marker, written last, is missing.
     cfg = build_sae_train_config(n_checkpoints=1)
-
-    def crash_at_5(n_steps):
-        if n_steps == 5:
-            raise RuntimeError("power cut")
-
     with pytest.raises(RuntimeError, match="power cut"):
-        sae_mod.train_sae(hooked, contexts, cfg, tmp_path, on_step=crash_at_5)
+        sae_mod.train_sae(hooked, contexts, cfg, tmp_path,
+                          on_step=stop_at(5, RuntimeError("power cut")))
     complete = sae_mod.latest_checkpoint(tmp_path)
     assert complete.name == str(4 * cfg.batch_size)
     cut = tmp_path / str(5 * cfg.batch_size)
