@@ -56,14 +56,12 @@ n_eval_contexts = 128
 
 # %%
 import pandas as pd
-import torch
 from IPython.display import display
 
 from reasonlens import artifacts, data, models, plotting
 from reasonlens import constants as K
 from reasonlens import sae as sae_lib
 
-torch.manual_seed(seed)
 run = artifacts.RunDir(profile)
 model = models.load_hooked(run.model_path(model_name), "transformer_lens",
                            device=model_device, dtype=model_dtype)

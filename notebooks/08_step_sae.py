@@ -78,7 +78,6 @@ step_n_examples_shown = 8
 # %%
 import numpy as np
 import pandas as pd
-import torch
 from IPython.display import display
 from sae_lens import SAE
 from transformers import AutoTokenizer
@@ -129,8 +128,7 @@ train_cfg = training.StepSAETrainConfig(n_steps=step_n_steps, batch_size=step_ba
                                         l1_warmup_steps=step_l1_warmup_steps,
                                         checkpoint_every=step_checkpoint_every,
                                         head_n_steps=step_head_n_steps)
-torch.manual_seed(0)
-sae = StepSAE.build(lm_path, tokenizer, cfg)
+sae = StepSAE.build(lm_path, tokenizer, cfg, seed=0)
 train_examples = step_data.tokenize_steps(train_table, tokenizer, cfg.max_context_tokens,
                                           cfg.max_step_tokens)
 test_examples = step_data.tokenize_steps(test_table, tokenizer, cfg.max_context_tokens,

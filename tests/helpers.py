@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
+import torch
+
 from reasonlens.data import ContextConfig, TokenizerConfig
 from reasonlens.lm_training import LMTrainConfig
 from reasonlens.models import ToyModelConfig
@@ -28,3 +33,13 @@ def build_toy_model_config(**overrides) -> ToyModelConfig:
 def build_lm_train_config(**overrides) -> LMTrainConfig:
     return LMTrainConfig(**{"n_steps": 5, "batch_size": 4, "eval_every": 5,
                             "n_eval_contexts": 4, "warmup_steps": 2, **overrides})
+
+
+def scramble_global_rngs(seed: int) -> None:
+    """Put Python's, NumPy's and torch's global RNGs in a state that depends on ``seed``.
+
+    Call it between two runs of a seeded function: their results must not change.
+    """
+    random.seed(seed)
+    np.random.seed(seed + 1)
+    torch.manual_seed(seed + 2)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import safetensors
+import torch
 from sae_lens import SAE
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -25,7 +26,10 @@ def test_write_and_read_round_trip_with_manifest(tmp_path):
     manifest = run.manifest(K.PROBLEMS)
     assert manifest["config"]["n_problems"] == 10
     assert manifest["config_class"] == "WorldConfig"
-    assert manifest["library_version"]
+    assert manifest["library_version"] == "0.1.0"  # reasonlens.__version__
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                          capture_output=True, text=True).stdout.strip()
+    assert manifest["git_hash"].removesuffix("-dirty") == head
     run.write("x.json", {"b": 1})
     assert run.read_json("x.json") == {"b": 1}
 
@@ -209,7 +213,8 @@ def test_a_corrupt_sae_names_the_file_and_the_notebook_that_rewrites_it(tmp_path
     with run.write_dir(K.SAE_DIR) as path:
         sae.save_model(path)
     loaded = SAE.load_from_disk(str(run.require(K.SAE_DIR)))  # how notebooks 04-08 load it
-    assert loaded.cfg.d_sae == sae.cfg.d_sae
+    for name, weight in sae.state_dict().items():  # the whole file: no false alarm
+        assert torch.equal(loaded.state_dict()[name], weight), name
     weights = run.path(K.SAE_DIR) / "sae_weights.safetensors"
     damage(weights)
     with pytest.raises(safetensors.SafetensorError):  # the library rejects it too
@@ -222,14 +227,16 @@ def test_a_corrupt_sae_names_the_file_and_the_notebook_that_rewrites_it(tmp_path
         SAE.load_from_disk(str(run.require(K.SAE_DIR)))
 
 
-def test_a_corrupt_model_or_tokenizer_names_the_file_and_the_notebook(tmp_path, saved_toy_model):
+def test_a_corrupt_model_or_tokenizer_names_the_file_and_the_notebook(tmp_path, saved_toy_model,
+                                                                     toy_model):
     run = artifacts.RunDir("smoke", root=tmp_path)
     for name in (K.REASONING_MODEL_DIR, K.TOKENIZER_DIR):
         with run.write_dir(name) as path:
             shutil.copytree(saved_toy_model, path, dirs_exist_ok=True)
     model = AutoModelForCausalLM.from_pretrained(run.model_path())  # whole: no false alarm
     AutoTokenizer.from_pretrained(run.require(K.TOKENIZER_DIR))
-    assert model.config.num_hidden_layers == 2
+    for name, weight in toy_model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], weight), name
 
     SAFETENSORS_DAMAGE["header garbled"](run.path(K.REASONING_MODEL_DIR) / "model.safetensors")
     with pytest.raises(artifacts.CorruptArtifactError,

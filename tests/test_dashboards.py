@@ -56,7 +56,9 @@ def evil_model(tmp_path_factory, toy_model, tokenizer):
     tokens get large orthogonal unembeddings, so that a feature can promote all of them."""
     tok, model = copy.deepcopy(tokenizer), copy.deepcopy(toy_model)
     tok.add_tokens(list(ADDED))
-    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    with torch.random.fork_rng():  # the new embedding rows are random: the same ones every run
+        torch.manual_seed(0)
+        model.resize_token_embeddings(len(tok), mean_resizing=False)
     shown = tok.convert_tokens_to_ids(list(SHOWN))
     with torch.no_grad():
         unembed = model.get_output_embeddings().weight  # [d_vocab, d_model]

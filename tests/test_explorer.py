@@ -46,6 +46,15 @@ def ex(tl_model, sae, tokens, scores, top):
                                     window=(5, 2), n_logits=4, batch_size=4, progress=False)
 
 
+def plain_activations(tl_model, sae, tokens: torch.Tensor, feature_idx: int) -> torch.Tensor:
+    """``[n_contexts, pos]`` activations of one feature from the raw SAE weights, with the decoder
+    norm folded in by hand: ReLU((x - b_dec) . W_enc[:, f] + b_enc[f]) * ||W_dec[f]||."""
+    with torch.no_grad():
+        _, cache = tl_model.model.run_with_cache(tokens, names_filter=HOOK)  # TL itself
+        pre = (cache[HOOK] - sae.b_dec) @ sae.W_enc[:, feature_idx] + sae.b_enc[feature_idx]
+        return torch.relu(pre) * sae.W_dec[feature_idx].norm()
+
+
 def test_max_activations_match_reason_score(ex, scores, top):
     maxima = ex.max_activations(top)
     expected = scores.set_index("feature_idx").loc[top].max_activation.to_numpy()
@@ -60,18 +69,25 @@ def test_activations_of_a_feature_outside_the_top_are_computed_on_demand(ex, tl_
                                                                          tokens, top):
     other = next(f for f in range(sae.cfg.d_sae) if f not in top)
     acts = ex.activations(other)
-    direct = scoring.encode_batch(tl_model, scoring.folded_sae(sae), tokens, HOOK)[..., other]
-    np.testing.assert_allclose(acts.numpy(), (direct * ex.keep).numpy(), rtol=1e-5, atol=1e-6)
+    expected = plain_activations(tl_model, sae, tokens, other) * ex.keep
+    assert (expected > 0).any() and not ex.keep.all()  # the check below can see both mistakes
+    np.testing.assert_allclose(acts.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_top_contexts_are_sorted_and_centred_on_their_maximum(ex, top):
+def test_top_contexts_are_the_best_contexts_with_their_windows(ex, top, tl_model, sae, tokens):
+    acts = plain_activations(tl_model, sae, tokens, top[0]) * ex.keep
+    best = acts.max(1).values
+    expected_order = [c for c in best.argsort(descending=True).tolist() if best[c] > 0][:3]
     contexts = ex.top_contexts(top[0])
-    assert 1 <= len(contexts) <= 3
-    assert contexts.max_activation.is_monotonic_decreasing
-    first = contexts.iloc[0]
-    assert first["values"][first.mark] == pytest.approx(first.max_activation)
-    assert first.max_activation == pytest.approx(ex.max_activation(top[0]))
-    assert len(first.tokens) == len(first["values"]) <= 5 + 1 + 2
+    assert contexts.context_idx.tolist() == expected_order
+    np.testing.assert_allclose(contexts.max_activation, best[expected_order], rtol=1e-4)
+    for row in contexts.itertuples():
+        p = int(acts[row.context_idx].argmax())
+        lo, hi = max(0, p - 5), min(48, p + 3)  # window (5, 2), clipped at the context's edges
+        assert (row.position, row.mark) == (p, p - lo)
+        np.testing.assert_allclose(row.values, acts[row.context_idx, lo:hi], rtol=1e-4,
+                                   atol=1e-6)
+        assert row.tokens == [ex.tokenizer.decode([int(t)]) for t in tokens[row.context_idx, lo:hi]]
 
 
 def test_logit_effects_are_the_decoder_row_through_the_unembedding(ex, top):
@@ -87,13 +103,18 @@ def test_logit_effects_are_the_decoder_row_through_the_unembedding(ex, top):
 def test_word_profile_sums_to_one(scores, top):
     profile = explorer.word_profile(scores, top[0])
     assert profile.sum() == pytest.approx(1.0)
-    assert "let me" in profile.index
+    row = scores.set_index("feature_idx").loc[top[0]]
+    groups = [c for c in scores.columns if c.startswith("mu_") and c not in ("mu_pos", "mu_neg")]
+    assert len(profile) == len(groups) and "let me" in profile.index
+    assert profile["let me"] == pytest.approx(row["mu_let_me"] / row[groups].sum())
 
 
-def test_prompt_activations_follow_the_tokenizer(ex, top):
+def test_prompt_activations_follow_the_tokenizer(ex, top, sae):
     tokens, values = ex.prompt_activations(top[0], "Wait, let me check.")
     assert "".join(tokens) == "Wait, let me check."
-    assert len(values) == len(tokens) and min(values) >= 0
+    ids = torch.tensor([ex.tokenizer.encode("Wait, let me check.", add_special_tokens=False)])
+    expected = plain_activations(ex.model, sae, ids, top[0])[0]
+    np.testing.assert_allclose(values, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_token_strings_are_escaped_in_every_view(ex, top):

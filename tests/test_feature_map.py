@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import scramble_global_rngs
 
 from reasonlens import feature_map
 
@@ -44,6 +45,29 @@ def test_norms_do_not_matter():
     a, _ = feature_map.project_directions(W_dec, method="pca")
     b, _ = feature_map.project_directions(W_dec * 7, method="pca")
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_pca_coordinates_are_the_top_two_principal_components_of_the_unit_rows():
+    W_dec, _ = two_clusters(n=12, d=5, seed=1)
+    coords, _ = feature_map.project_directions(W_dec, method="pca")
+    unit = W_dec.double().numpy()
+    unit /= np.sqrt((unit ** 2).sum(1, keepdims=True))
+    centred = unit - unit.mean(0)
+    U, S, _ = np.linalg.svd(centred, full_matrices=False)
+    expected = U[:, :2] * S[:2]
+    signs = np.sign((coords * expected).sum(0))  # a component's sign is arbitrary
+    np.testing.assert_allclose(coords * signs, expected, atol=1e-5)
+
+
+def test_umap_layout_depends_on_its_seed_alone():
+    W_dec, _ = two_clusters(n=30)
+    scramble_global_rngs(1)
+    first, _ = feature_map.project_directions(W_dec, method="umap", seed=0, n_neighbors=5)
+    scramble_global_rngs(2)
+    again, _ = feature_map.project_directions(W_dec, method="umap", seed=0, n_neighbors=5)
+    other, _ = feature_map.project_directions(W_dec, method="umap", seed=1, n_neighbors=5)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
 
 
 def test_feature_map_frame_is_ordered_by_feature():

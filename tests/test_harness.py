@@ -105,9 +105,11 @@ def test_features_without_an_sae_is_an_error(saved_toy_model):
 
 def test_max_activations_come_from_a_scores_parquet(tmp_path):
     path = tmp_path / "scores.parquet"
-    pd.DataFrame({"feature_idx": [0, 1, 2], "max_activation": [0.5, 2.0, 1.0]}).to_parquet(path)
+    # rows out of feature order: each value goes to its own feature_idx
+    pd.DataFrame({"feature_idx": [2, 0, 1], "max_activation": [1.0, 0.5, 2.0]}).to_parquet(path)
     assert harness.max_activation_vector(str(path), [1], 3).tolist() == [0.5, 2.0, 1.0]
-    assert harness.max_activation_vector("3;4", [0, 2], 3)[[0, 2]].tolist() == [3.0, 4.0]
+    given = harness.max_activation_vector("3;4", [0, 2], 3)
+    assert given[[0, 2]].tolist() == [3.0, 4.0] and given[1].isnan()  # unsteered: no value
 
 
 def test_the_steered_model_brings_its_sae_to_the_models_device(saved_toy_model, sae_dir):

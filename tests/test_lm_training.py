@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 from helpers import build_lm_train_config, build_toy_model_config
@@ -17,7 +15,7 @@ def contexts(world, tokenizer):
 
 def test_training_lowers_the_loss_and_records_history(tokenizer, contexts):
     train, val = contexts
-    model = models.build_toy_model(build_toy_model_config(), tokenizer)
+    model = models.build_toy_model(build_toy_model_config(), tokenizer, seed=0)
     before = lm_training.evaluate_loss(model, val)
     history = lm_training.train_lm(model, train, val, build_lm_train_config(
         n_steps=30, eval_every=10, lr=1e-2))
@@ -27,16 +25,37 @@ def test_training_lowers_the_loss_and_records_history(tokenizer, contexts):
     assert not model.training
 
 
-def test_keep_best_restores_the_lowest_validation_loss(tokenizer, contexts):
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_keep_best_restores_the_lowest_validation_loss(tokenizer, contexts, keep_best):
     train, val = contexts
-    model = models.build_toy_model(build_toy_model_config(), tokenizer)
-    # a learning rate this high diverges after a few steps; the best weights come back
+    model = models.build_toy_model(build_toy_model_config(), tokenizer, seed=0)
+    # at this high learning rate the validation loss bottoms out at step 16 and then rises
     history = lm_training.train_lm(model, train, val, build_lm_train_config(
-        n_steps=20, eval_every=2, lr=0.5, warmup_steps=1, n_eval_contexts=8))
-    best = history.val_loss.min()
-    assert lm_training.evaluate_loss(model, val[:8], 4) == pytest.approx(best, rel=1e-5)
-    assert best < history.val_loss.dropna().iloc[-1] or math.isclose(
-        best, history.val_loss.dropna().iloc[-1])
+        n_steps=20, eval_every=2, lr=0.5, warmup_steps=1, n_eval_contexts=8, keep_best=keep_best,
+        seed=0))
+    evaluated = history.val_loss.dropna()
+    best, last = evaluated.min(), evaluated.iloc[-1]
+    assert best < last - 1e-3  # otherwise this test could not tell best from last
+    final = lm_training.evaluate_loss(model, val[:8], 4)
+    assert final == pytest.approx(best if keep_best else last, rel=1e-5)
+
+
+def test_evaluate_loss_is_the_mean_next_token_loss_over_all_tokens(toy_model, contexts):
+    _, val = contexts
+    tokens = val[:7, :12]  # batches of 3, 3 and 1 rows: uneven, so per-batch means would differ
+    with torch.no_grad():
+        logits = toy_model(input_ids=tokens).logits
+    log_probs = torch.log_softmax(logits[:, :-1].double(), dim=-1)
+    expected = -log_probs.gather(-1, tokens[:, 1:, None]).mean().item()
+    assert lm_training.evaluate_loss(toy_model, tokens, batch_size=3) == pytest.approx(
+        expected, rel=1e-5)
+
+
+def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_a_tenth():
+    cfg = build_lm_train_config(n_steps=12, warmup_steps=2)
+    factors = [lm_training._lr_factor(step, cfg) for step in (0, 1, 2, 7, 12, 20)]
+    # warm-up (step + 1) / 2; then 0.1 + 0.45 * (1 + cos(pi * (step - 2) / 10)), flat after
+    assert factors == pytest.approx([0.5, 1.0, 1.0, 0.55, 0.1, 0.1])
 
 
 def test_empty_tokens_are_a_clear_error(toy_model):

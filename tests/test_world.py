@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pandas as pd
 import pytest
@@ -38,17 +39,123 @@ def test_splits_share_no_problem(world):
     assert (docs.split == docs.split_p).all()
 
 
+# An independent solver: it reads the question text as a person would and works the answer out
+# one unit at a time, without the families' fold code (update/states), so a wrong update rule,
+# a wrong stored answer or a question that says something else all fail.
+COUNT_WORDS = "zero one two three four five six seven eight nine".split()
+
+
+def solve_question(family: str, question: str) -> tuple[int, int]:
+    """``(answer, n_items)`` of a world question, from its text alone."""
+    ints = [int(x) for x in re.findall(r"\d+", question)]
+    counts = [COUNT_WORDS.index(w) for w in re.findall(r"[a-z]+", question) if w in COUNT_WORDS]
+    if family == "arithmetic":  # "Start at 17 and add 8, four times." / "... subtract 6 from 84 ..."
+        d = int(re.search(r"(?:add|subtract) (\d+)", question).group(1))
+        (start,) = [x for x in ints if x != d] or [d]
+        step = 1 if "add" in question else -1
+        value = start
+        for _ in range(counts[0] * d):
+            value += step
+        return value, counts[0]
+    if family == "alternating":  # "Start at 40, then add 7 and subtract 3 in turn, four steps"
+        start, a, b = ints
+        value = start
+        for i in range(counts[0]):
+            value = value + a if i % 2 == 0 else value - b
+        return value, counts[0]
+    if family == "clock":  # "It is 9 o'clock. What time is it after 5 hours, four times over?"
+        hour, d = ints
+        for _ in range(counts[0] * d):
+            hour = 1 if hour == 12 else hour + 1
+        return hour, counts[0]
+    if family == "maximum":
+        return max(ints), len(ints) - 1
+    if family == "counting":
+        return sum(1 for x in ints if x % 2 == 0), len(ints)
+    raise AssertionError(family)
+
+
+@pytest.fixture(scope="module")
+def every_family_world():
+    return generate_world(build_world_config(families=tuple(sorted(FAMILIES)), n_problems=100))
+
+
+def test_every_answer_is_what_the_question_asks(every_family_world):
+    problems = every_family_world.problems
+    assert set(problems.family) == set(FAMILIES)
+    for row in problems.itertuples():
+        assert solve_question(row.family, row.question) == (row.answer, row.n_items), row.question
+
+
+def test_examples_solved_by_hand():
+    assert solve_question("arithmetic", "What do you get if you subtract 6 from 84 five times?") \
+        == (54, 5)
+    assert solve_question("alternating", "Start at 74, then add 8 and subtract 5 in turn, four "
+                                         "steps in all.") == (80, 4)
+    assert solve_question("clock", "A clock shows 12. Move it forward 2 hours, four times.") \
+        == (8, 4)
+    assert solve_question("clock", "It is 9 o'clock. What time is it after 5 hours, three times "
+                                   "over?") == (12, 3)
+
+
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_each_family_answer_is_the_fold_of_its_items(name):
+def test_each_family_samples_solvable_problems_and_wrong_results_are_wrong(name):
     import random
     family = get_family(name)
     for i in range(50):
         problem = family.sample(random.Random(i), 4)
-        assert family.states(problem)[-1] == problem.answer
-        assert len(problem.items) == 4
+        assert solve_question(name, problem.question) == (problem.answer, 4), problem.question
         for state, item in zip([problem.start] + family.states(problem)[:-1], problem.items):
             assert family.wrong(random.Random(i), problem, state, item) != family.update(
                 problem, state, item)
+
+
+# What each compute step claims, parsed from its text, and the claim's truth worked out by hand.
+CLAIMS = {
+    "arithmetic": (r"(\d+) ([+-]) (\d+) = (-?\d+)",
+                   lambda a, op, d, r: int(r) == (int(a) + int(d) if op == "+" else int(a) - int(d))),
+    "clock": (r"(\d+) and (\d+) hours make (\d+)",
+              lambda a, d, r: int(r) == (int(a) + int(d) - 1) % 12 + 1),
+    "maximum": (r"(\d+) or (\d+): (\d+) is larger", lambda a, b, r: int(r) == max(int(a), int(b))),
+    "counting": (r"(\d+) is (even|odd), so (\d+)", None),
+}
+CLAIMS["alternating"] = CLAIMS["arithmetic"]
+
+
+def test_step_labels_match_their_claims(every_family_world):
+    """Compute, check and correct steps: ``is_correct`` is the truth of the claim in the text."""
+    steps = every_family_world.steps
+    claiming = steps[steps.kind.isin(["compute", "check", "correct"])]
+    assert (~claiming.is_correct).any() and claiming.is_correct.any()
+    assert set(claiming.kind) == {"compute", "check", "correct"}
+    for _, trace in claiming.groupby("problem_id"):
+        family = trace.family.iloc[0]
+        pattern, truth = CLAIMS[family]
+        state = before = 0  # the running count (counting only) and its value before the item
+        for row in trace.itertuples():
+            found = re.search(pattern, row.text).groups()
+            if family == "counting":  # the count goes up by one exactly for an even number
+                item, parity, result = int(found[0]), found[1], int(found[2])
+                assert parity == ("even" if item % 2 == 0 else "odd"), row.text
+                before = state if row.kind == "compute" else before
+                is_true = result == before + (item % 2 == 0)
+                state = result
+            else:
+                is_true = truth(*found)
+            assert bool(row.is_correct) == is_true, row.text
+            assert row.kind == "compute" or is_true, row.text  # checks and fixes are right
+
+
+def test_traces_state_the_answer_they_are_labelled_with(world):
+    problems = world.problems.set_index("problem_id")
+    docs = world.documents
+    for row in docs[docs.kind == "trace"].itertuples():
+        stated = int(re.findall(r"answer is (-?\d+)", row.text)[-1])
+        assert stated == problems.trace_answer[row.problem_id]
+        assert problems.trace_is_correct[row.problem_id] == (
+            stated == problems.answer[row.problem_id])
+    for row in docs[docs.kind == "plain"].itertuples():
+        assert row.text.endswith(f"The answer is {problems.answer[row.problem_id]}.{K.EOS}")
 
 
 def test_step_labels_are_consistent_with_answers(world):
@@ -119,10 +226,13 @@ def test_config_round_trip_and_unknown_key():
     assert dataclasses.asdict(cfg)["families"] == ("maximum",)
 
 
-def test_world_tables_have_the_expected_columns(world):
+def test_world_tables_have_the_expected_columns_and_sizes(world):
     assert {"problem_id", "split", "family", "question", "answer", "trace_is_correct"} <= set(
         world.problems.columns)
     assert {"problem_id", "step_idx", "text", "kind", "is_correct", "is_on_track"} <= set(
         world.steps.columns)
-    assert isinstance(world.documents, pd.DataFrame)
-    assert set(world.documents.kind) == {"trace", "plain", "chat"}
+    # 150 problems split 0.8/0.1/0.1; one trace and one plain exchange each; 0.3 * 150 chats
+    assert world.problems.split.value_counts().to_dict() == {"train": 120, "val": 15, "test": 15}
+    assert world.documents.kind.value_counts().to_dict() == {"trace": 150, "plain": 150,
+                                                             "chat": 45}
+    assert list(world.documents.doc_id) == list(range(345))

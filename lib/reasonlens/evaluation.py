@@ -34,7 +34,8 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 160
         max_new_tokens: generation budget per prompt.
         batch_size: prompts per ``generate`` call.
         temperature: 0 for greedy decoding, else sampling temperature.
-        seed: sampling seed.
+        seed: sampling seed; the completions depend on it alone, and the global RNG state is
+            left as it was.
         desc: progress-bar label.
 
         return_ids: also return the new token ids of each completion (up to its EOS).
@@ -45,24 +46,26 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 160
     """
     if temperature < 0 or not math.isfinite(temperature):
         raise ValueError(f"temperature={temperature!r} must be a finite number >= 0.")
-    torch.manual_seed(seed)
+    sampling = (dict(do_sample=True, temperature=temperature, top_k=0) if temperature > 0
+                else dict(do_sample=False))
+    eos_id = tokenizer.eos_token_id
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     out: list[list[int]] = []
-    try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, mininterval=2.0):
-            batch = tokenizer(list(prompts[start: start + batch_size]), return_tensors="pt",
-                              padding=True, add_special_tokens=False)
-            sampling = dict(do_sample=True, temperature=temperature, top_k=0) if temperature > 0 \
-                else dict(do_sample=False)
-            ids = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                 max_new_tokens=max_new_tokens, use_cache=True,
-                                 pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id, **sampling)
-            for row in ids[:, batch["input_ids"].shape[1]:].tolist():
-                end = row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else len(row)
-                out.append(row[:end])
-    finally:
-        tokenizer.padding_side = side
+    with torch.random.fork_rng():  # seeded here, for sampling alone; the caller's RNG is kept
+        torch.manual_seed(seed)
+        try:
+            for start in tqdm(range(0, len(prompts), batch_size), desc=desc, mininterval=2.0):
+                batch = tokenizer(list(prompts[start: start + batch_size]), return_tensors="pt",
+                                  padding=True, add_special_tokens=False)
+                ids = model.generate(input_ids=batch["input_ids"],
+                                     attention_mask=batch["attention_mask"],
+                                     max_new_tokens=max_new_tokens, use_cache=True,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_id,
+                                     **sampling)
+                for row in ids[:, batch["input_ids"].shape[1]:].tolist():
+                    out.append(row[:row.index(eos_id)] if eos_id in row else row)
+        finally:
+            tokenizer.padding_side = side
     texts = tokenizer.batch_decode(out, skip_special_tokens=False)
     return (texts, out) if return_ids else texts
 

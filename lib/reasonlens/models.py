@@ -57,15 +57,26 @@ class ToyModelConfig(Config):
 
 
 def build_toy_model(cfg: ToyModelConfig, tokenizer, seed: int = 0) -> LlamaForCausalLM:
-    """A freshly initialised ``LlamaForCausalLM`` sized by ``cfg`` for ``tokenizer``."""
-    torch.manual_seed(seed)
+    """A freshly initialised ``LlamaForCausalLM`` sized by ``cfg`` for ``tokenizer``.
+
+    Args:
+        cfg: the architecture.
+        tokenizer: sets the vocabulary size and the BOS/EOS/PAD ids.
+        seed: the initialisation seed; the weights depend on it alone, and the global RNG
+            state is left as it was.
+
+    Returns:
+        The model, in training mode, on the CPU.
+    """
     hf_cfg = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
         num_key_value_heads=cfg.n_heads, max_position_embeddings=cfg.n_ctx,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, rms_norm_eps=1e-5)
-    return LlamaForCausalLM(hf_cfg)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(hf_cfg)
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

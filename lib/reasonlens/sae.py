@@ -483,8 +483,10 @@ def train_sae(model, tokens, cfg: SAETrainConfig, checkpoint_dir: str | Path | N
     runner_cfg.checkpoint_path = str(checkpoint_dir) if checkpoint_dir is not None else None
 
     dataset = Dataset.from_dict({"tokens": tokens[:, :cfg.context_size].tolist()})
-    torch.manual_seed(cfg.seed)
-    with warnings.catch_warnings(), _quiet_sae_lens():
+    # SAELens initialises the SAE and shuffles activations with the global RNG: seed it here,
+    # from cfg.seed alone, and give the caller its own RNG state back afterwards.
+    with torch.random.fork_rng(), warnings.catch_warnings(), _quiet_sae_lens():
+        torch.manual_seed(cfg.seed)
         # SAELens compares contexts with tokens here and warns about "epochs"; we repeat on purpose.
         warnings.filterwarnings("ignore", message=".*fewer samples.*")
         warnings.filterwarnings("ignore", message=".*exhausted.*")

@@ -53,8 +53,7 @@ def main(argv=None) -> None:
         sae_cfg = StepSAEConfig.from_dict(json.loads(args.sae_config))
         train_cfg = StepSAETrainConfig.from_dict(json.loads(args.train_config))
         tokenizer = AutoTokenizer.from_pretrained(args.model)
-        torch.manual_seed(args.seed)
-        model = StepSAE.build(args.model, tokenizer, sae_cfg).to(device)
+        model = StepSAE.build(args.model, tokenizer, sae_cfg, seed=args.seed).to(device)
         examples = tokenize_steps(pd.read_parquet(args.steps), tokenizer,
                                   sae_cfg.max_context_tokens, sae_cfg.max_step_tokens)
         history = train_step_sae(model, examples, train_cfg, checkpoint_dir=args.checkpoint_dir)

@@ -133,10 +133,21 @@ class StepSAE(torch.nn.Module):
         self.context_head = GaussianContextHead(d_enc, cfg.n_latents, cfg.d_projection)
 
     @classmethod
-    def build(cls, lm, tokenizer, cfg: StepSAEConfig) -> StepSAE:
+    def build(cls, lm, tokenizer, cfg: StepSAEConfig, seed: int = 0) -> StepSAE:
         """Encoder and decoder initialised from one causal LM (a path, hub id or model).
 
         ``tokenizer`` gains a ``<sep>`` token if it has none; both LMs' embeddings are resized.
+
+        Args:
+            lm: the causal LM, or its path or hub id.
+            tokenizer: its tokenizer (gains ``<sep>``).
+            cfg: the step SAE's sizes and sparsity settings.
+            seed: initialises the new parameters (the ``<sep>`` embedding rows, the encoder,
+                projection and context head); they depend on it alone, and the global RNG
+                state is left as it was.
+
+        Returns:
+            The step SAE, in training mode.
         """
         from reasonlens.step_sae.data import add_sep_token
 
@@ -144,12 +155,14 @@ class StepSAE(torch.nn.Module):
             lm = AutoModelForCausalLM.from_pretrained(str(lm), dtype=torch.float32)
         sep_id = add_sep_token(tokenizer)
         encoder, decoder = copy.deepcopy(lm), copy.deepcopy(lm)
-        for model in (encoder, decoder):
-            if model.get_input_embeddings().num_embeddings < len(tokenizer):
-                model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         pad_id = tokenizer.pad_token_id
         pad_id = tokenizer.eos_token_id if pad_id is None else pad_id
-        return cls(encoder, decoder, cfg, sep_id, tokenizer.eos_token_id, pad_id)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            for model in (encoder, decoder):
+                if model.get_input_embeddings().num_embeddings < len(tokenizer):
+                    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            return cls(encoder, decoder, cfg, sep_id, tokenizer.eos_token_id, pad_id)
 
     def phase_parameters(self, phase: int) -> list[torch.nn.Parameter]:
         """Set ``requires_grad`` for a training phase and return the trainable parameters.
