@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import scramble_global_rngs
 
 from reasonlens import constants as K
 from reasonlens import dashboards, models
@@ -201,6 +202,16 @@ def test_without_d3_the_page_says_it_needs_d3_and_how_to_get_it(evil_model, sae,
     assert "d3js.org" in said and "apt-get install node-d3" in said
     assert "python -m reasonlens.runner --profile <profile> --only 05 --force" in said
     assert "--profile smoke --only 05 --force" in note(profile="smoke")
+
+
+def test_pages_depend_on_the_config_seed_not_on_the_global_rngs(pages, evil_model, dash_sae,
+                                                                evil_tokens, tmp_path):
+    scramble_global_rngs(7)  # SAEDashboard samples quantile groups under DashboardConfig.seed
+    again = dashboards.write_dashboards(evil_model.model, dash_sae, evil_tokens, [LOGITS, BOS],
+                                        tmp_path, dashboards.DashboardConfig(minibatch_size_tokens=4),
+                                        progress=False)
+    for feature in (LOGITS, BOS):
+        assert page_data(again[feature]) == page_data(pages[feature])
 
 
 def test_the_sae_is_left_unfolded(evil_model, sae, evil_tokens, tmp_path):
