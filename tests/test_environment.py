@@ -71,3 +71,26 @@ def test_the_d3_the_pages_look_for_is_the_one_the_set_up_installs():
     proof = {fields[0]: fields[1] for fields in lines}
     assert proof["node-d3"] in dashboards.D3_CANDIDATES
     assert proof["chromium"] == "/usr/bin/chromium"
+
+
+def _source_env(tmp_path, **env: str):
+    import os
+    import subprocess
+
+    script = (f"source {ROOT / 'scripts' / 'env.sh'}; echo rc=$?; set -o | "
+              "grep -E '^(errexit|nounset|pipefail) ' | tr -s ' \\t' ' '; false; echo alive")
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, **env})
+
+
+def test_sourcing_env_sh_changes_no_shell_option_and_never_exits_the_shell(tmp_path):
+    result = _source_env(tmp_path)  # the environment exists: nothing to install
+    assert result.stdout.splitlines() == ["rc=0", "errexit off", "nounset off", "pipefail off",
+                                          "alive"]
+
+
+def test_a_failed_set_up_returns_an_error_to_the_sourcing_shell(tmp_path):
+    result = _source_env(tmp_path, PYTHON="/no/such/python3.11",
+                         REASONLENS_VENV=str(tmp_path / "venv"))
+    assert "error: /no/such/python3.11 not found" in result.stderr
+    assert result.stdout.splitlines()[0] == "rc=1" and result.stdout.splitlines()[-1] == "alive"

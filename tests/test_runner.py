@@ -218,6 +218,24 @@ def test_modified_output_reruns_its_notebook_only_when_content_changes(first_run
     assert json.loads(numbers.read_text()) == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("selection", [dict(only="02"), dict(start="03"), dict(only="03")])
+def test_a_changed_upstream_output_is_refused_when_its_notebook_is_not_selected(
+        first_run, home, selection):
+    numbers = home / "data/runs/tiny/numbers.json"
+    numbers.write_text(numbers.read_text()[:3])  # cut short, as by a crash or a careless edit
+    with pytest.raises(runner.StaleUpstreamError,
+                       match=r"01_make's output data/runs/tiny/numbers.json was modified since it "
+                             r"ran.*--profile tiny --from 01$"):
+        runner.run("tiny", notebooks_dir=first_run["notebooks_dir"], build=False, **selection)
+    numbers.unlink()
+    with pytest.raises(runner.StaleUpstreamError, match="numbers.json is missing"):
+        runner.run("tiny", notebooks_dir=first_run["notebooks_dir"], build=False, **selection)
+    report = runner.run("tiny", notebooks_dir=first_run["notebooks_dir"], build=False)
+    assert report.ran == ["01_make"]  # the full run redoes it, and the rest are still valid
+    assert runner.run("tiny", notebooks_dir=first_run["notebooks_dir"], build=False,
+                      **selection).ran == []
+
+
 def test_force_and_only_run_exactly_the_selected_notebook(first_run, home):
     report = runner.run("tiny", notebooks_dir=first_run["notebooks_dir"], only="03", force=True,
                         build=False)
@@ -432,6 +450,9 @@ def test_a_second_runner_on_the_same_profile_refuses(first_run, home, tmp_path, 
 def test_a_corrupt_upstream_artifact_fails_the_notebook_naming_the_file(first_run, home):
     numbers = home / "data/runs/tiny/numbers.json"
     numbers.write_bytes(numbers.read_bytes()[:5])  # cut short
+    # With 01's record the runner would refuse up front (the test above); without it (artifacts
+    # copied in by hand), the notebook's own read names the file.
+    (home / "data/runs/tiny/.runner/01_make.json").unlink()
     with pytest.raises(runner.NotebookError,
                        match=r"03_sum\.py failed in cell .*CorruptArtifactError: \S*/numbers\.json "
                              r"is truncated or corrupt: it is not valid JSON .*--profile tiny"):
@@ -440,3 +461,12 @@ def test_a_corrupt_upstream_artifact_fails_the_notebook_naming_the_file(first_ru
     report = runner.run("tiny", notebooks_dir=first_run["notebooks_dir"], build=False)
     assert report.ran == ["01_make", "03_sum"] and report.skipped == ["02_plot"]
     assert json.loads(numbers.read_text()) == [0, 1, 2, 3]
+
+
+def test_the_front_page_says_what_the_profile_is(tmp_path, monkeypatch):
+    monkeypatch.setenv("REASONLENS_PROFILES", str(tmp_path))
+    (tmp_path / "quick.yaml").write_text("# A test of the code,\n#  not a result.\nseed: 0\n# later\n")
+    (tmp_path / "bare.yaml").write_text("seed: 0\n")
+    assert runner.intro_text("quick").endswith(
+        "(`profiles/quick.yaml`).\n\n> A test of the code, not a result.\n")
+    assert runner.intro_text("bare").endswith("(`profiles/bare.yaml`).\n")

@@ -78,6 +78,10 @@ class NotebookError(RuntimeError):
     """A notebook failed while executing; the message names the notebook and the failing cell."""
 
 
+class StaleUpstreamError(RuntimeError):
+    """An earlier notebook that is not selected has outputs that changed since it ran."""
+
+
 class ProfileBusyError(RuntimeError):
     """Another runner is working on the profile; the message names its PID and the lock file."""
 
@@ -402,6 +406,11 @@ def stale_reason(manifest: dict | None, inputs: dict[str, Any], executed_path: P
         return f"changed: {', '.join(changed) or 'fingerprint'}"
     if not executed_path.is_file():
         return f"the executed notebook {executed_path} is missing"
+    return changed_output(manifest, base)
+
+
+def changed_output(manifest: dict, base: Path) -> str | None:
+    """Which output a notebook's manifest records is now missing or different, or None."""
     for rel, out in manifest["outputs"].items():
         path = base / rel
         if not path.is_file():
@@ -412,6 +421,27 @@ def stale_reason(manifest: dict | None, inputs: dict[str, Any], executed_path: P
                 hash_file(path) != out["sha256"]:
             return f"output {rel} was modified"
     return None
+
+
+def check_upstream_outputs(notebooks: Sequence[Notebook], first: Notebook, manifest_dir: Path,
+                           base: Path, profile: str) -> None:
+    """Refuse to start at ``first`` while an earlier notebook's recorded outputs have changed.
+
+    The notebooks before ``first`` do not run in this call, so the ones selected would read
+    artifacts that are no longer what their producer wrote (cut short, edited, deleted).
+
+    Raises:
+        StaleUpstreamError: naming the earlier notebook, the output and the command that redoes it.
+    """
+    for other in notebooks[:notebooks.index(first)]:
+        manifest = read_manifest(manifest_dir / f"{other.name}.json")
+        problem = changed_output(manifest, base) if manifest is not None else None
+        if problem is not None:
+            raise StaleUpstreamError(
+                f"{other.name}'s {problem} since it ran, and {first.name} onwards read what it "
+                f"wrote. Rerun it first: python -m reasonlens.runner --profile {profile} "
+                f"--from {other.number}"
+            )
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -485,6 +515,8 @@ def run(profile: str, notebooks_dir: str | Path | None = None, only: str | None 
         ValueError: the profile sets a parameter no notebook declares, or a selector is bad.
         NotebookError: a notebook failed; later notebooks did not run.
         ProfileBusyError: another runner is working on the same profile.
+        StaleUpstreamError: a notebook before the selected ones has outputs that changed since
+            it ran (raised before anything runs).
         RuntimeError: the book did not build; the message ends with its log.
     """
     notebooks_dir = Path(notebooks_dir or config.repo_root() / "notebooks").resolve()
@@ -507,6 +539,7 @@ def run(profile: str, notebooks_dir: str | Path | None = None, only: str | None 
         if removed:
             logger.info("removed %d temporary file(s) left by an interrupted write: %s",
                         len(removed), [str(path) for path in removed])
+        check_upstream_outputs(notebooks, selected[0], manifest_dir, home, profile)
         for nb in tqdm(selected, desc=f"notebooks ({name})", unit="notebook"):
             manifest_path = manifest_dir / f"{nb.name}.json"
             unfinished_path = manifest_dir / f"{nb.name}{UNFINISHED_SUFFIX}"
@@ -730,7 +763,8 @@ def copy_extra_pages(profile: str, extra_dir: Path) -> None:
 def intro_text(profile: str) -> str:
     """The book's first page: the repo's README.md (or a title), and the profile it shows.
 
-    The README's link to ``docs/design.md`` points at the book's Design chapter instead.
+    The README's link to ``docs/design.md`` points at the book's Design chapter instead, and the
+    profile's opening comment says what the build is (e.g. that ``smoke`` numbers mean nothing).
     """
     readme = config.repo_root() / "README.md"
     # The README links the design page by its path in the repo; in the book it sits beside intro.md.
@@ -741,8 +775,20 @@ def intro_text(profile: str) -> str:
     return (
         f"{text.rstrip()}\n\n## This build\n\n"
         f"The chapters are the notebooks as executed on the profile **`{profile}`** "
-        f"(`profiles/{profile}.yaml`).\n"
+        f"(`profiles/{profile}.yaml`).\n{profile_description(profile)}"
     )
+
+
+def profile_description(profile: str) -> str:
+    """The comment lines that open ``profiles/<profile>.yaml``, as a quoted paragraph (or "")."""
+    path = config.profiles_dir() / f"{profile}.yaml"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    comment = []
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        comment.append(line.lstrip("#").strip())
+    return f"\n> {' '.join(comment)}\n" if comment else ""
 
 
 def _write_if_changed(path: Path, text: str) -> None:
