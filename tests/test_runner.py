@@ -284,7 +284,8 @@ def test_failing_notebook_names_the_cell_and_stops(first_run, home, tmp_path, ca
 
 def test_unknown_profile_parameter_lists_valid_names(first_run, tmp_path):
     profile = write_profile(tmp_path / "typo.yaml", n_numbrs=3, scale=1.0)
-    with pytest.raises(ValueError, match=r"\['n_numbrs'\].*Valid parameters: "
+    with pytest.raises(ValueError, match=r"\['n_numbrs'\] that no notebook declares\. Did you mean: "
+                                         r"'n_numbrs' -> 'n_numbers'\? Valid parameters: "
                                          r"\['n_numbers', 'profile', 'scale'\]"):
         runner.run(str(profile), notebooks_dir=first_run["notebooks_dir"], build=False)
 

@@ -34,6 +34,7 @@ import ast
 import contextlib
 import dataclasses
 import datetime as _dt
+import difflib
 import fcntl
 import filecmp
 import hashlib
@@ -257,9 +258,12 @@ def check_profile(values: dict[str, Any], notebooks: Sequence[Notebook]) -> dict
     valid = {"profile"}.union(*(nb.parameters for nb in notebooks))
     unknown = sorted(set(values) - valid)
     if unknown:
+        close = {name: difflib.get_close_matches(name, valid, n=1) for name in unknown}
+        hints = [f"{name!r} -> {match[0]!r}" for name, match in close.items() if match]
         raise ValueError(
             f"profile {values.get('profile')!r} sets parameter(s) {unknown} that no notebook "
-            f"declares. Valid parameters: {sorted(valid)}. Fix the name in the profile, or "
+            f"declares.{' Did you mean: ' + ', '.join(hints) + '?' if hints else ''} "
+            f"Valid parameters: {sorted(valid)}. Fix the name in the profile, or "
             f"declare it in a notebook's parameters cell."
         )
     checked = dict(values)
