@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -42,8 +45,8 @@ def step_tokenizer(tokenizer):
 
 
 def build_sae(toy_model, tokenizer, seed=0, **overrides) -> step_model.StepSAE:
-    torch.manual_seed(seed)
-    return step_model.StepSAE.build(toy_model, tokenizer, build_step_sae_config(**overrides))
+    return step_model.StepSAE.build(toy_model, tokenizer, build_step_sae_config(**overrides),
+                                    seed=seed)
 
 
 def examples_of(table, tokenizer, cfg) -> data.StepExamples:
@@ -193,6 +196,87 @@ def test_latents_are_nonnegative_unit_vectors_and_the_prefix_has_n_prefix_vector
     np.testing.assert_allclose(dense, state.numpy(), atol=1e-5)
 
 
+def hand_set_bottleneck(toy_model, tokenizer) -> step_model.StepSAE:
+    """Four latents that read only the first two hidden dimensions, weights set by hand."""
+    sae = build_sae(toy_model, tokenizer, n_latents=4, l1_target=1.5).eval()
+    weight = torch.zeros(4, toy_model.config.hidden_size)
+    weight[0, 0], weight[1, 0], weight[2, 1], weight[3, :2] = 1.0, -1.0, 1.0, 1.0
+    with torch.no_grad():
+        sae.W_enc.weight.copy_(weight)
+        sae.W_enc.bias.copy_(torch.tensor([0.0, 0.0, -1.0, 0.5]))
+        sae.b_pre.fill_(0.0)
+        sae.b_pre[:2] = torch.tensor([1.0, 2.0])
+    return sae
+
+
+def test_the_bottleneck_subtracts_the_pre_bias_encodes_rectifies_and_normalises_by_hand(
+        toy_model, step_tokenizer):
+    sae = hand_set_bottleneck(toy_model, step_tokenizer)
+    h = torch.full((3, toy_model.config.hidden_size), 5.0)  # dims 2.. are read by no latent
+    h[:, :2] = torch.tensor([[3.0, 1.0], [1.0, 2.0], [1.0, 1.0]])
+    # h - b_pre = (2, -1): W (h - b_pre) + b = (2, -2, -2, 1.5) -> ReLU (2, 0, 0, 1.5), norm 2.5
+    # h - b_pre = (0, 0):  (0, 0, -1, 0.5) -> (0, 0, 0, 0.5), norm 0.5
+    # h - b_pre = (0, -1): (0, 0, -2, -0.5) -> all zero, and the zero latent stays zero
+    with torch.no_grad():
+        acts, latents = sae.activations(h), sae.sparse_latent(h)
+    torch.testing.assert_close(acts, torch.tensor([[2.0, 0, 0, 1.5], [0, 0, 0, 0.5], [0, 0, 0, 0]]))
+    torch.testing.assert_close(latents, torch.tensor([[0.8, 0, 0, 0.6], [0, 0, 0, 1.0],
+                                                      [0, 0, 0, 0]]))
+
+
+def test_the_loss_adds_the_squared_l1_gap_scaled_by_the_warmup_to_the_nll():
+    cfg = build_step_sae_config(l1_coefficient=0.5, l1_target=2.0)
+    out = step_model.StepSAEOutput(latents=torch.zeros(2, 16), recon_loss=torch.tensor([1.0, 2.0]),
+                                   l1=torch.tensor([2.0, 3.5]), token_accuracy=torch.zeros(2))
+    # penalties 0.5 * s * (0, 1.5^2 = 2.25): s = 1 gives mean(1, 3.125); s = 0.5 mean(1, 2.5625)
+    assert out.loss(cfg).item() == pytest.approx(2.0625)
+    assert out.loss(cfg, l1_scale=0.5).item() == pytest.approx(1.78125)
+
+
+def test_the_gaussian_head_splits_mean_and_log_variance_and_clamps_the_log_variance():
+    head = step_model.GaussianContextHead(d_model=3, n_latents=3, d_hidden=4)
+    with torch.no_grad():
+        head.net[2].weight.zero_()
+        head.net[2].bias.copy_(torch.tensor([0.5, -1.0, 2.0, -20.0, 1.5, 9.0]))
+        mean, log_var = head(torch.randn(2, 3, generator=torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(mean, torch.tensor([[0.5, -1.0, 2.0]] * 2))
+    torch.testing.assert_close(log_var, torch.tensor([[-10.0, 1.5, 5.0]] * 2))
+
+
+def test_each_phase_trains_exactly_its_parameters(toy_model, step_tokenizer):
+    sae = build_sae(toy_model, step_tokenizer)
+    names = {n for n, _ in sae.named_parameters()}
+    untied_head = "encoder.lm_head.weight"  # the toy LM does not tie its embeddings
+    assert {untied_head, "decoder.lm_head.weight", "b_pre"} <= names
+    for phase, expected in ((1, {n for n in names
+                                 if not n.startswith("context_head.") and n != untied_head}),
+                            (2, {n for n in names if n.startswith("context_head.")})):
+        params = sae.phase_parameters(phase)
+        trainable = {n for n, p in sae.named_parameters() if p.requires_grad}
+        assert trainable == expected, phase
+        assert {id(p) for p in params} == {id(p) for n, p in sae.named_parameters()
+                                           if n in expected}
+    with pytest.raises(ValueError, match="phase=3"):
+        sae.phase_parameters(3)
+
+
+def test_forward_feeds_each_step_the_latent_the_shuffle_picks(toy_model, step_tokenizer,
+                                                              step_table):
+    sae = build_sae(toy_model, step_tokenizer).eval()
+    examples = examples_of(step_table.head(3), step_tokenizer, sae.cfg)
+    batch = data.collate(examples.context_ids, examples.step_ids, sae.sep_id, sae.eos_id,
+                         sae.pad_id)
+    shuffle = torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        out = sae(batch, shuffle=shuffle)
+        latents = sae.encode(batch)
+        recon, right = sae.reconstruct(batch, latents[shuffle])
+    torch.testing.assert_close(out.latents, latents)  # the step's own latent is reported
+    torch.testing.assert_close(out.recon_loss, recon)
+    torch.testing.assert_close(out.token_accuracy, right)
+    torch.testing.assert_close(out.l1, latents.sum(-1))
+
+
 def test_reconstruction_loss_is_only_on_step_tokens_and_ignores_padding(
         toy_model, step_tokenizer, step_table):
     sae = build_sae(toy_model, step_tokenizer).eval()
@@ -225,6 +309,7 @@ def test_reconstruction_loss_is_only_on_step_tokens_and_ignores_padding(
         assert torch.allclose(sae.reconstruct(padded, latents)[0], recon, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_decoder_needs_the_step_own_latent_after_a_few_training_steps(
         toy_model, step_tokenizer, step_table):
     # No context: the latent is the decoder's only source for the step. The small test LM
@@ -256,6 +341,33 @@ def test_save_and_load_round_trip(tmp_path, toy_model, step_tokenizer, step_tabl
 def test_config_rejects_bad_values_naming_the_parameter(field, value):
     with pytest.raises(ValueError, match=field):
         build_step_sae_config(**{field: value})
+
+
+@pytest.mark.parametrize("make, field, lowest, below", [
+    (functools.partial(build_step_sae_config, l1_target=1.0), "n_latents", 1, 0),
+    (build_step_sae_config, "n_prefix", 1, 0),
+    (build_step_sae_config, "l1_target", 1.0, 0.99),
+    (build_step_sae_config, "l1_coefficient", 0.0, -0.1),
+    (build_step_sae_config, "d_projection", 1, 0),
+    (build_step_sae_config, "max_context_tokens", 0, -1),
+    (build_step_sae_config, "max_step_tokens", 1, 0),
+    *[(build_train_config, name, 1, 0) for name in ("n_steps", "batch_size", "head_n_steps")],
+    *[(build_train_config, name, 0, -1) for name in ("lr", "head_lr", "weight_decay",
+                                                     "warmup_steps", "l1_warmup_steps",
+                                                     "checkpoint_every", "lm_lr")],
+])
+def test_configs_accept_their_lowest_value_and_reject_one_below(make, field, lowest, below):
+    make(**{field: lowest})
+    with pytest.raises(ValueError, match=rf"^{field}={below!r} is outside \[{lowest}, "):
+        make(**{field: below})
+
+
+def test_the_l1_target_is_at_most_the_l1_norm_of_a_uniform_unit_latent():
+    build_step_sae_config(n_latents=16, l1_target=4.0)  # sqrt(16): all 16 latents equal
+    with pytest.raises(ValueError, match=r"l1_target=4.01 is outside \[1.0, 4.0\]\. An "
+                                         r"L2-normalised latent has 1 <= L1 <= sqrt\(n_latents\)"):
+        build_step_sae_config(n_latents=16, l1_target=4.01)
+    assert build_train_config(lm_lr=None).lm_lr is None  # None: the LMs learn at lr
 
 
 def test_configs_round_trip_through_dicts():
@@ -363,14 +475,17 @@ def test_context_head_never_sees_the_step(toy_model, step_tokenizer, step_table)
     assert torch.allclose(mean[0], mean[1], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ddp_with_two_processes_matches_one_process(tmp_path, saved_toy_model, tokenizer,
                                                     step_table):
     table = step_table.head(24)
     table.to_parquet(tmp_path / "steps.parquet")
     sae_cfg = build_step_sae_config()
     train_cfg = build_train_config(n_steps=3, batch_size=8, checkpoint_every=2)
+    # the subprocesses import reasonlens from where this process did (under mutmut: the mutants)
+    lib = Path(training.__file__).parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).parents[1] / "lib")}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(lib), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "reasonlens.step_sae.distributed", "--model", str(saved_toy_model),
            "--steps", str(tmp_path / "steps.parquet"), "--out", str(tmp_path / "out"),
@@ -393,6 +508,190 @@ def test_ddp_with_two_processes_matches_one_process(tmp_path, saved_toy_model, t
     # larger differences on weights whose gradient is near zero.
     for (name, a), b in zip(single.state_dict().items(), ddp.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-4), name
+
+
+def eos_states(sae, examples) -> torch.Tensor:
+    """The encoder LM's last hidden state at each step's <eos>, read by hand ``[n, d_model]``."""
+    states = []
+    with torch.no_grad():
+        for context, step in zip(examples.context_ids, examples.step_ids):
+            ids = torch.tensor([[*context, sae.sep_id, *step, sae.eos_id]])
+            states.append(sae.encoder.base_model(input_ids=ids).last_hidden_state[0, -1])
+    return torch.stack(states)
+
+
+def test_training_starts_the_pre_bias_at_the_mean_eos_state(toy_model, step_tokenizer,
+                                                           step_table):
+    sae = build_sae(toy_model, step_tokenizer)
+    examples = examples_of(step_table.head(3), step_tokenizer, sae.cfg)
+    training.train_step_sae(sae, examples, build_train_config(n_steps=1, lr=0.0, lm_lr=0.0),
+                            progress=False)
+    torch.testing.assert_close(sae.b_pre.detach(), eos_states(sae, examples).mean(0))
+
+
+def test_training_logs_the_loss_of_its_formula(toy_model, step_tokenizer, step_table):
+    # One example (every batch is that step), learning rates 0 (the model never changes), and a
+    # hand-set encoder bias: the pre-bias starts at the step's own state, so W (h - b_pre) = 0
+    # and the latent is ReLU(b) / ||ReLU(b)|| = (1, 2, 3, 4, 5) / sqrt(55) on latents 11..15.
+    sae = build_sae(toy_model, step_tokenizer, l1_coefficient=0.5, l1_target=2.0)
+    with torch.no_grad():
+        sae.W_enc.bias.copy_(torch.arange(16.0) - 10.0)
+    one = examples_of(step_table.head(1), step_tokenizer, sae.cfg)
+    history = training.train_step_sae(sae, one, build_train_config(
+        n_steps=3, batch_size=2, lr=0.0, lm_lr=0.0, l1_warmup_steps=4), progress=False)
+    l1 = 15 / 55 ** 0.5
+    batch = data.collate(one.context_ids, one.step_ids, sae.sep_id, sae.eos_id, sae.pad_id)
+    expected_latent = torch.zeros(16)
+    expected_latent[11:] = torch.arange(1.0, 6.0) / 55 ** 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(batch)[0], expected_latent)
+        recon, right = sae.reconstruct(batch, expected_latent[None])
+    assert history.step.tolist() == [1, 2, 3]
+    np.testing.assert_allclose(history.l1, l1, rtol=1e-5)
+    assert history.l0.tolist() == [5.0] * 3
+    np.testing.assert_allclose(history.recon_loss, recon.item(), rtol=1e-5)
+    np.testing.assert_allclose(history.token_accuracy, right.item(), rtol=1e-5)
+    # the penalty's weight ramps 1/4, 2/4, 3/4 over l1_warmup_steps = 4
+    penalty = 0.5 * (l1 - 2.0) ** 2
+    np.testing.assert_allclose(history.loss,
+                               [recon.item() + s * penalty for s in (0.25, 0.5, 0.75)], rtol=1e-5)
+
+
+def test_the_checkpoint_holds_the_warmup_schedule_and_both_learning_rates(
+        tmp_path, toy_model, step_tokenizer, step_table):
+    sae = build_sae(toy_model, step_tokenizer)
+    examples = examples_of(step_table.head(4), step_tokenizer, sae.cfg)
+    cfg = build_train_config(n_steps=2, warmup_steps=4, lr=1e-2, lm_lr=1e-3, weight_decay=0.1)
+    history = training.train_step_sae(sae, examples, cfg, checkpoint_dir=tmp_path,
+                                      progress=False)
+    path = tmp_path / "step_000002"
+    extra = torch.load(path / "optimizer.pt", weights_only=True)
+    # after two steps the linear warm-up factor is (2 + 1) / 4; the LMs' group comes first
+    assert extra["schedule"]["_last_lr"] == pytest.approx([0.75e-3, 0.75e-2])
+    groups = extra["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.1]
+    n_lm = sum(1 for lm in (sae.encoder, sae.decoder) for p in lm.parameters() if p.requires_grad)
+    assert [len(g["params"]) for g in groups] == [n_lm, len(sae.phase_parameters(1)) - n_lm]
+    state = json.loads((path / "state.json").read_text())
+    assert state["step"] == 2 and state["train_config"] == cfg.to_dict()
+    assert state["step_sae_config"] == sae.cfg.to_dict()
+    assert state["data"] == training.examples_fingerprint(examples)
+    pd.testing.assert_frame_equal(pd.DataFrame(state["history"]), history)
+    # what may change on resumption and what may not
+    assert training.changed_settings(path, sae, cfg, state["data"]) == []
+    assert training.changed_settings(path, sae, dataclasses.replace(
+        cfg, n_steps=9, checkpoint_every=3, n_threads=1), state["data"]) == []
+    assert training.changed_settings(path, sae, dataclasses.replace(
+        cfg, batch_size=2, seed=5), state["data"]) == ["batch_size", "seed"]
+    other = build_sae(toy_model, copy.deepcopy(step_tokenizer), n_latents=8)
+    assert training.changed_settings(path, other, cfg, "x") == ["step_sae_config",
+                                                                "training examples"]
+
+
+def test_examples_fingerprint_tells_contexts_steps_and_order_apart():
+    def fingerprint(contexts, steps):
+        return training.examples_fingerprint(data.StepExamples(pd.DataFrame(), contexts, steps))
+
+    base = fingerprint([[1, 2], [3]], [[4], [5, 6]])
+    assert base == fingerprint([[1, 2], [3]], [[4], [5, 6]])
+    for contexts, steps in (([[1, 2], [3]], [[4], [5, 7]]), ([[1], [2, 3]], [[4], [5, 6]]),
+                            ([[3], [1, 2]], [[5, 6], [4]]), ([[1, 2]], [[4]])):
+        assert fingerprint(contexts, steps) != base
+
+
+def test_latest_checkpoint_is_the_one_with_the_most_steps(tmp_path):
+    assert training.latest_checkpoint(None) is None
+    assert training.latest_checkpoint(tmp_path / "absent") is None
+    assert training.latest_checkpoint(tmp_path) is None
+    for name in ("step_000003", "step_000010", "step_000009", "step_000020.tmp", "notes"):
+        (tmp_path / name).mkdir()
+    assert training.latest_checkpoint(tmp_path) == tmp_path / "step_000010"
+
+
+def test_phase_two_logs_the_gaussian_nll_by_its_formula(toy_model, step_tokenizer, step_table):
+    sae = build_sae(toy_model, step_tokenizer)
+    one = examples_of(step_table.head(1), step_tokenizer, sae.cfg)  # every batch is this step
+    mean, log_var = torch.linspace(-0.5, 0.5, 16), torch.linspace(-2.0, 1.0, 16)
+    with torch.no_grad():  # the head predicts (mean, log_var) whatever the context
+        sae.context_head.net[2].weight.zero_()
+        sae.context_head.net[2].bias.copy_(torch.cat([mean, log_var]))
+    history = training.train_context_head(sae, one, build_train_config(
+        head_n_steps=2, batch_size=3, head_lr=0.0), progress=False)  # head_lr 0: never moves
+    with torch.no_grad():
+        z = sae.sparse_latent(eos_states(sae, one))[0]
+    nll = 0.5 * (math.log(2 * math.pi) + log_var + (z - mean) ** 2 / log_var.exp()).mean()
+    assert history.step.tolist() == [1, 2]
+    assert history.nll.tolist() == pytest.approx([nll.item()] * 2, rel=1e-5)
+    assert history.mse.tolist() == pytest.approx([((z - mean) ** 2).mean().item()] * 2, rel=1e-5)
+    trainable = {n for n, p in sae.named_parameters() if p.requires_grad}
+    assert "W_enc.weight" in trainable and "context_head.net.0.weight" not in trainable
+
+
+def test_both_phases_draw_their_batches_from_the_config_seed_alone(toy_model, step_tokenizer,
+                                                                 step_table):
+    histories = []
+    for global_seed in (1, 2):
+        sae = build_sae(toy_model, copy.deepcopy(step_tokenizer))
+        examples = examples_of(step_table.head(8), step_tokenizer, sae.cfg)
+        torch.manual_seed(global_seed)  # the global RNG must not matter
+        cfg = build_train_config(n_steps=2, head_n_steps=2, batch_size=2)
+        histories.append((training.train_step_sae(sae, examples, cfg, progress=False),
+                          training.train_context_head(sae, examples, cfg, progress=False)))
+    for first, second in zip(*histories):
+        pd.testing.assert_frame_equal(first, second)
+
+
+def test_reconstruction_metrics_average_each_condition_over_steps(toy_model, step_tokenizer,
+                                                                  step_table):
+    sae = build_sae(toy_model, step_tokenizer).eval()
+    examples = examples_of(step_table.head(5), step_tokenizer, sae.cfg)
+    metrics = inference.reconstruction_metrics(sae, examples, batch_size=2)
+    # batches {0, 1}, {2, 3}, {4}; "shuffled" rolls the latents by one within a batch
+    partner = [1, 0, 3, 2, 4]
+    singles = [data.collate([c], [s], sae.sep_id, sae.eos_id, sae.pad_id)
+               for c, s in zip(examples.context_ids, examples.step_ids)]
+    expected = {c: np.zeros(2) for c in ("own", "shuffled", "zero", "context_head")}
+    with torch.no_grad():
+        latents = [sae.encode(b) for b in singles]
+        for i, batch in enumerate(singles):
+            for name, z in (("own", latents[i]), ("shuffled", latents[partner[i]]),
+                            ("zero", torch.zeros_like(latents[i])),
+                            ("context_head", sae.context_distribution(batch)[0])):
+                expected[name] += [t.item() for t in sae.reconstruct(batch, z)]
+    assert metrics.condition.tolist() == list(expected)
+    for name, (loss, accuracy) in expected.items():
+        row = metrics.set_index("condition").loc[name]
+        assert row.recon_loss == pytest.approx(loss / 5, rel=1e-4), name
+        assert row.token_accuracy == pytest.approx(accuracy / 5, rel=1e-4), name
+
+
+def test_token_accuracy_is_the_share_of_step_tokens_and_eos_the_argmax_gets_right(
+        toy_model, step_tokenizer):
+    sae = build_sae(toy_model, step_tokenizer).eval()
+    a, b = 5, 6  # the decoder can only guess a (when v . h > 0) or b, so guesses vary by position
+    v = torch.randn(toy_model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        head = sae.decoder.get_output_embeddings().weight
+        head.zero_()
+        head[a], head[b] = v, -v
+    contexts = [[a, b, a], [b], [a, a, b, b]]
+    steps = [[a, b, b, a, a], [b, a, b], [a, a, a, b, a, b, b]]
+    batch = data.collate(contexts, steps, sae.sep_id, sae.eos_id, sae.pad_id)
+    with torch.no_grad():
+        latents = sae.encode(batch)
+        _, right = sae.reconstruct(batch, latents)
+        expected = []
+        for i, (context, step) in enumerate(zip(contexts, steps)):
+            embed = sae.decoder.get_input_embeddings()
+            before = embed(torch.tensor([[*context, sae.sep_id]]))
+            targets = torch.tensor([*step, sae.eos_id])  # <eos> is a target no guess can hit
+            inputs = torch.cat([before, sae.prefix(latents[i: i + 1]), embed(targets[None])], 1)
+            logits = sae.decoder(inputs_embeds=inputs).logits[0]
+            # the last prefix vector predicts the first step token, and so on up to <eos>
+            guesses = logits[before.shape[1] + sae.cfg.n_prefix - 1: -1].argmax(-1)
+            expected.append((guesses == targets).float().mean().item())
+    assert right.tolist() == pytest.approx(expected)
+    assert 0 < max(expected) and len(set(expected)) > 1  # the check is not vacuous
 
 
 def test_ddp_rejects_a_batch_that_does_not_split_evenly(monkeypatch, toy_model, step_tokenizer,

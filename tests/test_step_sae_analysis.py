@@ -9,14 +9,46 @@ import pandas as pd
 import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from reasonlens import models, scoring
+from reasonlens import evaluation, models, scoring
 from reasonlens.step_sae import data, n2g, probes, voting
 from reasonlens.step_sae.inference import encode_steps
 from reasonlens.step_sae.model import StepSAE, StepSAEConfig
+from reasonlens.world import prompt
 
 
 # --- probes ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make, field, lowest, below", [
+    (probes.ProbeConfig, "n_length_bins", 2, 1),
+    (probes.ProbeConfig, "n_first_tokens", 1, 0),
+    (probes.ProbeConfig, "C", 1e-12, 0.0),
+    *[(n2g.N2GConfig, name, 1, 0) for name in ("n_latents", "n_examples", "n_replacements",
+                                               "batch_size")],
+    (n2g.N2GConfig, "keep_fraction", 0.0, -0.1),
+    (voting.VotingConfig, "n_samples", 1, 0),
+    (voting.VotingConfig, "temperature", 1e-6, 0.0),
+    (voting.VotingConfig, "tau", 0.0, -0.5),
+])
+def test_configs_accept_their_lowest_value_and_reject_one_below(make, field, lowest, below):
+    make(**{field: lowest})
+    with pytest.raises(ValueError, match=rf"^{field}={below!r} is outside \[{lowest}, "):
+        make(**{field: below})
+
+
+def test_config_errors_say_what_to_do():
+    n2g.N2GConfig(keep_fraction=1.0, anchor="start")
+    n2g.N2GConfig(anchor="both")
+    with pytest.raises(ValueError, match=r"keep_fraction=1.5 is outside \[0.0, 1.0\]"):
+        n2g.N2GConfig(keep_fraction=1.5)
+    with pytest.raises(ValueError, match=r"temperature=0 is outside .*Voting needs sampled "
+                                         r"solutions; use temperature > 0\.$"):
+        voting.VotingConfig(temperature=0)
+
+
 def test_step_targets_bin_lengths_and_pool_rare_first_tokens():
     train = pd.DataFrame({"is_correct": [True, False, True, True],
                           "n_tokens": [5, 8, 12, 20], "first_token": ["a", "a", "b", "c"]})
@@ -31,8 +63,11 @@ def test_step_targets_bin_lengths_and_pool_rare_first_tokens():
     unlabelled = probes.step_targets(train.drop(columns="is_correct"), test,
                                      probes.ProbeConfig())
     assert set(unlabelled) == {"length", "first_token"}
-    with pytest.raises(ValueError, match="with_token_labels"):
+    with pytest.raises(ValueError, match=r"the train step table lacks \['n_tokens'\]"):
         probes.step_targets(train.drop(columns="n_tokens"), test, probes.ProbeConfig())
+    with pytest.raises(ValueError, match=r"the test step table lacks \['first_token'\]; add "
+                                         r"them with probes\.with_token_labels"):
+        probes.step_targets(train, test.drop(columns="first_token"), probes.ProbeConfig())
 
 
 def test_with_token_labels_counts_tokens_and_names_the_first(tokenizer):
@@ -40,6 +75,11 @@ def test_with_token_labels_counts_tokens_and_names_the_first(tokenizer):
     ids = tokenizer("Wait, 3 + 4 = 7.", add_special_tokens=False)["input_ids"]
     assert table.n_tokens.iloc[0] == len(ids)
     assert table.first_token.iloc[0] == tokenizer.convert_ids_to_tokens(ids[0])
+    labelled = pd.DataFrame({"n_tokens": [3], "first_token": ["x"]})  # no step text needed
+    assert probes.with_token_labels(labelled, tokenizer) is labelled
+    partial = pd.DataFrame({"step": ["Wait"], "n_tokens": [99]})
+    assert probes.with_token_labels(partial, tokenizer).n_tokens.tolist() == [
+        len(tokenizer("Wait", add_special_tokens=False)["input_ids"])]
 
 
 def test_classification_metrics_match_hand_computed_values():
@@ -50,6 +90,83 @@ def test_classification_metrics_match_hand_computed_values():
     assert metrics["auc"] == 0.75  # positives 0.8, 0.3 vs negatives 0.4, 0.1: 3 of 4 pairs
     expected = -np.mean(np.log([0.8, 0.6, 0.3, 0.9]))
     assert metrics["loss"] == pytest.approx(expected)
+
+
+def test_classification_metrics_match_sklearn_on_three_classes():
+    labels = np.array(["a", "b", "c", "a", "c", "b", "a"])
+    proba = np.array([[0.5, 0.3, 0.2], [0.2, 0.5, 0.3], [0.1, 0.3, 0.6], [0.3, 0.4, 0.3],
+                      [0.45, 0.2, 0.35], [0.6, 0.3, 0.1], [0.7, 0.2, 0.1]])
+    classes = np.array(["a", "b", "c"])
+    metrics = probes.classification_metrics(labels, proba, classes)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(labels, classes[proba.argmax(1)]))
+    assert metrics["auc"] == pytest.approx(roc_auc_score(labels, proba, multi_class="ovr",
+                                                         average="macro", labels=classes))
+    assert metrics["loss"] == pytest.approx(log_loss(labels, proba, labels=classes))
+
+
+def test_classification_metrics_count_labels_unseen_in_training_as_errors_by_hand():
+    classes = np.array(["a", "b", "c"])
+    labels = np.array(["a", "b", "a", "z"])  # "z" was never a class; no step is a "c"
+    proba = np.array([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
+    metrics = probes.classification_metrics(labels, proba, classes)
+    assert metrics["accuracy"] == 0.25  # predicted a, a, b, c: only the first is right
+    # one-vs-rest over the classes with positives and negatives (a and b; "c" has no positive):
+    # a: positives 0.6, 0.2 vs negatives 0.5, 0.1 win 3 of 4 pairs; b: 0.4 vs 0.3, 0.7, 0.1: 2/3
+    assert metrics["auc"] == pytest.approx((3 / 4 + 2 / 3) / 2)
+    assert metrics["loss"] == pytest.approx(-np.mean(np.log([0.6, 0.4, 0.2, 1e-15])))
+    binary = probes.classification_metrics(np.array([True, True]), np.array([[0.3, 0.7]] * 2),
+                                           np.array([False, True]))
+    assert binary["accuracy"] == 1.0 and np.isnan(binary["auc"])
+    # a probability of 0 for the true class is clipped to 1e-15, not an infinite loss
+    certain = probes.classification_metrics(np.array([True, False]),
+                                            np.array([[1.0, 0.0], [1.0, 0.0]]),
+                                            np.array([False, True]))
+    assert certain["loss"] == pytest.approx(-np.log(1e-15) / 2)
+
+
+def test_step_targets_name_three_length_bins_and_skip_unknown_correctness():
+    train = pd.DataFrame({"is_correct": [True, None, True, False, True, False, True, True, False],
+                          "n_tokens": range(1, 10), "first_token": list("aaabbcdde")})
+    test = pd.DataFrame({"is_correct": [True, False, True], "n_tokens": [0, 4, 100],
+                         "first_token": ["b", "e", "a"]})
+    targets = probes.step_targets(train, test, probes.ProbeConfig(n_length_bins=3,
+                                                                  n_first_tokens=2))
+    assert "correctness" not in targets  # one training step has no label
+    labelled = probes.step_targets(train.assign(is_correct=[True, False] * 4 + [True]), test,
+                                   probes.ProbeConfig())
+    assert labelled["correctness"][0].dtype == bool and labelled["correctness"][1].dtype == bool
+    # many equal lengths: quantile edges coincide and the bins merge instead of failing
+    ties = probes.step_targets(train.assign(n_tokens=[1] * 6 + [2] * 3), test,
+                               probes.ProbeConfig(n_length_bins=3))  # tertile edges 1, 1, 4/3, 2
+    assert ties["length"][0].tolist() == ["<=1"] * 6 + [">1"] * 3
+    with pytest.raises(ValueError, match=r"lengths \(n_tokens \[1, 2\]\) fill a single one of "
+                                         r"n_length_bins=3"):  # edges 1, 1, 1, 2: one bin
+        probes.step_targets(train.assign(n_tokens=[1] * 8 + [2]), test,
+                            probes.ProbeConfig(n_length_bins=3))
+    # the tertiles of 1..9 are 3.67 and 6.33
+    assert targets["length"][0].tolist() == ["<=3"] * 3 + ["4-6"] * 3 + [">6"] * 3
+    assert targets["length"][1].tolist() == ["<=3", "4-6", ">6"]
+    assert targets["first_token"][1].tolist() == ["b", probes.OTHER, "a"]
+
+
+def test_probe_table_rows_match_an_independent_sklearn_fit():
+    rng = np.random.default_rng(1)
+    y_train, y_test = rng.integers(0, 2, 60), rng.integers(0, 2, 20)
+    x_train = y_train[:, None] + rng.normal(size=(60, 3)) * [1.0, 5.0, 20.0]
+    x_test = y_test[:, None] + rng.normal(size=(20, 3)) * [1.0, 5.0, 20.0]
+    cfg = probes.ProbeConfig(C=0.05)
+    table = probes.probe_table({"x": (x_train, x_test)}, {"task": (y_train, y_test)}, cfg)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=0.05)).fit(x_train, y_train)
+    proba = reference.predict_proba(x_test)
+    row = table.set_index("features").loc["x"]
+    assert row.loss == pytest.approx(log_loss(y_test, proba), rel=1e-4)
+    assert row.auc == pytest.approx(roc_auc_score(y_test, proba[:, 1]))
+    assert row.accuracy == pytest.approx(accuracy_score(y_test, proba.argmax(1)))
+    base = table.set_index("features").loc[probes.STATISTICS]
+    frequency = np.tile(np.bincount(y_train) / 60, (20, 1))
+    assert base.loss == pytest.approx(log_loss(y_test, frequency))
+    assert (table.task == "task").all() and (table.n_classes == 2).all()
+    assert (table.n_train == 60).all() and (table.n_test == 20).all()
 
 
 def test_statistics_baseline_predicts_training_frequencies():
@@ -75,8 +192,11 @@ def test_probe_table_beats_the_baseline_on_informative_features():
 
 
 def test_fit_probe_rejects_a_single_class():
-    with pytest.raises(ValueError, match="one class only"):
+    with pytest.raises(ValueError, match=r"one class only \(\[1\]\); use more training steps "
+                                         r"\(step_n_train\)"):
         probes.fit_probe(np.zeros((4, 2)), np.array([1, 1, 1, 1]), probes.ProbeConfig())
+    probe = probes.fit_probe(np.eye(2), np.array([0, 1]), probes.ProbeConfig(C=0.5, max_iter=7))
+    assert (probe[-1].C, probe[-1].max_iter) == (0.5, 7)
 
 
 def build_token_sae(d_in: int, d_sae: int = 24) -> StandardSAE:
@@ -118,7 +238,8 @@ def test_both_anchors_keep_the_shortest_pattern_with_tokens():
     assert n2g._shorter({"end": (5, 6, 7), "start": (1, w)}) == ("start", (1, w))
     assert n2g._shorter({"end": (w,), "start": (1, 2)}) == ("start", (1, 2))  # tokenless loses
     assert n2g._shorter({"end": (6, 7), "start": (1, 2)}) == ("end", (6, 7))  # ties: the suffix
-    with pytest.raises(ValueError, match="anchor"):
+    with pytest.raises(ValueError, match=r"anchor='middle' is unknown; use 'end' \(suffix "
+                                         r"patterns\), 'start' \(prefix patterns\) or 'both'\.$"):
         n2g.N2GConfig(anchor="middle")
 
 
@@ -141,6 +262,102 @@ def test_evaluate_patterns_gives_precision_and_recall():
 def test_most_active_latents_skips_dead_ones():
     latents = np.array([[0.0, 0.5, 0.1, 0.0], [0.0, 0.6, 0.0, 0.0]])
     assert n2g.most_active_latents(latents, 3).tolist() == [1, 2]
+
+
+class RuleModel:
+    """Stands in for a step SAE: its latents are rules on the step's tokens, so every minimal
+    pattern is known by hand. Each latent also gets 0.25 per context token, which the step effect
+    (activation minus that of the context alone) must remove.
+
+    A rule that holds gives 2. Latent 0: the step ends with 5; 1: its second-to-last token is 3;
+    2: it has two or more tokens (a length, not a token: its patterns are all wildcards); 3: it
+    starts with 8; 4: its last token is neither 1 nor 4 (a wildcard to replacements 8, 3, 5
+    only: a wildcard is only as good as the tokens tried).
+    """
+
+    sep_id, eos_id, pad_id = 90, 91, 92
+
+    def eval(self):
+        return self
+
+    def encode_activations(self, batch: data.StepBatch) -> torch.Tensor:
+        rows = []
+        for ids, sep, last in zip(batch.input_ids.tolist(), batch.sep_pos.tolist(),
+                                  batch.last_pos.tolist()):
+            step, base = ids[sep + 1: last], 0.25 * sep
+            rules = (step[-1:] == [5], len(step) >= 2 and step[-2] == 3, len(step) >= 2,
+                     step[:1] == [8], bool(step) and step[-1] not in (1, 4))
+            rows.append([base + 2.0 * rule for rule in rules])
+        return torch.tensor(rows)
+
+
+def rule_examples(steps, contexts=None) -> data.StepExamples:
+    contexts = contexts or [[10 + i] * (i % 3) for i in range(len(steps))]
+    return data.StepExamples(pd.DataFrame({"step": [str(s) for s in steps]}), contexts, steps)
+
+
+def test_n2g_mines_the_minimal_patterns_of_known_rules(tokenizer):
+    model, w = RuleModel(), n2g.WILDCARD
+    examples = rule_examples([[1, 3, 5], [8, 2, 5], [8, 3, 7], [4], [8]])
+    effects = n2g.step_effects(model, examples, batch_size=2)
+    np.testing.assert_array_equal(effects / 2, [[1, 1, 1, 0, 1], [1, 0, 1, 1, 1], [0, 1, 1, 1, 1],
+                                                [0, 0, 0, 0, 0], [0, 0, 0, 1, 1]])
+    assert n2g.frequent_tokens(examples, 3) == [8, 3, 5]  # counts 3, 2, 2 (ties: first seen)
+    replacements = [8, 3, 5]
+
+    def explain(row, latent_idx, anchor, threshold=2.0, tried=tuple(replacements)):
+        return n2g.explain_step(model, examples.context_ids[row], examples.step_ids[row],
+                                latent_idx, threshold, list(tried), batch_size=2, anchor=anchor)
+
+    assert explain(0, 0, "end") == (5,)
+    assert explain(0, 1, "end") == (3, w)  # the last token does not matter
+    assert explain(0, 2, "end") == (w, w)
+    assert explain(1, 3, "end") == (8, w, w) and explain(1, 3, "start") == (8,)
+    assert explain(0, 0, "start") == (w, w, 5)
+    assert explain(0, 4, "end") == (w,) and explain(0, 4, "end", tried=(8, 3, 1)) == (5,)
+    assert explain(0, 0, "end", threshold=2.5) == (1, 3, 5)  # nothing reaches it: the step
+    assert n2g.explain_step(model, [], [1, 3, 5], 0, 2.0, replacements) == (5,)  # "end"
+    with pytest.raises(ValueError, match="anchor='both' must be one of"):
+        explain(0, 0, "both")
+
+    # keep_fraction 1: the threshold is the top steps' mean effect itself, 2.0, reached exactly
+    cfg = n2g.N2GConfig(n_latents=5, n_examples=3, keep_fraction=1.0, n_replacements=2,
+                        anchor="both", batch_size=2)
+    mined = n2g.mine_patterns(model, examples, effects, cfg, tokenizer)
+    # latents by total effect 8, 6, 6, 4, 4 (ties: lower index first); each from its top 3 steps
+    # with an effect > 0; per step the shorter of suffix and prefix pattern (ties: the suffix)
+    expected = [(4, "end", [w], 3, 0, 0), (2, "end", [w, w], 3, 0, 0), (3, "start", [8], 2, 1, 1),
+                (3, "end", [8], 1, 1, 4), (0, "end", [5], 2, 1, 0), (1, "end", [3, w], 2, 1, 0)]
+    assert mined[["latent_idx", "anchor", "pattern", "n_sources", "n_tokens"]].values.tolist() \
+        == [list(row[:5]) for row in expected]
+    assert mined.example.tolist() == [examples.table.step[row[5]] for row in expected]
+    assert (mined.threshold == 2.0).all()
+    assert mined.pattern_text.tolist() == [
+        "…[*]", "…[*][*]", tokenizer.decode([8]) + "…", "…" + tokenizer.decode([8]),
+        "…" + tokenizer.decode([5]), "…" + tokenizer.decode([3]) + "[*]"]
+
+    held_out = rule_examples([[2, 5], [3, 9], [8, 8, 5], [5, 3, 6], [6, 8]])
+    result = n2g.evaluate_patterns(mined, held_out, n2g.step_effects(model, held_out))
+    result = result.set_index("latent_idx")
+    assert result.index.tolist() == [4, 2, 3, 0, 1]
+    assert result.n_patterns.tolist() == [0, 0, 2, 1, 1]
+    assert result.n_tokenless.tolist() == [3, 3, 0, 0, 0]
+    assert result.n_active.tolist() == [5, 5, 1, 2, 2]
+    # latent 3: [8, 8, 5] starts with 8 (active); [6, 8] only ends with it (inactive)
+    assert result.n_matched.tolist() == [0, 0, 2, 2, 2]
+    assert np.isnan(result.precision[2]) and result.recall[2] == 0.0
+    assert result.precision[3] == 0.5 and result.recall[3] == 1.0
+    assert result.precision[[0, 1]].tolist() == [1.0, 1.0]
+    assert result.recall[[0, 1]].tolist() == [1.0, 1.0]
+    inactive = rule_examples([[4]])  # no latent active, no pattern matched: both undefined
+    undefined = n2g.evaluate_patterns(mined, inactive, n2g.step_effects(model, inactive))
+    assert undefined.precision.isna().all() and undefined.recall.isna().all()
+    nothing = n2g.mine_patterns(model, inactive, n2g.step_effects(model, inactive), cfg, tokenizer)
+    assert len(nothing) == 0 and list(nothing.columns) == list(mined.columns)
+    assert list(n2g.evaluate_patterns(nothing, inactive, np.zeros((1, 5))).columns) == [
+        "latent_idx", "n_patterns", "n_tokenless", "n_active", "n_matched", "precision",
+        "recall"]
+    assert n2g.pattern_text([5], tokenizer) == "…" + tokenizer.decode([5])  # a suffix by default
 
 
 @pytest.fixture(scope="module")
@@ -247,14 +464,103 @@ def test_voting_table_reports_three_methods_with_intervals():
     assert diff["difference"] == 0.5
 
 
-def test_sample_solutions_returns_k_per_problem(toy_model, tokenizer, world):
+def test_ties_go_to_the_answer_voted_first_by_sample_index():
+    # problem 5: 4 and 3 twice each, 4 voted by sample 0; rows are not in sample order.
+    # problem 2: 9 and 8 once each, 9 first (sample 0 has no answer). Problem 7: no answers.
+    solutions = pd.DataFrame({
+        "problem_id": [5, 5, 5, 5, 2, 2, 2, 7],
+        "sample_idx": [1, 0, 2, 3, 0, 1, 2, 0],
+        "predicted": pd.array([3, 4, 3, 4, None, 9, 8, None], dtype="Int64")})
+    voted = voting.vote(solutions)
+    assert voted.dtype == "Int64"
+    assert voted.index.tolist() == [5, 2, 7]  # problems in their order of appearance
+    assert voted.tolist()[:2] == [4, 9] and voted.isna().tolist() == [False, False, True]
+    # weighted: 3 gets 0.5 + 0.25, 4 gets 0.25 + 0.5, an exact tie, again to 4; then 3 wins
+    assert voting.vote(solutions, np.array([0.5, 0.25, 0.25, 0.5, 1, 1, 1, 1]))[5] == 4
+    assert voting.vote(solutions, np.array([0.5, 0.25, 0.3, 0.5, 1, 1, 1, 1]))[5] == 3
+    # 8 outweighs 9; a solution without an answer carries no weight
+    assert voting.vote(solutions, np.array([1, 1, 1, 1, 9.0, 0.5, 0.6, 1]))[2] == 8
+    # the majority wins though its first vote came last; None is not an answer that can win
+    late = pd.DataFrame({"problem_id": [1] * 5, "sample_idx": range(5),
+                         "predicted": pd.array([9, None, 4, None, 4], dtype="Int64")})
+    assert voting.vote(late).tolist() == [4]
+    answers = pd.Series([4, 8, 1, 6], index=[5, 2, 7, 11])  # 11 was never sampled
+    assert voting.vote_is_correct(answers, solutions).tolist() == [True, False, False, False]
+
+
+def test_solution_weights_with_a_fractional_tau_and_an_unscored_solution():
+    weights = voting.solution_weights(4, np.array([2, 2, 0]), np.array([0.25, 0.64, 0.81]),
+                                      tau=0.5)
+    assert weights.tolist() == pytest.approx([0.9, 0.0, (0.5 + 0.8) / 2, 0.0])
+
+
+def test_weight_auc_counts_won_pairs_with_ties_as_half():
+    solutions = solutions_frame().assign(is_correct=[True, True, False, False, False, False])
+    weights = [0.9, 0.3, 0.5, 0.2, 0.1, 0.3]
+    # 0.9 beats all four wrong ones; 0.3 beats 0.2 and 0.1, ties 0.3, loses to 0.5: 6.5 of 8
+    assert voting.weight_auc(solutions, weights) == pytest.approx(6.5 / 8)
+    assert np.isnan(voting.weight_auc(solutions.assign(is_correct=False), weights))
+    sweep = voting.tau_sweep(pd.DataFrame({"problem_id": [0, 1], "answer": [5, 3]}), solutions,
+                             6, np.arange(6), np.array(weights), [1.0, 2.0])
+    assert sweep.tau.tolist() == [1.0, 2.0]
+    assert sweep.weight_auc.tolist() == pytest.approx([6.5 / 8] * 2)  # a monotone transform
+    assert sweep.accuracy.tolist() == [1.0, 1.0]
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    p = k / n
+    centre = (p + z ** 2 / (2 * n)) / (1 + z ** 2 / n)
+    half = z / (1 + z ** 2 / n) * (p * (1 - p) / n + z ** 2 / (4 * n ** 2)) ** 0.5
+    return centre - half, centre + half
+
+
+def test_voting_table_intervals_are_wilson_intervals_of_each_method():
+    problems = pd.DataFrame({"problem_id": [0, 1], "answer": [7, 3]})
+    # greedy in another order, with a problem that is not voted on (left out)
+    greedy = pd.DataFrame({"problem_id": [1, 9, 0], "is_correct": [True, True, False]})
+    weights = np.array([0.1, 0.1, 0.9, 0.1, 0.9, 1.0])
+    table, diff = voting.voting_table(problems, greedy, solutions_frame(), weights, n_boot=200,
+                                      seed=3)
+    # greedy: problem 1 right; majority: 5 and 3, problem 1 right; weighted: 7 and 4, problem 0
+    assert table.method.tolist() == ["greedy", "majority", "weighted"]
+    assert table.n.tolist() == [2, 2, 2] and table.accuracy.tolist() == [0.5, 0.5, 0.5]
+    for _, row in table.iterrows():
+        assert (row.ci_low, row.ci_high) == pytest.approx(wilson(1, 2))
+    # weighted is right where majority is wrong and the other way round: every resample of the
+    # two problems gives a difference in {-1, -0.5, 0, 0.5, 1}, centred on 0
+    assert diff["difference"] == 0.0 and -1 <= diff["ci_low"] < 0 < diff["ci_high"] <= 1
+    expected = evaluation.paired_bootstrap_difference([False, True], [True, False], n_boot=200,
+                                                      seed=3)
+    assert (diff["difference"], diff["ci_low"], diff["ci_high"]) == expected
+    _, default = voting.voting_table(problems, greedy, solutions_frame(), weights)
+    assert tuple(default.values()) == evaluation.paired_bootstrap_difference(
+        [False, True], [True, False], n_boot=5000, seed=0)
+
+
+def test_sample_solutions_returns_k_sampled_reasoning_completions_per_problem(
+        toy_model, tokenizer, world):
     problems = world.problems.head(2)
-    cfg = voting.VotingConfig(n_samples=3, max_new_tokens=6)
+    cfg = voting.VotingConfig(n_samples=3, max_new_tokens=6, temperature=0.7, seed=3,
+                              batch_size=4)
     solutions = voting.sample_solutions(toy_model, tokenizer, problems, cfg)
-    assert len(solutions) == 6 and solutions.sample_idx.tolist() == [0, 1, 2] * 2
+    assert list(solutions.columns) == ["problem_id", "sample_idx", "question", "answer",
+                                       "completion", "predicted", "is_correct"]
+    assert solutions.sample_idx.tolist() == [0, 1, 2] * 2
     assert solutions.problem_id.tolist() == np.repeat(problems.problem_id, 3).tolist()
+    assert solutions.answer.tolist() == np.repeat(problems.answer, 3).tolist()
+    prompts = [prompt(q, reasoning=True) for q in np.repeat(problems.question, 3)]
+    assert solutions.completion.tolist() == evaluation.generate(
+        toy_model, tokenizer, prompts, max_new_tokens=6, batch_size=4, temperature=0.7, seed=3)
+    assert solutions.predicted.dtype == "Int64"
+    parsed = [evaluation.parse_answer(c) for c in solutions.completion]
+    assert [None if pd.isna(p) else p for p in solutions.predicted] == parsed
+    assert solutions.is_correct.tolist() == [p is not None and p == a
+                                             for p, a in zip(parsed, solutions.answer)]
     steps = data.trace_step_table(solutions, solutions.completion)
     assert set(steps.solution_idx) <= set(range(6))
+    with pytest.raises(ValueError, match=r"^problems is empty: nothing to vote on\. Check "
+                                         r"step_vote_problems\.$"):
+        voting.sample_solutions(toy_model, tokenizer, problems.head(0), cfg)
 
 
 def test_voting_config_rejects_greedy_sampling():
@@ -283,16 +589,23 @@ def test_weight_auc_and_tau_sweep_follow_the_weights():
 
 
 def test_example_table_takes_one_step_of_each_kind_in_turn():
-    table = pd.DataFrame({"step": list("vwxyz"), "kind": ["a", "a", "b", "c", "b"]})
+    table = pd.DataFrame({"step": list("vwxyz"), "kind": ["a", "a", "b", "c", "b"],
+                          "is_correct": [1, 0, 0, 1, 1]})
     examples = data.StepExamples(table, [[]] * 5, [[1]] * 5)
     scores = np.array([[0.1, 0.9], [0.2, 0.1], [0.8, 0.3], [0.0, 0.5], [0.4, 0.6]])
-    patterns = pd.DataFrame({"latent_idx": [0, 1, 1], "pattern_text": ["…p", "…[*]", "…q"],
-                             "n_sources": [1, 5, 2], "n_tokens": [1, 0, 1]})
+    patterns = pd.DataFrame({"latent_idx": [0, 1, 1, 0],
+                             "pattern_text": ["…p", "…[*]", "…q", "…r"],
+                             "n_sources": [1, 5, 2, 3], "n_tokens": [1, 0, 1, 1]})
     shown = n2g.example_table(examples, scores, patterns, 4, n_top=1, by="kind")
     assert shown.step.tolist() == ["v", "x", "y", "w"]
+    assert shown.is_correct.tolist() == [True, False, True, False]
     assert shown.top_latents.tolist() == ["1:0.90", "0:0.80", "1:0.50", "0:0.20"]
-    assert shown.patterns.tolist() == ["1:…q", "0:…p", "1:…q", "0:…p"]  # tokenless one skipped
-    assert n2g.example_table(examples, scores, patterns, 2, by=None).step.tolist() == ["v", "w"]
+    # each latent's pattern with tokens from the most top steps; the tokenless one is skipped
+    assert shown.patterns.tolist() == ["1:…q", "0:…r", "1:…q", "0:…r"]
+    first = n2g.example_table(examples, scores, patterns, 2, n_top=2, by="no such column")
+    assert first.step.tolist() == ["v", "w"]  # a missing column: the first steps
+    assert first.top_latents.tolist() == ["1:0.90, 0:0.10", "0:0.20, 1:0.10"]
+    assert first.patterns.tolist() == ["1:…q  0:…r", "0:…r  1:…q"]
 
 
 def test_pooled_token_features_bring_the_sae_to_the_model_first(toy_model, tokenizer, world):

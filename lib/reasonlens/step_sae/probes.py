@@ -75,6 +75,10 @@ def step_targets(train: pd.DataFrame, test: pd.DataFrame, cfg: ProbeConfig
         targets["correctness"] = (train["is_correct"].to_numpy(bool),
                                   test["is_correct"].to_numpy(bool))
     _, edges = pd.qcut(train["n_tokens"], cfg.n_length_bins, retbins=True, duplicates="drop")
+    if len(edges) < 3:  # tied quantiles merged every bin into one: nothing to predict
+        raise ValueError(f"the training steps' lengths (n_tokens {sorted(set(train['n_tokens']))}) "
+                         f"fill a single one of n_length_bins={cfg.n_length_bins} quantile bins; "
+                         "use more, or more varied, training steps (step_n_train).")
     edges[0], edges[-1] = -np.inf, np.inf
     names = [f"<={int(hi)}" if lo == -np.inf else f">{int(lo)}" if hi == np.inf
              else f"{int(lo) + 1}-{int(hi)}" for lo, hi in zip(edges[:-1], edges[1:])]
