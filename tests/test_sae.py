@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import signal
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -276,3 +277,131 @@ def test_evaluation_brings_the_sae_to_the_model_first(hooked, contexts):
     meta = identity_sae(D_MODEL, "blocks.0.hook_resid_post").to("meta")
     with pytest.raises(ValueError, match="SAE is on meta and the model on cpu"):
         sae_mod.evaluate_sae(hooked, meta, contexts[:2])
+
+
+# --- metrics against a hand computation ------------------------------------------------------------
+def soft_threshold_sae(d_in: int, threshold: float, n_dead: int, hook_name: str) -> StandardSAE:
+    """W_enc = [I, -I, 0], b_enc = -threshold, W_dec = [I; -I; 0]: features i and d_in + i fire
+    where x_i > threshold and x_i < -threshold, the reconstruction is the soft-thresholded input
+    sign(x) * max(|x| - threshold, 0), and the last ``n_dead`` features (bias -1) never fire."""
+    d_sae = 2 * d_in + n_dead
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, apply_b_dec_to_input=False))
+    eye = torch.eye(d_in)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye, torch.zeros(d_in, n_dead)], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye, torch.zeros(n_dead, d_in)], dim=0))
+        sae.b_enc.copy_(torch.cat([torch.full((2 * d_in,), -threshold), -torch.ones(n_dead)]))
+        sae.b_dec.zero_()
+    sae.cfg.metadata.hook_name = hook_name
+    return sae
+
+
+def hand_evaluation(ht, tokens, hook_name, threshold, n_dead, ignore):
+    """The metrics of ``soft_threshold_sae`` from their definitions, with TransformerLens alone:
+    explained variance 1 - E||x - x_hat||^2 / E||x - E[x]||^2 and L0 over non-special tokens,
+    feature density, and the mean next-token CE (over predictions from non-special tokens) clean,
+    with x_hat spliced in at non-special positions, and with the hook zeroed everywhere."""
+    _, cache = ht.run_with_cache(tokens, names_filter=[hook_name])
+    x = cache[hook_name].double()
+    keep = ~torch.isin(tokens, torch.tensor(ignore, dtype=torch.long))
+    x_hat = x.sign() * (x.abs() - threshold).clamp(min=0)
+    kept, kept_hat = x[keep], x_hat[keep]
+    explained = 1 - ((kept - kept_hat) ** 2).sum(-1).mean() / (
+        (kept - kept.mean(0)) ** 2).sum(-1).mean()
+    density = torch.cat([(kept > threshold).double().mean(0), (kept < -threshold).double().mean(0),
+                         torch.zeros(n_dead, dtype=torch.float64)])
+
+    def next_token_ce(replace=None):
+        hooks = [(hook_name, replace)] if replace else []
+        logits = ht.run_with_hooks(tokens, fwd_hooks=hooks).double()
+        nll = -torch.log_softmax(logits[:, :-1], -1).gather(-1, tokens[:, 1:, None])[..., 0]
+        return nll[keep[:, :-1]].mean().item()
+
+    clean = next_token_ce()
+    spliced = next_token_ce(lambda act, hook: torch.where(keep[..., None], x_hat.to(act.dtype), act))
+    zero = next_token_ce(lambda act, hook: torch.zeros_like(act))
+    return dict(explained_variance=explained.item(),
+                mean_l0=(kept.abs() > threshold).sum(-1).double().mean().item(),
+                frac_dead=(density == 0).double().mean().item(), ce_clean=clean,
+                ce_spliced=spliced, ce_zero_ablation=zero,
+                ce_loss_recovered=(zero - spliced) / (zero - clean),
+                n_tokens=int(keep.sum())), density.numpy()
+
+
+@pytest.fixture(scope="module")
+def fitted(hooked, contexts):
+    """The toy model after 30 Adam steps on 8 contexts (about a second): unlike the random one,
+    its next-token loss is far below uniform, and zero-ablating a layer costs a lot of it."""
+    import copy
+
+    fitted = copy.deepcopy(hooked)
+    optimizer = torch.optim.Adam(fitted.model.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = fitted.model(contexts[:8], return_type="loss")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return fitted
+
+
+def test_evaluation_metrics_match_a_hand_computation(fitted, contexts):
+    hook_name, tokens = "blocks.0.hook_resid_post", contexts[:3]
+    ignore = models.special_token_ids(fitted.tokenizer)
+    _, cache = fitted.model.run_with_cache(tokens, names_filter=[hook_name])
+    threshold = cache[hook_name].abs().median().item()  # about half the features fire
+    # recorded at another hook, evaluated at the one asked for; 3 contexts in batches of 2
+    sae = soft_threshold_sae(D_MODEL, threshold, n_dead=8, hook_name="blocks.1.hook_resid_post")
+    result = sae_mod.evaluate_sae(fitted, sae, tokens, hook_name=hook_name, batch_size=2)
+    expected, density = hand_evaluation(fitted.model, tokens, hook_name, threshold, 8, ignore)
+    assert result.metrics() == pytest.approx(expected, rel=1e-4)
+    np.testing.assert_allclose(result.feature_density, density, atol=1e-12)
+    # the numbers are not degenerate: a partial reconstruction recovers part of the loss
+    assert 0.2 < expected["explained_variance"] < 0.95 and 0 < expected["frac_dead"] < 1
+    assert expected["ce_clean"] < expected["ce_spliced"] < expected["ce_zero_ablation"]
+    assert 0.5 < result.ce_loss_recovered < 1  # about 0.9
+    assert expected["n_tokens"] < tokens.numel()  # BOS/EOS/PAD were left out
+
+
+def test_an_sae_that_reconstructs_nothing_recovers_no_loss(hooked, contexts):
+    """x_hat = 0 everywhere: the spliced model is the zero-ablated one, so CE recovered is 0 and
+    explained variance is 1 - E||x||^2 / Var(x); the encoder still fires on every coordinate."""
+    hook_name, tokens = "blocks.0.hook_resid_post", contexts[:2]
+    sae = identity_sae(D_MODEL, hook_name)
+    with torch.no_grad():
+        sae.W_dec.zero_()
+    m = sae_mod.evaluate_sae(hooked, sae, tokens, exclude_special_tokens=False).metrics()
+    assert m["ce_spliced"] == pytest.approx(m["ce_zero_ablation"], rel=1e-6)
+    assert m["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-5)
+    assert m["n_tokens"] == tokens.numel()  # nothing excluded
+    _, cache = hooked.model.run_with_cache(tokens, names_filter=[hook_name])
+    x = cache[hook_name].reshape(-1, D_MODEL).double()
+    variance = ((x - x.mean(0)) ** 2).sum(-1).mean()
+    assert m["explained_variance"] == pytest.approx(
+        1 - (x ** 2).sum(-1).mean().item() / variance.item(), rel=1e-5)
+    assert m["mean_l0"] == pytest.approx((x != 0).sum(-1).double().mean().item())
+    assert list(m) == ["explained_variance", "mean_l0", "frac_dead", "ce_clean", "ce_spliced",
+                       "ce_zero_ablation", "ce_loss_recovered", "n_tokens"]
+
+
+def test_training_config_reaches_sae_lens():
+    from sae_lens import (JumpReLUTrainingSAEConfig, StandardTrainingSAEConfig,
+                          TopKTrainingSAEConfig)
+
+    cfg = build_sae_train_config(expansion_factor=3, l1_coefficient=2.5, l1_warm_up_steps=4,
+                                 normalize_activations="expected_average_only_in",
+                                 dtype="float64", device="meta")
+    standard = sae_mod._training_sae_config(cfg, 8)
+    assert isinstance(standard, StandardTrainingSAEConfig)
+    assert (standard.d_in, standard.d_sae, standard.l1_coefficient, standard.l1_warm_up_steps,
+            standard.normalize_activations, standard.dtype, standard.device) == (
+        8, 24, 2.5, 4, "expected_average_only_in", "float64", "meta")
+    jumprelu = sae_mod._training_sae_config(cfg.replace(architecture="jumprelu"), 8)
+    assert isinstance(jumprelu, JumpReLUTrainingSAEConfig)
+    assert (jumprelu.l0_coefficient, jumprelu.l0_warm_up_steps, jumprelu.d_sae) == (2.5, 4, 24)
+    topk = sae_mod._training_sae_config(cfg.replace(architecture="topk", k=5), 8)
+    assert isinstance(topk, TopKTrainingSAEConfig) and (topk.k, topk.d_sae) == (5, 24)
+
+
+def test_latest_checkpoint_of_no_folder_is_none(tmp_path):
+    assert sae_mod.latest_checkpoint(None) is None
+    assert sae_mod.latest_checkpoint(tmp_path / "missing") is None

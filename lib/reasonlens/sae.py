@@ -627,7 +627,6 @@ class SAEEvaluation:
                 if f.name != "feature_density"}
 
 
-@torch.no_grad()
 def evaluate_sae(model, sae, tokens, hook_name: str | None = None, batch_size: int = 8,
                  exclude_special_tokens: bool = True) -> SAEEvaluation:
     """Explained variance, L0, dead features and CE loss recovered on held-out contexts.
@@ -672,22 +671,24 @@ def evaluate_sae(model, sae, tokens, hook_name: str | None = None, batch_size: i
     fires = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     l0_sum, n_tokens = 0.0, 0
     ce = {"ce_loss_without_sae": [], "ce_loss_with_sae": [], "ce_loss_with_ablation": []}
-    for start in range(0, len(tokens), batch_size):
-        batch = tokens[start:start + batch_size].to(device)
-        keep = ~torch.isin(batch, torch.tensor(ignore, dtype=torch.long, device=device))
-        _, cache = ht.run_with_cache(batch, names_filter=[hook_name], stop_at_layer=layer + 1)
-        acts = cache[hook_name][keep]
-        feature_acts = sae.encode(acts)
-        variance.add_batch(sae.decode(feature_acts).float(), acts.float())
-        active = (feature_acts != 0)
-        fires += active.sum(0).double().cpu()
-        l0_sum += active.sum().item()
-        n_tokens += int(keep.sum())
-        losses = get_recons_loss(sae, ht, ActivationScaler(), batch, compute_kl=False,
-                                 compute_ce_loss=True, ignore_tokens=ignore or None,
-                                 hook_name=hook_name)
-        for name in ce:
-            ce[name].append(losses[name][keep[:, :-1]].double().cpu())
+    with torch.no_grad():  # a block, not a decorator: mutmut skips decorated functions
+        for start in range(0, len(tokens), batch_size):
+            batch = tokens[start:start + batch_size].to(device)
+            keep = ~torch.isin(batch, torch.tensor(ignore, dtype=torch.long, device=device))
+            _, cache = ht.run_with_cache(batch, names_filter=[hook_name],
+                                         stop_at_layer=layer + 1)
+            acts = cache[hook_name][keep]
+            feature_acts = sae.encode(acts)
+            variance.add_batch(sae.decode(feature_acts).float(), acts.float())
+            active = (feature_acts != 0)
+            fires += active.sum(0).double().cpu()
+            l0_sum += active.sum().item()
+            n_tokens += int(keep.sum())
+            losses = get_recons_loss(sae, ht, ActivationScaler(), batch, compute_kl=False,
+                                     compute_ce_loss=True, ignore_tokens=ignore or None,
+                                     hook_name=hook_name)
+            for name in ce:
+                ce[name].append(losses[name][keep[:, :-1]].double().cpu())
     sae.train(was_training)
     if n_tokens == 0:
         raise ValueError("tokens holds only special tokens (BOS/EOS/PAD); nothing to evaluate. "
