@@ -56,7 +56,7 @@ def test_backends_agree_at_every_hook_point(both_backends, tokens, kind):
         torch.testing.assert_close(tl_cache[name], hf_cache[name], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["hook_resid_pre", "hook_resid_post", "hook_mlp_out"])
+@pytest.mark.parametrize("kind", models.HOOK_KINDS)
 def test_an_editing_hook_changes_both_backends_alike_and_is_removed(both_backends, tokens, kind):
     tl, hf = both_backends
     name = f"blocks.0.{kind}"
@@ -92,6 +92,79 @@ def test_hooks_are_removed_when_the_forward_raises(both_backends, tokens):
     assert not any(hp.fwd_hooks for hp in tl.model.hook_dict.values())
 
 
+def test_hf_run_with_cache_reads_the_residual_stream_transformers_reports(both_backends, tokens):
+    """The oracle: transformers' own hidden states (hidden_states[L] enters layer L)."""
+    _, hf = both_backends
+    names = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.0.hook_resid_post"]
+    logits, cache = hf.run_with_cache(tokens, names)  # with gradients on: the cache is detached
+    out = hf.model(input_ids=tokens, output_hidden_states=True)
+    assert sorted(cache) == sorted(names) and not any(a.requires_grad for a in cache.values())
+    torch.testing.assert_close(logits, out.logits)
+    for name, expected in zip(names, out.hidden_states[:2] + out.hidden_states[1:2]):
+        torch.testing.assert_close(cache[name], expected)
+
+
+def test_run_with_cache_passes_the_attention_mask_on(both_backends, tokens):
+    mask = torch.ones_like(tokens)
+    mask[:, :2] = 0  # left padding
+    name = "blocks.1.hook_resid_post"
+    with torch.no_grad():
+        for model in both_backends:
+            logits, cache = model.run_with_cache(tokens, [name], attention_mask=mask)
+            _, unmasked = model.run_with_cache(tokens, [name])
+            torch.testing.assert_close(logits, model(tokens, attention_mask=mask))
+            assert not torch.allclose(cache[name][:, 2:], unmasked[name][:, 2:], atol=1e-3)
+
+
+def test_hook_names_list_every_layer_and_kind_in_order(both_backends):
+    for model in both_backends:
+        assert model.n_layers == 2 and model.d_model == 32
+        assert model.hook_names == [
+            "blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.0.hook_attn_out",
+            "blocks.0.hook_mlp_out", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post",
+            "blocks.1.hook_attn_out", "blocks.1.hook_mlp_out"]
+
+
+def test_hf_pre_hooks_edit_the_hidden_state_however_the_layer_is_called(both_backends):
+    """Positionally (as LlamaModel calls its layers) or by keyword, a resid_pre hook replaces the
+    hidden state and leaves every other argument as it was; a hook returning None only reads."""
+    _, hf = both_backends
+    layer = hf.layers[0]
+    hidden = torch.randn(1, 5, hf.d_model, generator=torch.Generator().manual_seed(0))
+    rotary = hf.model.model.rotary_emb(hidden, torch.arange(5)[None])
+    full = torch.zeros(1, 1, 5, 5)  # attend everywhere, unlike the causal default
+    seen = []
+
+    def double(activation, hook):
+        seen.append(activation)
+        return 2 * activation
+
+    def read(activation, hook):
+        seen.append(activation)
+
+    with torch.no_grad():
+        expected = layer(2 * hidden, full, position_embeddings=rotary)
+        assert not torch.allclose(expected, layer(2 * hidden, position_embeddings=rotary))
+        with hf.hooks([("blocks.0.hook_resid_pre", double)]):
+            positional = layer(hidden, full, position_embeddings=rotary)
+            by_keyword = layer(hidden_states=hidden, attention_mask=full,
+                               position_embeddings=rotary)
+        with hf.hooks([("blocks.0.hook_resid_pre", read)]):
+            read_only = layer(hidden_states=hidden, attention_mask=full, position_embeddings=rotary)
+    torch.testing.assert_close(positional, expected)
+    torch.testing.assert_close(by_keyword, expected)
+    torch.testing.assert_close(read_only, layer(hidden, full, position_embeddings=rotary))
+    assert len(seen) == 3 and all(torch.equal(a, hidden) for a in seen)
+
+
+def test_a_reading_hook_changes_nothing_on_either_backend(both_backends, tokens):
+    with torch.no_grad():
+        clean = both_backends[1](tokens)
+        for model in both_backends:
+            with model.hooks([(name, lambda activation, hook: None) for name in model.hook_names]):
+                torch.testing.assert_close(model(tokens), clean, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["blocks.9.hook_resid_post", "blocks.0.hook_resid_mid",
                                   "embed.hook"])
 def test_a_hook_point_the_model_lacks_is_a_clear_error(both_backends, tokens, name):
@@ -99,6 +172,58 @@ def test_a_hook_point_the_model_lacks_is_a_clear_error(both_backends, tokens, na
         with pytest.raises(ValueError, match="hook_name"):
             with model.hooks([(name, lambda a, h: a)]):
                 model(tokens)
+
+
+def test_parse_hook_name_accepts_layers_0_to_n_layers_minus_1():
+    assert models.parse_hook_name("blocks.0.hook_resid_pre", 2) == (0, "hook_resid_pre")
+    assert models.parse_hook_name("blocks.1.hook_mlp_out", 2) == (1, "hook_mlp_out")
+    assert models.parse_hook_name("blocks.12.hook_attn_out", 13) == (12, "hook_attn_out")
+    with pytest.raises(ValueError, match=r"not in this model \(2 layers\)\. Use a layer from 0 to "
+                                         r"1, e\.g\. blocks\.1\.hook_resid_post\."):
+        models.parse_hook_name("blocks.2.hook_resid_post", 2)
+    with pytest.raises(ValueError, match=r"use blocks\.\{layer\}\.\{kind\} with kind in"):
+        models.parse_hook_name("blocks.0.hook_resid_post.x", 2)
+
+
+def test_the_sae_hook_name_is_the_one_given_else_the_saes_own(sae):
+    assert models.sae_hook_name(sae) == "blocks.1.hook_resid_post"
+    assert models.sae_hook_name(sae, "blocks.0.hook_mlp_out") == "blocks.0.hook_mlp_out"
+    assert models.check_sae_fits(sae, 2, 32) == "blocks.1.hook_resid_post"
+    assert models.check_sae_fits(sae, 2, 32, "blocks.0.hook_resid_pre") == "blocks.0.hook_resid_pre"
+    with pytest.raises(ValueError, match=r"hook_name='blocks.1.hook_resid_post' is not in this"):
+        models.check_sae_fits(sae, 1, 32)
+    with pytest.raises(ValueError, match=r"sae.cfg.d_in=32 does not match the model's d_model=64; "
+                                         r"load the SAE trained on this model's blocks.1"):
+        models.check_sae_fits(sae, 2, 64)
+    anonymous = copy.deepcopy(sae)
+    anonymous.cfg.metadata.hook_name = None
+    from types import SimpleNamespace as NS
+    for unnamed in (anonymous, NS(cfg=NS()), NS(cfg=NS(metadata=NS()))):  # also no metadata
+        with pytest.raises(ValueError, match=r"hook_name is None and the SAE records none"):
+            models.sae_hook_name(unnamed)
+
+
+def test_special_token_ids_are_bos_eos_and_pad_once_each(tokenizer):
+    from types import SimpleNamespace as Tok
+    assert models.special_token_ids(Tok(bos_token_id=7, eos_token_id=2, pad_token_id=2)) == (2, 7)
+    assert models.special_token_ids(Tok(bos_token_id=None, eos_token_id=3, pad_token_id=0)) == \
+        (0, 3)
+    assert models.special_token_ids(Tok()) == ()
+    expected = {tokenizer.convert_tokens_to_ids(t) for t in ("<bos>", "<eos>", "<pad>")}
+    assert models.special_token_ids(tokenizer) == tuple(sorted(expected)) and len(expected) == 3
+
+
+def test_device_of_is_the_cpu_for_what_has_no_weights():
+    assert models.device_of(torch.nn.Linear(2, 2).to("meta")) == torch.device("meta")
+    assert models.device_of(torch.nn.ReLU()) == torch.device("cpu")
+    assert models.device_of(object()) == torch.device("cpu")
+
+
+def test_load_hooked_passes_device_and_n_ctx_on(saved_toy_model):
+    assert models.device_of(models.load_hooked(saved_toy_model, "hf", device="meta")) == \
+        torch.device("meta")
+    tl = models.load_hooked(saved_toy_model, n_ctx=16)  # TransformerLens is the default backend
+    assert tl.backend == "transformer_lens" and tl.model.cfg.n_ctx == 16
 
 
 def test_unsupported_architecture_and_backend_are_clear_errors(tokenizer, saved_toy_model):
@@ -114,6 +239,19 @@ def test_unsupported_architecture_and_backend_are_clear_errors(tokenizer, saved_
 def test_a_missing_model_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         models.load_hf_model(tmp_path / "nope")
+
+
+def test_a_model_path_may_start_at_home_or_here(saved_toy_model, tmp_path, monkeypatch):
+    import shutil
+    shutil.copytree(saved_toy_model, tmp_path / "toy")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    for path in ("~/toy", "./toy"):
+        model, tokenizer = models.load_hf_model(path)
+        assert model.config.num_hidden_layers == 2 and not model.training
+        assert len(tokenizer) == model.config.vocab_size
+    with pytest.raises(FileNotFoundError, match=r"model path '~/nope' does not exist"):
+        models.load_hf_model("~/nope")
 
 
 def test_toy_config_validates_and_round_trips():

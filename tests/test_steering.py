@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
@@ -5,6 +6,7 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from reasonlens import evaluation, models, scoring, steering
 
 HOOK = "blocks.1.hook_resid_post"  # the conftest SAE's hook point
+PROMPT = "<bos><|user|>Start at 12 and add 3, two times.<|assistant|><think>\n"
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +24,82 @@ def tokens(world, tokenizer):
 
 def _acts(model, sae, tokens):
     return sae.encode(scoring.capture_activations(model, tokens, HOOK))
+
+
+# --- the three formulas by hand, on an SAE small enough to do the arithmetic ---------------------
+def tiny_sae() -> StandardSAE:
+    """d_in 2, d_sae 3: f = relu((x - b_dec) W_enc + b_enc), decode(f) = f W_dec + b_dec.
+
+    Decoder norms 2, 0.5 and 5 (unfolded, one of them below 1); unit directions d_0 = (1, 0),
+    d_1 = (0, 1), d_2 = (0.6, 0.8) (d_0 and d_2 not orthogonal).
+    """
+    sae = StandardSAE(StandardSAEConfig(d_in=2, d_sae=3))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]]))
+        sae.b_enc.copy_(torch.tensor([0.0, 0.0, -1.0]))
+        sae.W_dec.copy_(torch.tensor([[2.0, 0.0], [0.0, 0.5], [3.0, 4.0]]))
+        sae.b_dec.copy_(torch.tensor([1.0, 0.0]))
+    return sae.eval()
+
+
+# Two positions. x = (3, 2): x - b_dec = (2, 2), f = (2, 2, relu(1 + 1 - 1)) = (2, 2, 1),
+# decode(f) = (4 + 0 + 3 + 1, 0 + 1 + 4 + 0) = (8, 5), error x - decode(f) = (-5, -3).
+# x = (0, 0): x - b_dec = (-1, 0), f = (0, 0, 0), decode(f) = b_dec = (1, 0), error (-1, 0).
+TINY_X = torch.tensor([[[3.0, 2.0], [0.0, 0.0]]])  # [batch 1, pos 2, d_in 2]
+TINY_MAX = torch.tensor([4.0, 6.0, 10.0])  # folded units: a feature's component along d_k
+
+
+@pytest.mark.parametrize("features,expected", [
+    # f_2 := 10 * 2 / ||W_dec[2]|| = 4: x + (4 - 1) (3, 4) and 0 + (4 - 0) (3, 4)
+    ({2: 2.0}, [[12.0, 14.0], [12.0, 16.0]]),
+    # f_1 := 6 * 1 / 0.5 = 12: x + (12 - 2) (0, 0.5), and (12 - 0) (0, 0.5)
+    ({1: 1.0}, [[3.0, 7.0], [0.0, 6.0]]),
+    # strength 0 zero-ablates: x - 2 (2, 0); a feature already off leaves x as it is
+    ({0: 0.0}, [[-1.0, 2.0], [0.0, 0.0]]),
+    # both at once: x - 2 (2, 0) + 3 (3, 4)
+    ({0: 0.0, 2: 2.0}, [[8.0, 14.0], [12.0, 16.0]]),
+])
+def test_clamp_writes_the_target_activation_and_keeps_the_error_term_by_hand(features, expected):
+    sae = tiny_sae()
+    with torch.no_grad():
+        steered = steering.steering_hook(sae, features, "clamp", TINY_MAX)(TINY_X, None)
+        default = steering.steering_hook(sae, features, max_activations=TINY_MAX)(TINY_X, None)
+    torch.testing.assert_close(steered, torch.tensor([expected]))
+    torch.testing.assert_close(default, steered)  # the paper's clamp is the default mode
+    # the error term is exactly what it was: x' - decode(encode(x') with the clamp) = x - decode(f)
+    with torch.no_grad():
+        clamped = sae.encode(TINY_X)
+        for idx, strength in features.items():
+            clamped[..., idx] = TINY_MAX[idx] * strength / sae.W_dec[idx].norm()
+        torch.testing.assert_close(steered - sae.decode(clamped),
+                                   TINY_X - sae.decode(sae.encode(TINY_X)))
+
+
+@pytest.mark.parametrize("features,expected", [
+    # x . d_2 := 10 * 2 = 20: (3, 2) . (0.6, 0.8) = 3.4, so x + 16.6 d_2; and 0 + 20 d_2
+    ({2: 2.0}, [[12.96, 15.28], [12.0, 16.0]]),
+    # x . d_1 := 6 (the unit direction, though ||W_dec[1]|| = 0.5)
+    ({1: 1.0}, [[3.0, 6.0], [0.0, 6.0]]),
+    # x . d_0 := 4 and x . d_2 := 20 together: in 2-d that fixes x' = (4, 22) wherever x was
+    # (0.6 * 4 + 0.8 * 22 = 20), although d_0 and d_2 are not orthogonal
+    ({0: 1.0, 2: 2.0}, [[4.0, 22.0], [4.0, 22.0]]),
+])
+def test_direction_mode_sets_each_component_along_the_unit_direction_by_hand(features, expected):
+    with torch.no_grad():
+        steered = steering.steering_hook(tiny_sae(), features, "direction", TINY_MAX)(TINY_X, None)
+    torch.testing.assert_close(steered, torch.tensor([expected]))
+
+
+@pytest.mark.parametrize("features,expected", [
+    ({2: 3.0}, [[4.8, 4.4], [1.8, 2.4]]),  # x + 3 (0.6, 0.8)
+    ({1: 2.0}, [[3.0, 4.0], [0.0, 2.0]]),  # x + 2 (0, 1): the unit direction, not W_dec[1]
+    ({0: 1.0, 2: 3.0}, [[5.8, 4.4], [2.8, 2.4]]),  # x + (1, 0) + 3 (0.6, 0.8)
+    ({0: -1.5}, [[1.5, 2.0], [-1.5, 0.0]]),
+])
+def test_add_mode_adds_strength_times_the_unit_direction_by_hand(features, expected):
+    with torch.no_grad():
+        steered = steering.steering_hook(tiny_sae(), features, "add")(TINY_X, None)
+    torch.testing.assert_close(steered, torch.tensor([expected]))
 
 
 def test_clamping_a_feature_to_its_current_value_changes_nothing(backends, sae, tokens):
@@ -113,6 +191,30 @@ def test_bad_requests_fail_before_anything_is_attached(backends, sae, features, 
     assert not any(m._forward_hooks for m in hf.model.modules())
 
 
+def test_feature_indices_run_from_0_to_d_sae_minus_1(backends, sae):
+    _, hf = backends
+    ones = torch.ones(sae.cfg.d_sae)
+    for idx in (0, sae.cfg.d_sae - 1):  # both ends are features
+        steering.check_steering(hf, sae, {idx: 1.0}, "clamp", ones)
+    for idx in (-1, sae.cfg.d_sae):
+        with pytest.raises(ValueError, match=rf"feature_idx={idx} is outside the SAE \(d_sae=64\)"):
+            steering.check_steering(hf, sae, {idx: 1.0}, "clamp", ones)
+    with pytest.raises(ValueError, match="strength=inf for feature 1 is not finite"):
+        steering.check_steering(hf, sae, {1: float("inf")}, "add", None)
+    steering.check_steering(hf, sae, {1: 1.0}, "add", None)  # add needs no max activations
+    for mode in ("clamp", "direction"):
+        with pytest.raises(ValueError, match=rf"mode='{mode}' needs max_activations \(notebook 04"):
+            steering.check_steering(hf, sae, {1: 1.0}, mode, None)
+
+
+def test_an_sae_of_another_width_is_an_error(backends):
+    cfg = StandardSAEConfig(d_in=16, d_sae=8)
+    cfg.metadata.hook_name = HOOK
+    with pytest.raises(ValueError, match="sae.cfg.d_in=16 does not match the model's d_model=32"):
+        with steering.steer(backends[1], StandardSAE(cfg), {0: 1.0}, "add"):
+            pass
+
+
 def test_an_sae_at_a_hook_the_model_lacks_is_an_error(backends):
     cfg = StandardSAEConfig(d_in=32, d_sae=8)
     cfg.metadata.hook_name = "blocks.7.hook_resid_post"
@@ -130,7 +232,8 @@ def test_steered_completions_cover_every_condition(backends, sae, tokenizer):
     assert set(zip(frame.feature_idx, frame.strength)) == {(-1, 0.0), (2, 0.0), (2, 50.0),
                                                            (4, 0.0), (4, 50.0)}
     unsteered = frame[frame.feature_idx == -1].completion.tolist()
-    assert frame[(frame.feature_idx == 2) & (frame.strength == 0.0)].completion.tolist() == unsteered
+    ablated = frame[(frame.feature_idx == 2) & (frame.strength == 0.0)]
+    assert ablated.completion.tolist() == unsteered
     with pytest.raises(ValueError, match="backend='hf'"):
         steering.steered_completions(tl, sae, prompts, [2], [1.0], mode="add")
     with pytest.raises(ValueError, match="feature_idx=640"):
@@ -154,23 +257,107 @@ def test_run_conditions_names_each_condition_and_ablates_several_features(backen
     f = sae.encode(x)
     removed = f[..., [1, 2]] @ sae.W_dec[[1, 2]]
     assert torch.allclose(hook(x, None), x - removed, atol=1e-5) and removed.abs().max() > 0.01
-    with pytest.raises(ValueError, match="feature_idx=99"):  # checked before generating anything
-        steering.run_conditions(hf, sae, prompts, {"ok": {1: 1.0}, "bad": {99: 1.0}},
-                                max_activations=maxima)
 
 
-def test_density_matched_controls_are_close_in_density_and_distinct():
+def test_run_conditions_generates_as_evaluation_generate_does_greedy_by_default(backends, sae,
+                                                                                tokenizer):
+    _, hf = backends
+    prompts = [PROMPT, "<bos><|user|>Add 4 to 9.<|assistant|>"]
+
+    def run(**settings):
+        frame = steering.run_conditions(hf, sae, prompts, {"none": None}, max_new_tokens=5,
+                                        **settings)
+        return frame.completion.tolist(), frame.generated_ids.tolist()
+
+    def generate(**settings):
+        return evaluation.generate(hf.model, tokenizer, prompts, 5, return_ids=True, **settings)
+
+    greedy, sampled = generate(), generate(temperature=1.0, seed=5)
+    assert sampled != greedy and sampled != generate(temperature=1.0, seed=0)  # distinguishable
+    assert [len(ids) for ids in greedy[1]] == [5, 5]  # max_new_tokens is what stops them
+    assert run() == greedy
+    assert run(temperature=1.0, seed=5) == sampled
+
+
+def test_run_conditions_checks_every_condition_before_generating_anything(backends, sae):
+    import copy
+    _, hf = backends
+    forwards = []
+    handle = hf.model.register_forward_hook(lambda *args: forwards.append(1))
+    try:
+        with pytest.raises(ValueError, match="feature_idx=99"):
+            steering.run_conditions(hf, sae, [PROMPT], {"none": None, "ok": {1: 1.0},
+                                                        "bad": {99: 1.0}},
+                                    max_activations=torch.ones(sae.cfg.d_sae))
+        with pytest.raises(ValueError, match="SAE is on meta and the model on cpu"):
+            steering.run_conditions(hf, copy.deepcopy(sae).to("meta"), [PROMPT],
+                                    {"none": None, "steered": {3: 1.0}}, mode="add")
+        with pytest.raises(ValueError, match="backend='hf'"):  # the bare transformers model
+            steering.run_conditions(hf.model, sae, [PROMPT], {"none": None})
+    finally:
+        handle.remove()
+    assert forwards == []
+
+
+def test_steered_completions_clamp_by_default_and_stop_at_max_new_tokens(backends, sae):
+    _, hf = backends
+    with pytest.raises(ValueError, match="mode='clamp' needs max_activations"):
+        steering.steered_completions(hf, sae, [PROMPT], [2], [1.0])
+    frame = steering.steered_completions(hf, sae, [PROMPT], [2], [0.0, 40.0],
+                                         torch.ones(sae.cfg.d_sae), max_new_tokens=3)
+    assert frame.condition.tolist() == ["unsteered", "f2 x0", "f2 x40"]
+    assert [len(ids) for ids in frame.generated_ids] == [3, 3, 3]
+    assert frame.completion[2] != frame.completion[0]
+
+
+def test_density_matched_controls_are_nearest_in_log_density_and_distinct():
     import pandas as pd
     density = [0.1, 0.11, 0.09, 0.5, 0.0, 0.001, 0.0011, 0.3]
     scores = pd.DataFrame({"feature_idx": range(8), "density": density})
     assert steering.density_matched_controls(scores, [0, 5], n_neighbours=1) == [1, 6]
     controls = steering.density_matched_controls(scores, [0], n_neighbours=1, exclude=[1])
     assert controls == [2]  # 1 is excluded; 2 is the nearest left
-    assert steering.density_matched_controls(scores, [0, 5], seed=4) == \
-        steering.density_matched_controls(scores, [0, 5], seed=4)
-    assert 4 not in steering.density_matched_controls(scores, [5], n_neighbours=7)  # dead
-    with pytest.raises(ValueError, match="not in scores"):
+    # 0's nearest (1) is taken, so 2 (0.09) gets 7 (0.3, log gap 1.2), not 1 (0.11, gap 0.2)
+    assert steering.density_matched_controls(scores, [0, 2], n_neighbours=1) == [1, 7]
+    # nearness is in log density: from 0.09, 0.3 is a ratio of 3.3, 0.001 one of 90
+    assert steering.density_matched_controls(scores, [2], n_neighbours=1, exclude=[0, 1]) == [7]
+    with pytest.raises(ValueError, match=r"features \[42\] are not in scores \(feature_idx 0..7\)"):
         steering.density_matched_controls(scores, [42])
+    with pytest.raises(ValueError, match="n_neighbours=0 is outside"):
+        steering.density_matched_controls(scores, [0], n_neighbours=0)
+
+
+def test_a_dead_feature_is_never_a_control():
+    import pandas as pd
+    scores = pd.DataFrame({"feature_idx": range(3), "density": [0.1, 0.0, 0.2]})
+    with pytest.raises(ValueError, match="no live feature is left"):  # 1 is dead, 2 excluded
+        steering.density_matched_controls(scores, [0], exclude=[2])
+
+
+def test_controls_come_from_the_10_nearest_in_log_density_outside_the_top_100():
+    """A frame whose answer is known: features 0..99 are the top 100 by ReasonScore, all exactly
+    as dense as feature 0; features 100 + j lie at log gap 0.05 (j + 1) from it, alternately
+    above and below; 300..309 are dead. So the candidates are exactly 100..109."""
+    import pandas as pd
+    j = np.arange(200)
+    gap = 0.05 * (j + 1) * np.where(j % 2, -1, 1)
+    density = np.concatenate([np.full(100, 0.01), 0.01 * np.exp(gap), np.zeros(10)])
+    scores = pd.DataFrame({"feature_idx": range(310), "density": density,
+                           "reason_score": np.concatenate([np.linspace(2, 1, 100),
+                                                           np.linspace(0.5, 0, 210)])})
+    top_100 = scores.nlargest(100, "reason_score").feature_idx.tolist()
+    assert sorted(top_100) == list(range(100))
+    draws = [steering.density_matched_controls(scores, [0], seed=seed, exclude=top_100)[0]
+             for seed in range(100)]
+    assert set(draws) == set(range(100, 110))
+    # a second feature draws from the 10 nearest that are left: never the first one's control
+    pairs = [steering.density_matched_controls(scores, [0, 1], seed=seed, exclude=top_100)
+             for seed in range(30)]
+    assert all(a != b and {a, b} <= set(range(100, 111)) for a, b in pairs)
+    # the draw is the seed's alone (the global RNGs play no part), and the default seed is 0
+    np.random.seed(123)
+    torch.manual_seed(123)
+    assert steering.density_matched_controls(scores, [0, 1], exclude=top_100) == pairs[0]
 
 
 def test_max_activations_take_notebook_05s_values_over_04s(tmp_path):
@@ -182,7 +369,8 @@ def test_max_activations_take_notebook_05s_values_over_04s(tmp_path):
     run.write(K.REASON_SCORES, pd.DataFrame({"feature_idx": [2, 0, 1],
                                              "max_activation": [3.0, 1.0, 2.0]}))
     run.write(K.MAX_ACTIVATIONS, pd.DataFrame({"feature_idx": [1], "max_activation": [5.0]}))
-    assert steering.max_activations_of(run).tolist() == [1.0, 5.0, 3.0]
+    maxima = steering.max_activations_of(run)
+    assert maxima.tolist() == [1.0, 5.0, 3.0] and maxima.dtype == torch.float32
 
 
 # --- model and SAE on different devices (the meta device stands in for a GPU) -------------------
@@ -221,12 +409,10 @@ def test_a_hook_given_activations_on_another_device_names_both(sae, mode):
         hook(x, types.SimpleNamespace(name=HOOK))
 
 
-def test_run_conditions_refuses_an_sae_it_cannot_bring_to_the_model(backends, sae):
-    import copy
-    _, hf = backends
-    with pytest.raises(ValueError, match="SAE is on meta and the model on cpu"):
-        steering.run_conditions(hf, copy.deepcopy(sae).to("meta"), ["Add 2 to 3."],
-                                {"steered": {3: 1.0}}, mode="add", max_new_tokens=2)
+def test_a_hook_called_without_a_hook_object_still_names_both_devices(sae):
+    hook = steering.steering_hook(sae, {3: 1.0}, "add")
+    with pytest.raises(ValueError, match="activations at the hook point are on meta but the SAE"):
+        hook(torch.zeros(1, 2, sae.cfg.d_in, device="meta"), None)
 
 
 def test_a_bfloat16_model_steers_in_the_float32_of_the_sae(saved_toy_model, sae, tokens):

@@ -6,7 +6,9 @@ a KV cache):
 - ``clamp`` (the paper's): f = encode(x); err = x - decode(f); f[k] = max_activation(k) * strength;
   x' = decode(f) + err. The error term keeps everything the SAE does not explain.
 - ``direction``: the component of x along feature k's unit decoder direction d_k is set to
-  max_activation(k) * strength, the same component the clamp writes.
+  max_activation(k) * strength, the same component the clamp writes. Several features move x
+  within the span of their directions only, so that every x . d_k hits its value also when the
+  directions are not orthogonal (a least-squares compromise where they are linearly dependent).
 - ``add``: x' = x + strength * d_k.
 
 ``max_activation`` is in the units ReasonScore reports (decoder norms folded into the encoder, so a
@@ -95,6 +97,10 @@ def steering_hook(sae, features: Mapping[int, float], mode: str = "clamp",
         maxima = torch.as_tensor(max_activations, dtype=torch.float32)[idx]
         components = maxima.to(device, dtype) * strengths
         targets = components / norms
+    if mode == "direction":
+        # x' = x + a D with (a D) . d_j = c_j - x . d_j for every j: a = (c - x D^T) G^+, G = D D^T
+        gram = directions.float() @ directions.float().T
+        gram_pinv = torch.linalg.pinv(gram).to(dtype)  # [n, n]; the identity for one feature
     idx = idx.to(device)
 
     def hook(activation: torch.Tensor, hook) -> torch.Tensor:
@@ -110,7 +116,7 @@ def steering_hook(sae, features: Mapping[int, float], mode: str = "clamp",
                 feature_acts[..., idx] = targets
                 x = x + (sae.decode(feature_acts) - reconstruction)
         elif mode == "direction":
-            x = x + (components - x @ directions.T) @ directions  # [batch, pos, n] @ [n, d_model]
+            x = x + (components - x @ directions.T) @ gram_pinv @ directions  # [.., n] [n, d_model]
         else:
             x = x + strengths @ directions
         return x.to(activation.dtype)
