@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import torch
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
 
 from reasonlens import data, models, scoring
-from reference.reason_score_reference import reference_reason_score
+from reference.reason_score_reference import (folded_feature_acts, reference_prompt_score,
+                                              reference_reason_score, reference_window_share)
 
 HOOK = "blocks.1.hook_resid_post"
 N_POS = 96
@@ -84,15 +86,42 @@ def test_config_round_trip():
     assert scoring.ReasonScoreConfig.from_dict(ids_cfg.to_dict()) == ids_cfg
 
 
-@pytest.mark.parametrize("overrides, param", [
-    ({"alpha": -1.0}, "alpha"), ({"window": (1,)}, "window"), ({"window": (-1, 2)}, "window"),
-    ({"batch_size": 0}, "batch_size"), ({"words": ()}, "words"), ({"words": "wait"}, "words"),
-    ({"words": ("wait", "wait")}, "words"), ({"token_ids": [[[5]]]}, "token_ids"),
-    ({"words": ("a",), "token_ids": [[]]}, "token_ids"),
+@pytest.mark.parametrize("overrides, message", [
+    ({"alpha": -1.0}, r"alpha=-1.0 is outside [0.0, inf]. The paper uses alpha=0.7."),
+    ({"window": (1,)}, r"window=(1,) must be two non-negative ints (left, right), e.g. (1, 2)."),
+    ({"window": (-1, 2)}, r"window=(-1, 2) must be two non-negative ints"),
+    ({"batch_size": 0}, r"batch_size=0 is outside [1, inf]."),
+    ({"words": ()}, r"words=() is empty; give at least one reasoning word."),
+    ({"words": "wait"}, r"words='wait' must be a sequence of non-empty strings, "
+                        r"e.g. ('alternatively', 'hmm', 'maybe')."),
+    ({"words": ("wait", "  ")}, r"words=('wait', '  ') must be a sequence of non-empty strings"),
+    ({"words": ("wait", 5)}, r"words=('wait', 5) must be a sequence of non-empty strings"),
+    ({"words": ("wait", "wait")}, r"words=('wait', 'wait') has duplicates"),
+    ({"token_ids": [[[5]]]}, r"token_ids has 1 groups but words has 10 names; pass words=(...) "
+                             r"with one name per token-id group."),
+    ({"words": ("a",), "token_ids": [[]]}, r"token_ids group 0 is empty; give at least one"),
+    ({"words": ("a",), "token_ids": [[[5], []]]},
+     r"token_ids group 0 holds an empty token sequence."),
+    ({"words": ("a",), "token_ids": ()}, r"token_ids=() is empty; give at least one group or use "
+                                         r"None for keyword mode."),
 ])
-def test_config_errors_name_the_parameter(overrides, param):
-    with pytest.raises(ValueError, match=param):
+def test_config_errors_name_the_parameter_and_the_fix(overrides, message):
+    with pytest.raises(ValueError) as error:
         build_reason_score_config(**overrides)
+    assert str(error.value).startswith(message)
+    if message.endswith("."):
+        assert str(error.value) == message
+
+
+def test_config_normalises_sequences_to_tuples():
+    cfg = build_reason_score_config(words=["a", "b"], window=[2, 1],
+                                    ignore_token_ids=[np.int64(4), 7], token_ids=[7, [[8, 9], 10]])
+    assert cfg.words == ("a", "b") and cfg.window == (2, 1)
+    assert cfg.ignore_token_ids == (4, 7) and all(type(i) is int for i in cfg.ignore_token_ids)
+    assert cfg.token_ids == (((7,),), ((8, 9), (10,)))
+    assert hash(cfg) == hash(build_reason_score_config(words=("a", "b"), window=(2, 1),
+                                                       ignore_token_ids=(4, 7),
+                                                       token_ids=(((7,),), ((8, 9), (10,)))))
 
 
 def test_unknown_config_key_is_an_error():
@@ -125,22 +154,226 @@ def test_masks_widen_clip_and_ignore():
     assert exact[0].sum() == 6 and exact[1].nonzero().tolist() == [[1, 8]]
 
 
-def test_word_the_tokenizer_cannot_produce_is_dropped():
-    class UnknownOnly:
-        unk_token_id = 3
+def test_masks_of_a_group_join_all_its_variants():
+    # Group 0 lists a variant absent from the tokens and one longer than the context first;
+    # group 1 is a word exactly as long as the context.
+    tokens = torch.tensor([[1, 5, 6, 2, 3, 7, 4]])
+    masks = scoring.word_masks(tokens, [[(8, 8), (1, 5, 6, 2, 3, 7, 4, 0), (5, 6), (7,)],
+                                        [(1, 5, 6, 2, 3, 7, 4)]],
+                               window=(1, 0), ignore_ids=())
+    assert masks[0, 0].tolist() == [True, True, True, False, True, True, False]
+    assert masks[1, 0].all()
+    wide = scoring.word_masks(tokens, [[(3,)]], window=(9, 9), ignore_ids=(4,))
+    assert wide[0, 0].tolist() == [True] * 6 + [False]
 
-        def encode(self, text, add_special_tokens=False):
-            return [7, 8] if text.strip().lower() == "wait" else [3]
 
-        def decode(self, ids):
-            return {(7, 8): "wait"}.get(tuple(ids), "?")
+class LetterTokenizer:
+    """One id per character (its ord), with the quirks real tokenizers have: an unknown id for
+    characters it lacks (" " and "x") that decodes back to "x", a lossy normaliser that spells
+    "q" as "k", and BOS prepended when ``add_special_tokens`` (the transformers default)."""
 
-    cfg = build_reason_score_config(words=("wait", "hmm"))
-    with pytest.warns(UserWarning, match="'hmm'"):
-        groups = scoring.reasoning_groups(UnknownOnly(), cfg)
-    assert list(groups) == ["wait"]
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match="words"):
-        scoring.reasoning_groups(UnknownOnly(), build_reason_score_config(words=("hmm",)))
+    unk_token_id, bos_token_id = 0, 1
+
+    def encode(self, text, add_special_tokens=True):
+        ids = [self.unk_token_id if c in " x" else ord("k" if c == "q" else c) for c in text]
+        return [self.bos_token_id] + ids if add_special_tokens else ids
+
+    def decode(self, ids):
+        return "".join({self.unk_token_id: "x", self.bos_token_id: ""}.get(i) or chr(i)
+                       for i in ids)
+
+
+def test_reasoning_groups_keep_only_variants_the_tokenizer_spells():
+    cfg = build_reason_score_config(words=("xm", "qa", "xx", "Wait"))
+    with pytest.warns(UserWarning, match=r"words: 'xx' cannot be produced by this tokenizer"):
+        groups = scoring.reasoning_groups(LetterTokenizer(), cfg)
+    ords = lambda text: tuple(map(ord, text))  # noqa: E731
+    # "xm" holds the unknown id (although it decodes back), "qa" does not decode back, and no
+    # leading-space form survives: each group keeps the later variants that do round-trip.
+    assert groups == {"xm": (ords("Xm"),), "qa": (ords("Qa"),),
+                      "Wait": (ords("wait"), ords("Wait"))}
+    with pytest.warns(UserWarning), pytest.raises(
+            ValueError, match=r"words=\('xx',\): the tokenizer can produce none of them"):
+        scoring.reasoning_groups(LetterTokenizer(), build_reason_score_config(words=("xx",)))
+
+
+def test_token_id_mode_groups_are_the_given_ids(tokenizer):
+    cfg = build_reason_score_config(words=("a", "b"), token_ids=[[[5, 6], 7], [8]])
+    assert scoring.reasoning_groups(tokenizer, cfg) == {"a": ((5, 6), (7,)), "b": ((8,),)}
+
+
+# --- Hand-computed tiny case: a lookup-table model ------------------------------------------
+# At blocks.0.hook_resid_pre the toy model's activation is its token embedding, so with a hand-set
+# embedding table and an SAE whose feature f reads dimension f, every feature activation is known:
+# feature f on token t is relu(embedding[t, f]) * |W_dec[f]| once decoder norms are folded in.
+TABLE_HOOK = "blocks.0.hook_resid_pre"
+W_DEC_NORMS = (2.0, 1.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def table(toy_model, tokenizer):
+    """The table model, its 3-feature SAE and two hand-laid contexts of 10 tokens.
+
+    row 0: BOS d0 [wait] d1 d2 [Let me] d3 PAD       (each bracketed word is two tokens)
+    row 1: d4 d5 d6 d7 d8 d9 d10 [Wait] EOS
+
+    Embedding values (folded activation = value * W_DEC_NORMS[f]); every other entry is 0:
+      f0: last token of wait and of Wait 1, d3 1, d6 0.5
+      f1: d2 1, last token of "Let me" 2
+      f2: d0 1, d4..d9 0.5, BOS/EOS/PAD 5 (ignored tokens: they must count nowhere)
+    """
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    wait, cap_wait, let_me = encode("wait"), encode("Wait"), encode("Let me")
+    digits = [encode(str(i)) for i in range(10)] + [encode("=")]
+    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    words_ids = set(wait + cap_wait + let_me)
+    assert (len(wait), len(cap_wait), len(let_me)) == (2, 2, 2) and all(
+        len(d) == 1 and d[0] not in words_ids | {bos, eos, pad} for d in digits), \
+        "the hand-computed case assumes two-token words and one-token digit fillers"
+    d = [ids[0] for ids in digits]
+    tokens = torch.tensor([[bos, d[0], *wait, d[1], d[2], *let_me, d[3], pad],
+                           [d[4], d[5], d[6], d[7], d[8], d[9], d[10], *cap_wait, eos]])
+    hf = copy.deepcopy(toy_model)
+    emb = torch.zeros_like(hf.model.embed_tokens.weight)
+    emb[wait[-1], 0] = emb[cap_wait[-1], 0] = emb[d[3], 0] = 1.0
+    emb[d[6], 0] = 0.5
+    emb[d[2], 1], emb[let_me[-1], 1] = 1.0, 2.0
+    emb[d[0], 2] = 1.0
+    emb[d[4:10], 2] = 0.5
+    emb[[bos, eos, pad], 2] = 5.0
+    with torch.no_grad():
+        hf.model.embed_tokens.weight.copy_(emb)
+    cfg = StandardSAEConfig(d_in=32, d_sae=3)
+    cfg.metadata.hook_name = TABLE_HOOK
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        for param in sae.parameters():
+            param.zero_()
+        for f, norm in enumerate(W_DEC_NORMS):
+            sae.W_enc[f, f] = 1.0
+            sae.W_dec[f, 10 + f] = norm
+    return models.HFHookedModel(hf, tokenizer), sae.eval(), tokens
+
+
+def binary_entropy_bits(p: float) -> float:
+    return -(p * math.log(p) + (1 - p) * math.log(1 - p)) / math.log(2)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_hand_computed_reason_score(table, batch_size):
+    model, sae, tokens = table
+    cfg = scoring.ReasonScoreConfig(words=("wait", "let me"), window=(1, 2), alpha=0.7,
+                                    batch_size=batch_size)
+    frame, stats = scoring.reason_score(model, sae, tokens, cfg, progress=False)
+    # Masks (window (1, 2), minus BOS/EOS/PAD): wait = row 0 positions 1-5 and row 1 positions
+    # 6-8 (clipped at the edge, EOS dropped), 8 tokens; let me = row 0 positions 5-8 (PAD
+    # dropped), 4 tokens; mask_pos is their union, 11 tokens; mask_neg is row 1 positions 0-5.
+    assert stats.group_count.tolist() == [8, 4]
+    assert (int(stats.pos_count), int(stats.neg_count)) == (11, 6)
+    # mu_i: f0 = (2 + 2) / 8 and 2 / 4; f1 = 1 / 8 and (1 + 2) / 4; f2 = 1 / 8 and 0.
+    np.testing.assert_allclose(frame["mu_wait"], [0.5, 1 / 8, 1 / 8])
+    np.testing.assert_allclose(frame["mu_let_me"], [0.5, 3 / 4, 0.0])
+    np.testing.assert_allclose(frame["mu_pos"], [6 / 11, 3 / 11, 1 / 11])
+    np.testing.assert_allclose(frame["mu_neg"], [1 / 6, 0.0, 3 / 6])
+    # p(f1) = (1/8, 3/4) / (7/8) = (1/7, 6/7); f0 is spread evenly, f2 fires on one word only.
+    h1 = binary_entropy_bits(1 / 7)
+    np.testing.assert_allclose(frame["entropy"], [1.0, h1, 0.0], atol=1e-12)
+    # sum mu_pos = 10/11, sum mu_neg = 2/3.
+    np.testing.assert_allclose(frame["reason_score"],
+                               [0.6 * 1.0 - 0.25, 0.3 * h1 ** 0.7 - 0.0, 0.1 * 0.0 - 0.75])
+    np.testing.assert_allclose(frame["max_activation"], [2.0, 2.0, 1.0])  # not the 5s
+    np.testing.assert_allclose(frame["density"], [4 / 17, 2 / 17, 7 / 17])
+    assert frame["feature_idx"].tolist() == [0, 1, 2]
+    pd.testing.assert_frame_equal(stats.reason_score(), frame)  # alpha defaults to the paper's 0.7
+
+
+def test_hand_computed_single_multi_token_word_has_entropy_one(table):
+    model, sae, tokens = table
+    cfg = scoring.ReasonScoreConfig(words=("let me",), window=(1, 2), alpha=0.7)
+    frame, stats = scoring.reason_score(model, sae, tokens, cfg, progress=False)
+    # |R| = 1: H = 1 for every feature, even f2 that never fires on the word.
+    assert (int(stats.pos_count), int(stats.neg_count)) == (4, 13)
+    np.testing.assert_allclose(frame["entropy"], [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(frame["mu_pos"], [0.5, 0.75, 0.0])
+    np.testing.assert_allclose(frame["mu_neg"], [5 / 13, 0.0, 4 / 13])
+    # sum mu_pos = 5/4, sum mu_neg = 9/13.
+    np.testing.assert_allclose(frame["reason_score"], [0.4 - 5 / 9, 0.6, -4 / 9])
+
+
+def test_hand_computed_prompt_score(table):
+    model, sae, tokens = table
+    got = scoring.prompt_score(model, sae, tokens, [2, 0, 1], top_k=2)
+    # Features 2 and 0; row 0 has 8 kept tokens, f2 sums 1 and f0 2 + 2; row 1 has 9 kept tokens,
+    # f2 sums 6 * 0.5 and f0 1 + 2. The 5s on BOS/EOS/PAD are ignored.
+    torch.testing.assert_close(got, torch.tensor([5 / 16, 6 / 18]))
+    every = scoring.prompt_score(model, sae, tokens, [1])
+    torch.testing.assert_close(every, torch.tensor([3 / 8, 0.0]))
+    # top_k=1 keeps f2 alone; two-token prompts: row 0 keeps d0 only, row 1 keeps d4 and d5;
+    # one-token prompts: row 0 is BOS alone (no kept token: 0), row 1 is d4.
+    torch.testing.assert_close(scoring.prompt_score(model, sae, tokens, [2, 0], top_k=1),
+                               torch.tensor([1 / 8, 3 / 9]))
+    torch.testing.assert_close(scoring.prompt_score(model, sae, tokens[:, :2], [2]),
+                               torch.tensor([1.0, 0.5]))
+    torch.testing.assert_close(scoring.prompt_score(model, sae, tokens[:, :1], [2]),
+                               torch.tensor([0.0, 0.5]))
+    with_specials = scoring.prompt_score(model, sae, tokens, [2], ignore_token_ids=())
+    torch.testing.assert_close(with_specials, torch.tensor([(5 + 1 + 5) / 10, (3 + 5) / 10]))
+
+
+def test_hand_computed_top_activation_window_share(table):
+    model, sae, tokens = table
+    cfg = scoring.ReasonScoreConfig(words=("wait", "let me"), window=(1, 2), batch_size=1)
+    shares = scoring.top_activation_window_share(model, sae, tokens, [0, 2], cfg, n_top=4)
+    # f0's four largest: three 2s inside the windows, the 1 (d6) outside. f2's: the 1 (d0)
+    # inside, then three of the 0.5s (d4..d9), all outside. The ignored 5s never count.
+    assert shares.feature_idx.tolist() == [0, 2]
+    np.testing.assert_allclose(shares.window_share, [3 / 4, 1 / 4])
+    np.testing.assert_allclose(shares.chance_share, [11 / 17, 11 / 17])
+    top_one = scoring.top_activation_window_share(model, sae, tokens, [0, 2], cfg, n_top=1)
+    np.testing.assert_allclose(top_one.window_share, [1.0, 1.0])  # a 2 and the 1, both inside
+    # Row 1's last four tokens (d10, Wait, EOS): three kept tokens, all in the window.
+    tail = scoring.top_activation_window_share(model, sae, tokens[1:, 6:], [0], cfg, n_top=50)
+    np.testing.assert_allclose(tail[["window_share", "chance_share"]].to_numpy(), [[1.0, 1.0]])
+    # One kept token (d0, itself the word in token-id mode): chance is 1/1.
+    d0 = int(tokens[0, 1])
+    alone = scoring.top_activation_window_share(
+        model, sae, tokens[:1, :2], [2], scoring.ReasonScoreConfig(words=("d0",), token_ids=[[d0]]))
+    np.testing.assert_allclose(alone[["window_share", "chance_share"]].to_numpy(), [[1.0, 1.0]])
+    with pytest.raises(ValueError, match=r"^n_top=0 is outside \[1, inf\]\.$"):
+        scoring.top_activation_window_share(model, sae, tokens, [0], cfg, n_top=0)
+
+
+def test_stats_update_keeps_the_largest_activation_even_when_negative():
+    stats = scoring.ReasonStats.zeros(("a",), 3)
+    masks = torch.zeros(1, 1, 3, dtype=torch.bool)
+    # A batch whose tokens are all ignored changes nothing (and has no maximum).
+    stats.update(torch.full((1, 3, 3), 9.0), masks, torch.ones(1, 3, dtype=torch.bool))
+    assert stats.n_tokens == 0 and stats.max_activation.tolist() == [0.0, 0.0, 0.0]
+    ignored = torch.tensor([[False, False, True]])
+    stats.update(torch.tensor([[[-3.0, -1.0, -8.0], [-2.0, -4.0, -9.0], [9.0, 9.0, 9.0]]]), masks,
+                 ignored)
+    assert stats.max_activation.tolist() == [-2.0, -1.0, -8.0]
+    stats.update(torch.tensor([[[-5.0, 0.5, -9.0], [-6.0, -7.0, -9.0], [9.0, 9.0, 9.0]]]), masks,
+                 ignored)
+    assert stats.max_activation.tolist() == [-2.0, 0.5, -8.0]
+    assert stats.n_active.tolist() == [0, 1, 0] and stats.n_tokens == 4
+
+
+def test_stats_stay_exact_beyond_float32_precision():
+    # float32 holds integers exactly only up to 2**24: sums and counts must not stop growing there.
+    big = 2 ** 24
+    stats = scoring.ReasonStats.zeros(("a",), 2)
+    for name in ("group_sum", "pos_sum", "neg_sum", "group_count", "pos_count", "neg_count",
+                 "n_active"):
+        getattr(stats, name).fill_(big)
+    # Token 0 is the word (feature 0 fires), token 1 is negative (both fire).
+    stats.update(torch.tensor([[[1.0, 0.0], [1.0, 1.0]]]), torch.tensor([[[True, False]]]),
+                 torch.zeros(1, 2, dtype=torch.bool))
+    assert stats.group_sum.tolist() == [[big + 1, big]]
+    assert stats.pos_sum.tolist() == [big + 1, big] and stats.neg_sum.tolist() == [big + 1] * 2
+    assert stats.group_count.tolist() == [big + 1]
+    assert (stats.pos_count.item(), stats.neg_count.item()) == (big + 1, big + 1)
+    assert stats.n_active.tolist() == [big + 2, big + 1]
 
 
 # --- Against the reference ------------------------------------------------------------------
@@ -168,7 +401,8 @@ def test_absent_word_has_zero_mean_and_counts_in_R(hf_model, sae, tokens, caplog
     cfg = build_reason_score_config(words=("wait", "therefore", "zebra"))
     with caplog.at_level(logging.WARNING, logger="reasonlens.scoring"):
         frame, stats = scoring.reason_score(hf_model, sae, tokens, cfg, progress=False)
-    assert "zebra" in caplog.text
+    assert ("words ['zebra'] never occur in the tokens: their mu is 0 for every feature and they "
+            "still count in |R|.") in caplog.text
     assert stats.group_count[2] == 0 and (frame["mu_zebra"] == 0).all()
     ref = reference_reason_score(hf_model, sae, tokens, words=cfg.words, hook_name=HOOK)
     assert_matches_reference(frame, ref, cfg.words)
@@ -191,12 +425,30 @@ def test_feature_that_never_fires_on_words_has_zero_entropy():
     stats.group_sum[0, 1] = 2.0
     stats.group_count[:] = 1
     stats.pos_sum[:] = torch.tensor([1.0, 1.0, 0.0])
-    stats.pos_count += 2
+    stats.pos_count += 1
     stats.neg_sum[:] = torch.tensor([0.0, 1.0, 1.0])
     stats.neg_count += 1
     frame = stats.reason_score(alpha=0.7)
+    np.testing.assert_allclose(frame["mu_a"], [1.0, 2.0, 0.0])  # one token per mask
+    np.testing.assert_allclose(frame["mu_pos"], [1.0, 1.0, 0.0])
+    np.testing.assert_allclose(frame["mu_neg"], [0.0, 1.0, 1.0])
     np.testing.assert_allclose(frame["entropy"], [1.0, 0.0, 0.0])
     np.testing.assert_allclose(frame["reason_score"], [0.5, -0.5, -0.5])
+
+
+def test_score_without_word_tokens_is_minus_the_negative_share():
+    # No token lies in a word window: the positive term is 0 (not 0/0), and sum mu_neg is exactly 1.
+    stats = scoring.ReasonStats.zeros(("a", "b"), 2)
+    stats.neg_sum[:] = torch.tensor([0.25, 0.75])
+    stats.neg_count += 1
+    stats.n_active[0] = 1
+    frame = stats.reason_score(alpha=0.7)
+    np.testing.assert_allclose(frame["reason_score"], [-0.25, -0.75])
+    np.testing.assert_allclose(frame["density"], [1.0, 0.0])
+    empty = scoring.ReasonStats.zeros(("a", "b"), 2).reason_score(alpha=0.7)
+    assert empty["reason_score"].tolist() == [0.0, 0.0] and empty["density"].tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match=r"^alpha=-0.5 is outside \[0.0, inf\]\.$"):
+        stats.reason_score(alpha=-0.5)
 
 
 # --- Exactness under batching, sharding and modes --------------------------------------------
@@ -225,6 +477,23 @@ def test_merge_of_shards_equals_whole(hf_model, sae, tokens):
         whole.merge(scoring.ReasonStats.zeros(("x",), whole.d_sae))
 
 
+def test_merge_keeps_negative_maxima_and_ignores_empty_stats():
+    def stats_with(acts):
+        stats = scoring.ReasonStats.zeros(("a",), 2)
+        stats.update(torch.tensor([acts]), torch.zeros(1, 1, len(acts), dtype=torch.bool),
+                     torch.zeros(1, len(acts), dtype=torch.bool))
+        return stats
+
+    low, high = stats_with([[-3.0, -1.0], [-5.0, -6.0]]), stats_with([[-2.0, -4.0]])
+    empty = scoring.ReasonStats.zeros(("a",), 2)
+    merged = low.merge(high)
+    assert merged.max_activation.tolist() == [-2.0, -1.0] and merged.words == ("a",)
+    assert merged.n_tokens == 3 and merged.neg_sum.tolist() == [-10.0, -11.0]
+    assert high.merge(low).max_activation.tolist() == [-2.0, -1.0]
+    assert low.merge(empty).max_activation.tolist() == [-3.0, -1.0]
+    assert empty.merge(high).max_activation.tolist() == [-2.0, -4.0]
+
+
 def test_token_id_mode_equals_keyword_mode(hf_model, sae, tokens, tokenizer):
     keyword_cfg = build_reason_score_config()
     groups = scoring.reasoning_groups(tokenizer, keyword_cfg)
@@ -240,14 +509,13 @@ def test_token_id_mode_equals_keyword_mode(hf_model, sae, tokens, tokenizer):
 def test_max_activation_and_density(hf_model, sae, tokens, tokenizer):
     _, stats = scoring.reason_score(hf_model, sae, tokens, build_reason_score_config(),
                                     progress=False)
-    folded = scoring.folded_sae(sae)
-    acts = folded.encode(hf_model.run_with_cache(tokens, [HOOK])[1][HOOK]).detach()
+    acts = folded_feature_acts(hf_model, sae, tokens, HOOK)
     keep = ~torch.isin(tokens, torch.tensor([tokenizer.bos_token_id, tokenizer.eos_token_id,
                                              tokenizer.pad_token_id]))
     valid = acts[keep]
-    torch.testing.assert_close(stats.max_activation.float(), valid.max(0).values)
+    torch.testing.assert_close(stats.max_activation, valid.max(0).values, rtol=1e-5, atol=1e-6)
     assert torch.equal(stats.n_active, (valid > 0).sum(0))
-    assert stats.n_tokens == int(keep.sum())
+    assert stats.n_tokens == int(keep.sum()) < tokens.numel()
 
 
 def test_sae_is_not_modified(hf_model, sae, tokens):
@@ -274,10 +542,21 @@ def test_error_hook_name(hf_model, sae, tokens):
                              progress=False)
 
 
-def test_error_empty_tokens(hf_model, sae):
-    with pytest.raises(ValueError, match="tokens"):
-        scoring.reason_score(hf_model, sae, torch.zeros(0, 8, dtype=torch.long),
-                             build_reason_score_config(), progress=False)
+@pytest.mark.parametrize("bad, shape", [(torch.zeros(0, 8, dtype=torch.long), r"\(0, 8\)"),
+                                        (torch.zeros(8, dtype=torch.long), r"\(8,\)"),
+                                        ([[1, 2]], "list")])
+def test_error_tokens_not_a_batch(hf_model, sae, bad, shape):
+    with pytest.raises(ValueError, match=rf"^tokens must be a non-empty \[batch, pos\] tensor of "
+                                         rf"token ids, got {shape}\. Check that notebook 01 wrote"):
+        scoring.reason_score(hf_model, sae, bad, build_reason_score_config(), progress=False)
+
+
+def test_contexts_frame_is_scored_like_its_tokens(table):
+    model, sae, tokens = table
+    cfg = scoring.ReasonScoreConfig(words=("wait", "let me"))
+    frame, _ = scoring.reason_score(model, sae, pd.DataFrame({"tokens": list(tokens.numpy())}),
+                                    cfg, progress=False)
+    np.testing.assert_allclose(frame["mu_pos"], [6 / 11, 3 / 11, 1 / 11])
 
 
 def test_error_non_finite_activations(toy_model, tokenizer, sae, tokens):
@@ -289,6 +568,17 @@ def test_error_non_finite_activations(toy_model, tokenizer, sae, tokens):
         scoring.reason_score(model, sae, tokens, build_reason_score_config(), progress=False)
 
 
+def test_error_non_finite_feature_activations(hf_model, tokens):
+    broken = build_sae()
+    with torch.no_grad():
+        broken.b_enc[3] = float("nan")
+    with pytest.raises(FloatingPointError, match=rf"non-finite SAE feature activations for "
+                                                 rf"hook_name='{HOOK}' in batch 0"):
+        scoring.reason_score(hf_model, broken, tokens, build_reason_score_config(), progress=False)
+    with pytest.raises(FloatingPointError, match=r"in this batch; check the SAE's weights\.$"):
+        scoring.prompt_score(hf_model, broken, tokens, [3], hook_name=HOOK)
+
+
 def test_hook_is_removed_after_early_stop(hf_model, tl_model, tokens):
     for model in (hf_model, tl_model):
         scoring.capture_activations(model, tokens[:1], "blocks.0.hook_resid_post")
@@ -297,19 +587,24 @@ def test_hook_is_removed_after_early_stop(hf_model, tl_model, tokens):
 
 
 # --- Prompt-level score ----------------------------------------------------------------------
-def test_prompt_score(hf_model, sae, tokens, tokenizer):
-    features = [5, 3, 40, 7]
-    got = scoring.prompt_score(hf_model, sae, tokens, features, top_k=3, hook_name=HOOK)
-    acts = scoring.folded_sae(sae).encode(hf_model.run_with_cache(tokens, [HOOK])[1][HOOK])
-    ignore = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
-    for b, row in enumerate(tokens.tolist()):
-        keep = [p for p, t in enumerate(row) if t not in ignore]
-        expected = acts[b, keep][:, [5, 3, 40]].mean()
-        assert got[b].item() == pytest.approx(expected.item(), rel=1e-5)
-    with pytest.raises(ValueError, match="feature_idx"):
-        scoring.prompt_score(hf_model, sae, tokens, [], hook_name=HOOK)
-    with pytest.raises(ValueError, match="top_k"):
-        scoring.prompt_score(hf_model, sae, tokens, features, top_k=0, hook_name=HOOK)
+def test_prompt_score_matches_reference(hf_model, sae, tokens):
+    got = scoring.prompt_score(hf_model, sae, tokens, [5, 3, 40, 7], top_k=3, hook_name=HOOK)
+    expected = reference_prompt_score(hf_model, sae, tokens, [5, 3, 40], HOOK)
+    assert min(expected) > 0  # the features fire: the comparison is not 0 == 0
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"feature_idx": []}, r"^feature_idx is empty; pass the features to score, e.g. the top "
+                          r"ReasonScore features\.$"),
+    ({"top_k": 0}, r"^top_k=0 is outside \[1, inf\]\.$"),
+    ({"feature_idx": [96]}, r"feature_idx must lie in \[0, 96\); got \[96\]"),
+    ({"feature_idx": [-1]}, r"feature_idx must lie in \[0, 96\)"),
+])
+def test_prompt_score_errors(hf_model, sae, tokens, kwargs, match):
+    kwargs = {"feature_idx": [5, 3], **kwargs}
+    with pytest.raises(ValueError, match=match):
+        scoring.prompt_score(hf_model, sae, tokens, hook_name=HOOK, **kwargs)
 
 
 # --- Distributed -----------------------------------------------------------------------------
@@ -337,22 +632,16 @@ def test_torchrun_two_ranks_match_single_process(tmp_path, saved_toy_model, hf_m
     pd.testing.assert_frame_equal(pd.read_parquet(out), expected, rtol=1e-6, atol=1e-7)
 
 
-def test_top_activation_window_share_counts_top_tokens_inside_windows(hf_model, sae, tokens,
-                                                                      tokenizer):
+def test_top_activation_window_share_matches_reference(hf_model, sae, tokens):
     cfg = build_reason_score_config()
-    shares = scoring.top_activation_window_share(hf_model, sae, tokens, [0, 5, 7], cfg, n_top=10)
-    assert list(shares.feature_idx) == [0, 5, 7]
-    assert ((shares.window_share >= 0) & (shares.window_share <= 1)).all()
-    # recompute feature 5 plainly: its 10 largest activations over non-ignored tokens
-    folded = scoring.folded_sae(sae)
-    acts = scoring.encode_batch(hf_model, folded, tokens, HOOK)[..., 5]
-    ignore = scoring.default_ignore_ids(tokenizer, cfg)
-    keep = ~scoring.ignored_mask(tokens, ignore)
-    groups = scoring.reasoning_groups(tokenizer, cfg)
-    inside = scoring.word_masks(tokens, list(groups.values()), cfg.window, ignore).any(0)
-    top = acts[keep].topk(10).indices
-    assert shares.window_share.iloc[1] == pytest.approx(inside[keep][top].float().mean().item())
-    assert shares.chance_share.iloc[0] == pytest.approx(inside[keep].float().mean().item())
+    features = [0, 5, 1]  # shares 1/10, 2/10, 0/10 (no ties at the 10th place)
+    shares = scoring.top_activation_window_share(hf_model, sae, tokens, features, cfg, n_top=10)
+    assert shares.feature_idx.tolist() == features
+    for row, feature in zip(shares.itertuples(), features):
+        window, chance = reference_window_share(hf_model, sae, tokens, cfg.words, feature, 10,
+                                                cfg.window, HOOK)
+        assert (row.window_share, row.chance_share) == pytest.approx((window, chance)), feature
+    assert shares.window_share.nunique() > 1  # the features differ: the check is not vacuous
 
 
 # --- model and SAE on different devices (the meta device stands in for a GPU) -------------------

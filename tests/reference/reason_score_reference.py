@@ -8,6 +8,10 @@ score = mu_pos / sum mu_pos * H^alpha - mu_neg / sum mu_neg.
 
 Organised like the paper's code: masks are built with plain Python loops, and the model is run once
 per batch of 48 features (so a d_sae-wide SAE costs ceil(d_sae / 48) passes over the tokens).
+
+Also plain versions of the prompt-level score (mean of the top-k features' activations over a
+prompt's non-special tokens) and of the share of a feature's largest activations that fall inside
+the reasoning-word windows.
 """
 
 from __future__ import annotations
@@ -141,3 +145,50 @@ def reference_reason_score(model, sae, tokens, words=None, token_ids=None, windo
     return {"words": list(words) if words is not None else None, "reason_score": scores,
             "mu_pos": mu_pos, "mu_neg": mu_neg, "entropy": entropy, "max_activation": max_act,
             "word_means": word_means}
+
+
+def folded_feature_acts(model, sae, tokens, hook_name):
+    """``[batch, pos, d_sae]`` activations of ``sae`` with decoder norms folded in, as doubles.
+
+    Written out from the SAE's parameters: relu((x - b_dec) @ W_enc + b_enc) * |W_dec[f]|.
+    """
+    _, cache = model.run_with_cache(tokens, [hook_name])
+    x = cache[hook_name].double()
+    norms = sae.W_dec.detach().double().norm(dim=1)
+    pre = (x - sae.b_dec.detach().double()) @ sae.W_enc.detach().double()
+    return torch.relu(pre + sae.b_enc.detach().double()) * norms
+
+
+def default_ignore(tokenizer):
+    return {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+
+
+def reference_prompt_score(model, sae, tokens, features, hook_name):
+    """Per prompt: the mean over its non-BOS/EOS/PAD tokens and over ``features`` of the
+    activations."""
+    acts = folded_feature_acts(model, sae, tokens, hook_name)
+    ignore = default_ignore(model.tokenizer)
+    out = []
+    for c, row in enumerate(tokens.tolist()):
+        values = [acts[c, p, f].item() for p, tok in enumerate(row) if tok not in ignore
+                  for f in features]
+        out.append(sum(values) / len(values) if values else 0.0)
+    return out
+
+
+def reference_window_share(model, sae, tokens, words, feature, n_top, window, hook_name):
+    """(share of the feature's n_top largest activations inside any word window, share of all
+    non-ignored tokens inside one); ties in activation must not straddle the n_top-th place."""
+    ignore = default_ignore(model.tokenizer)
+    sequences = [variant_ids(model.tokenizer, word) for word in words]
+    masks = masks_for(tokens, [s for s in sequences if s], window, ignore)
+    acts = folded_feature_acts(model, sae, tokens, hook_name)[..., feature].tolist()
+    kept = [(acts[c][p], any(mask[c][p] for mask in masks))
+            for c, row in enumerate(tokens.tolist()) for p, tok in enumerate(row)
+            if tok not in ignore]
+    ranked = sorted(kept, key=lambda item: -item[0])
+    if n_top < len(ranked) and ranked[n_top - 1][0] == ranked[n_top][0]:
+        raise ValueError("tied activations at the n_top-th place: the share is not defined")
+    top = ranked[:n_top]
+    return (sum(inside for _, inside in top) / len(top),
+            sum(inside for _, inside in kept) / len(kept))
