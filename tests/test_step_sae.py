@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import functools
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -328,11 +330,13 @@ def test_the_decoder_needs_the_step_own_latent_after_a_few_training_steps(
 def test_save_and_load_round_trip(tmp_path, toy_model, step_tokenizer, step_table):
     sae = build_sae(toy_model, step_tokenizer).eval()
     examples = examples_of(step_table.head(8), step_tokenizer, sae.cfg)
-    sae.save(tmp_path / "sae")
-    loaded = step_model.StepSAE.load(tmp_path / "sae")
+    sae.save(tmp_path / "runs" / "sae")  # parent folders are made
+    sae.save(tmp_path / "runs" / "sae")  # and saving again overwrites
+    loaded = step_model.StepSAE.load(tmp_path / "runs" / "sae")
     assert loaded.cfg == sae.cfg and loaded.sep_id == sae.sep_id
     assert (inference.encode_steps(loaded, examples) == inference.encode_steps(sae, examples)).all()
-    with pytest.raises(FileNotFoundError, match="not a saved step-level SAE"):
+    with pytest.raises(FileNotFoundError, match=r"not a saved step-level SAE\. Notebook 08 "
+                                                r"writes one \(StepSAE\.save\)\.$"):
         step_model.StepSAE.load(tmp_path)
 
 
@@ -400,7 +404,8 @@ def test_resume_from_a_checkpoint_continues_the_same_run(tmp_path, toy_model, st
     pd.testing.assert_frame_equal(rest, full, rtol=1e-4)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
-    with pytest.raises(ValueError, match=r"\['lr'\] differ"):
+    with pytest.raises(ValueError, match=r"\['lr'\] differ\. Resume with the same settings, or "
+                                         r"delete the checkpoint directory to start a new run\.$"):
         training.train_step_sae(build_sae(toy_model, copy.deepcopy(step_tokenizer)), examples,
                                 build_train_config(n_steps=8, lr=1e-4), checkpoint_dir=tmp_path,
                                 progress=False)
@@ -428,6 +433,9 @@ def test_train_rejects_empty_examples(toy_model, step_tokenizer, step_table):
     empty = examples_of(step_table.head(2), step_tokenizer, sae.cfg).subset([])
     with pytest.raises(ValueError, match="step_n_train"):
         training.train_step_sae(sae, empty, build_train_config(), progress=False)
+    with pytest.raises(ValueError, match=r"^examples is empty: no steps to train the context "
+                                         r"head on\.$"):
+        training.train_context_head(sae, empty, build_train_config(), progress=False)
 
 
 def test_the_lms_learn_at_lm_lr_and_the_bottleneck_at_lr(toy_model, step_tokenizer, step_table):
@@ -586,6 +594,10 @@ def test_the_checkpoint_holds_the_warmup_schedule_and_both_learning_rates(
     other = build_sae(toy_model, copy.deepcopy(step_tokenizer), n_latents=8)
     assert training.changed_settings(path, other, cfg, "x") == ["step_sae_config",
                                                                 "training examples"]
+    # the optimizer state is read without unpickling arbitrary objects
+    torch.save({"optimizer": argparse.Namespace()}, path / "optimizer.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        training.load_checkpoint(path, sae, None, None, torch.Generator(), cfg, state["data"])
 
 
 def test_examples_fingerprint_tells_contexts_steps_and_order_apart():

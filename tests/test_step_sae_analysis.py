@@ -140,7 +140,8 @@ def test_step_targets_name_three_length_bins_and_skip_unknown_correctness():
                                probes.ProbeConfig(n_length_bins=3))  # tertile edges 1, 1, 4/3, 2
     assert ties["length"][0].tolist() == ["<=1"] * 6 + [">1"] * 3
     with pytest.raises(ValueError, match=r"lengths \(n_tokens \[1, 2\]\) fill a single one of "
-                                         r"n_length_bins=3"):  # edges 1, 1, 1, 2: one bin
+                                         r"n_length_bins=3 quantile bins; use more, or more "
+                                         r"varied, training steps \(step_n_train\)\.$"):
         probes.step_targets(train.assign(n_tokens=[1] * 8 + [2]), test,
                             probes.ProbeConfig(n_length_bins=3))
     # the tertiles of 1..9 are 3.67 and 6.33
