@@ -139,9 +139,17 @@ def test_effect_sizes_by_hand():
         evaluation.paired_bootstrap_difference([1, 2, 3, 4], [0, 0, 1, 1], seed=0)[1:])
     assert table.iloc[1][["difference", "ci_low", "ci_high"]].tolist() == [1.0, 1.0, 1.0]
     assert table.cohens_d.iloc[1] != table.cohens_d.iloc[1]  # NaN
-    seeded = injection.effect_sizes(frame, [("a", "b")], seed=3).iloc[0]
-    assert (seeded.ci_low, seeded.ci_high) == pytest.approx(
-        evaluation.paired_bootstrap_difference([1, 2, 3, 4], [0, 0, 1, 1], seed=3)[1:])
+    # irregular values, whose resample means do not tie: the interval shows the seed used
+    a = [1.13, 2.71, 0.42, 3.38, 2.05, 0.97, 1.66, 2.49]
+    b = [0.29, 0.77, 0.61, 1.94, 0.18, 1.23, 0.55, 0.86]
+    irregular = pd.DataFrame([dict(problem_id=f"p{p}", condition=c, feature_idx=9, doc_mean=v[p])
+                              for c, v in (("a", a), ("b", b)) for p in range(8)])
+    for kwargs, seed in (({}, 0), ({"seed": 1}, 1)):
+        row = injection.effect_sizes(irregular, [("a", "b")], **kwargs).iloc[0]
+        assert (row.ci_low, row.ci_high) == pytest.approx(
+            evaluation.paired_bootstrap_difference(a, b, seed=seed)[1:], rel=1e-12)
+    assert evaluation.paired_bootstrap_difference(a, b, seed=0) != \
+        evaluation.paired_bootstrap_difference(a, b, seed=1)
     windows = injection.effect_sizes(frame, [("b", "a")], metric="window_mean").iloc[0]
     assert (windows.n, windows.contrast, windows.difference) == (3, "b - a", pytest.approx(-5 / 3))
 

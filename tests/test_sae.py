@@ -405,3 +405,60 @@ def test_training_config_reaches_sae_lens():
 def test_latest_checkpoint_of_no_folder_is_none(tmp_path):
     assert sae_mod.latest_checkpoint(None) is None
     assert sae_mod.latest_checkpoint(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("field,bad", [
+    ("expansion_factor", 0), ("l1_coefficient", -0.5), ("k", 0), ("batch_size", 0),
+    ("context_size", 0), ("store_batch_size_prompts", 0), ("n_batches_for_norm_estimate", 0),
+    ("n_checkpoints", -1), ("log_every", 0), ("l1_warm_up_steps", -1), ("lr_warm_up_steps", -1),
+    ("lr_decay_steps", -1), ("dead_feature_window", -1)])
+def test_config_names_each_bad_field(field, bad):
+    with pytest.raises(ValueError, match=f"{field}={bad}"):
+        build_sae_train_config(**{field: bad})
+
+
+def test_config_accepts_its_bounds_and_checks_the_lr_schedule_fits():
+    # the smallest valid values, and warm-up + decay filling all 6 steps exactly
+    build_sae_train_config(expansion_factor=1, l1_coefficient=0.0, k=1, context_size=1,
+                           store_batch_size_prompts=1, n_batches_for_norm_estimate=1,
+                           n_checkpoints=0, log_every=1, lr_warm_up_steps=2, lr_decay_steps=4)
+    assert build_sae_train_config(batch_size=1, training_tokens=1).n_steps == 1
+    with pytest.raises(ValueError, match="= 7 exceeds the 6 training steps"):
+        build_sae_train_config(lr_warm_up_steps=0, lr_decay_steps=7)
+    with pytest.raises(ValueError, match="normalize_activations='layer'"):
+        build_sae_train_config(normalize_activations="layer")
+
+
+def test_contexts_come_as_a_tensor_a_table_or_a_dataset(contexts):
+    from datasets import Dataset
+
+    rows = contexts[:3]
+    table = pd.DataFrame({"tokens": list(rows.numpy())})
+    for given in (rows, rows.numpy(), table, Dataset.from_dict({"tokens": rows.tolist()})):
+        got = sae_mod._tokens_tensor(given)
+        assert got.dtype == torch.long and torch.equal(got, rows)
+    with pytest.raises(ValueError, match="no 'tokens' column .*'ids'"):
+        sae_mod._tokens_tensor(pd.DataFrame({"ids": [1]}))
+    for empty in (table.head(0), Dataset.from_dict({"tokens": []})):
+        with pytest.raises(ValueError, match=r"tokens is empty .*shape \(0, 0\)"):
+            sae_mod._tokens_tensor(empty)
+
+
+def test_evaluation_input_errors(hooked, contexts, toy_model):
+    sae = identity_sae(D_MODEL, "blocks.0.hook_resid_post")
+    with pytest.raises(ValueError, match="batch_size=0"):
+        sae_mod.evaluate_sae(hooked, sae, contexts[:1], batch_size=0)
+    special = torch.tensor(models.special_token_ids(hooked.tokenizer))
+    with pytest.raises(ValueError, match="only special tokens"):
+        sae_mod.evaluate_sae(hooked, sae, special.repeat(2, 4))
+    with pytest.raises(TypeError, match="got LlamaForCausalLM"):
+        sae_mod.evaluate_sae(toy_model, sae, contexts[:1])
+
+
+def test_latest_checkpoint_takes_the_final_one(tmp_path):
+    assert sae_mod.latest_checkpoint(tmp_path) is None  # a folder without checkpoints
+    for name in ("256", "final_640"):
+        (tmp_path / name).mkdir()
+        for file in sae_mod._CHECKPOINT_FILES:
+            (tmp_path / name / file).write_text("x")
+    assert sae_mod.latest_checkpoint(tmp_path) == tmp_path / "final_640"
