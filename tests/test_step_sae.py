@@ -142,6 +142,7 @@ def test_build_adds_a_sep_token_and_resizes_both_lms(toy_model, step_tokenizer):
     sae = build_sae(toy_model, step_tokenizer)
     assert step_tokenizer.sep_token == data.SEP and len(step_tokenizer) == n_before + 1
     assert sae.sep_id == n_before
+    assert (sae.pad_id, sae.eos_id) == (step_tokenizer.pad_token_id, step_tokenizer.eos_token_id)
     for lm in (sae.encoder, sae.decoder):
         assert lm.get_input_embeddings().num_embeddings == n_before + 1
     assert toy_model.get_input_embeddings().num_embeddings == n_before  # the source is untouched
@@ -165,6 +166,7 @@ def test_a_qwen2_checkpoint_with_tied_embeddings_trains_saves_and_reloads(
                                       progress=False)
     assert history.loss.notna().all()
     assert not torch.equal(sae.decoder.get_input_embeddings().weight, before)
+    assert all(p.requires_grad for p in sae.encoder.parameters())  # the tied head is trained
     sae.eval().save(tmp_path / "step_sae")
     loaded = step_model.StepSAE.load(tmp_path / "step_sae")
     np.testing.assert_array_equal(inference.encode_steps(loaded, examples),
@@ -426,12 +428,21 @@ def test_a_changed_run_can_restart_instead_of_resuming(tmp_path, toy_model, step
                                     checkpoint_dir=tmp_path, progress=False,
                                     restart_if_changed=True)
     assert len(again) == 3 and [p.name for p in tmp_path.iterdir()] == ["step_000003"]
+    # unchanged settings and data: it resumes, even when allowed to restart; checkpoints every 2
+    more = training.train_step_sae(build_sae(toy_model, copy.deepcopy(step_tokenizer)), examples,
+                                   build_train_config(n_steps=6, lr=1e-4, checkpoint_every=2),
+                                   checkpoint_dir=tmp_path, progress=False,
+                                   restart_if_changed=True)
+    pd.testing.assert_frame_equal(more.head(3), again)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000003", "step_000004",
+                                                          "step_000006"]
 
 
 def test_train_rejects_empty_examples(toy_model, step_tokenizer, step_table):
     sae = build_sae(toy_model, step_tokenizer)
     empty = examples_of(step_table.head(2), step_tokenizer, sae.cfg).subset([])
-    with pytest.raises(ValueError, match="step_n_train"):
+    with pytest.raises(ValueError, match=r"^examples is empty: no steps to train on\. Check "
+                                         r"step_n_train\.$"):
         training.train_step_sae(sae, empty, build_train_config(), progress=False)
     with pytest.raises(ValueError, match=r"^examples is empty: no steps to train the context "
                                          r"head on\.$"):
@@ -442,8 +453,8 @@ def test_the_lms_learn_at_lm_lr_and_the_bottleneck_at_lr(toy_model, step_tokeniz
     sae = build_sae(toy_model, step_tokenizer)
     examples = examples_of(step_table.head(8), step_tokenizer, sae.cfg)
     before = {k: v.clone() for k, v in sae.state_dict().items()}
-    training.train_step_sae(sae, examples, build_train_config(n_steps=2, lm_lr=0.0),
-                            progress=False)
+    training.train_step_sae(sae, examples, build_train_config(
+        n_steps=2, lm_lr=0.0, n_threads=torch.get_num_threads()), progress=False)
     for name, value in sae.state_dict().items():
         if name.startswith(("encoder.", "decoder.")):
             assert torch.equal(value, before[name]), name
@@ -546,7 +557,7 @@ def test_training_logs_the_loss_of_its_formula(toy_model, step_tokenizer, step_t
         sae.W_enc.bias.copy_(torch.arange(16.0) - 10.0)
     one = examples_of(step_table.head(1), step_tokenizer, sae.cfg)
     history = training.train_step_sae(sae, one, build_train_config(
-        n_steps=3, batch_size=2, lr=0.0, lm_lr=0.0, l1_warmup_steps=4), progress=False)
+        n_steps=3, batch_size=2, lr=0.0, lm_lr=0.0, l1_warmup_steps=2), progress=False)
     l1 = 15 / 55 ** 0.5
     batch = data.collate(one.context_ids, one.step_ids, sae.sep_id, sae.eos_id, sae.pad_id)
     expected_latent = torch.zeros(16)
@@ -559,10 +570,10 @@ def test_training_logs_the_loss_of_its_formula(toy_model, step_tokenizer, step_t
     assert history.l0.tolist() == [5.0] * 3
     np.testing.assert_allclose(history.recon_loss, recon.item(), rtol=1e-5)
     np.testing.assert_allclose(history.token_accuracy, right.item(), rtol=1e-5)
-    # the penalty's weight ramps 1/4, 2/4, 3/4 over l1_warmup_steps = 4
+    # the penalty's weight ramps 1/2, 2/2 over l1_warmup_steps = 2, then stays at 1
     penalty = 0.5 * (l1 - 2.0) ** 2
     np.testing.assert_allclose(history.loss,
-                               [recon.item() + s * penalty for s in (0.25, 0.5, 0.75)], rtol=1e-5)
+                               [recon.item() + s * penalty for s in (0.5, 1.0, 1.0)], rtol=1e-5)
 
 
 def test_the_checkpoint_holds_the_warmup_schedule_and_both_learning_rates(
@@ -576,6 +587,13 @@ def test_the_checkpoint_holds_the_warmup_schedule_and_both_learning_rates(
     extra = torch.load(path / "optimizer.pt", weights_only=True)
     # after two steps the linear warm-up factor is (2 + 1) / 4; the LMs' group comes first
     assert extra["schedule"]["_last_lr"] == pytest.approx([0.75e-3, 0.75e-2])
+    short = training.train_step_sae(  # past the warm-up the factor stays 1
+        build_sae(toy_model, copy.deepcopy(step_tokenizer)), examples,
+        dataclasses.replace(cfg, n_steps=2, warmup_steps=1), checkpoint_dir=tmp_path / "short",
+        progress=False)
+    assert len(short) == 2
+    assert torch.load(tmp_path / "short" / "step_000002" / "optimizer.pt", weights_only=True)[
+        "schedule"]["_last_lr"] == pytest.approx([1e-3, 1e-2])
     groups = extra["optimizer"]["param_groups"]
     assert [g["weight_decay"] for g in groups] == [0.1, 0.1]
     n_lm = sum(1 for lm in (sae.encoder, sae.decoder) for p in lm.parameters() if p.requires_grad)
@@ -711,7 +729,8 @@ def test_ddp_rejects_a_batch_that_does_not_split_evenly(monkeypatch, toy_model, 
     monkeypatch.setattr(training, "_rank_and_world", lambda: (0, 3))
     sae = build_sae(toy_model, step_tokenizer)
     examples = examples_of(step_table.head(4), step_tokenizer, sae.cfg)
-    with pytest.raises(ValueError, match="batch_size=4 must be divisible by the 3 ranks"):
+    with pytest.raises(ValueError, match=r"batch_size=4 must be divisible by the 3 ranks; use "
+                                         r"e\.g\. batch_size=3\.$"):
         training.train_step_sae(sae, examples, build_train_config(), progress=False)
 
 
