@@ -26,7 +26,6 @@ def batches(model: StepSAE, context_ids: Sequence[Sequence[int]],
                       model.pad_id)
 
 
-@torch.no_grad()
 def encode_steps(model: StepSAE, examples: StepExamples, batch_size: int = 64,
                  dense: bool = False) -> np.ndarray:
     """L2-normalised latents ``[n_steps, n_latents]`` of every example.
@@ -36,11 +35,12 @@ def encode_steps(model: StepSAE, examples: StepExamples, batch_size: int = 64,
     """
     model.eval()
     encode = model.step_state if dense else model.encode
-    return torch.cat([encode(b) for b in batches(model, examples.context_ids, examples.step_ids,
-                                                  batch_size, "encode")]).numpy()
+    with torch.no_grad():
+        return torch.cat([encode(b) for b in batches(model, examples.context_ids,
+                                                      examples.step_ids, batch_size,
+                                                      "encode")]).numpy()
 
 
-@torch.no_grad()
 def reconstruction_metrics(model: StepSAE, examples: StepExamples, batch_size: int = 64
                            ) -> pd.DataFrame:
     """Step reconstruction loss and token accuracy under four choices of latent.
@@ -54,15 +54,16 @@ def reconstruction_metrics(model: StepSAE, examples: StepExamples, batch_size: i
     """
     model.eval()
     sums = {c: np.zeros(2) for c in ("own", "shuffled", "zero", "context_head")}
-    for batch in batches(model, examples.context_ids, examples.step_ids, batch_size,
-                         "reconstruct"):
-        latents = model.encode(batch)
-        predicted, _ = model.context_distribution(batch)
-        choices = {"own": latents, "shuffled": latents.roll(1, dims=0),
-                   "zero": torch.zeros_like(latents), "context_head": predicted}
-        for name, z in choices.items():
-            recon, right = model.reconstruct(batch, z)
-            sums[name] += [recon.sum().item(), right.sum().item()]
+    with torch.no_grad():
+        for batch in batches(model, examples.context_ids, examples.step_ids, batch_size,
+                             "reconstruct"):
+            latents = model.encode(batch)
+            predicted, _ = model.context_distribution(batch)
+            choices = {"own": latents, "shuffled": latents.roll(1, dims=0),
+                       "zero": torch.zeros_like(latents), "context_head": predicted}
+            for name, z in choices.items():
+                recon, right = model.reconstruct(batch, z)
+                sums[name] += [recon.sum().item(), right.sum().item()]
     return pd.DataFrame([{"condition": c, "recon_loss": s[0] / len(examples),
                           "token_accuracy": s[1] / len(examples)} for c, s in sums.items()])
 

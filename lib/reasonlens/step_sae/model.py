@@ -210,10 +210,10 @@ class StepSAE(torch.nn.Module):
         """Un-normalised latent activations ``[batch, n_latents]`` of the steps in ``batch``."""
         return self.activations(self.step_state(batch))
 
-    @torch.no_grad()
     def init_pre_bias(self, batch: StepBatch) -> None:
-        """Set ``b_pre`` to the mean ``<eos>`` hidden state over ``batch``."""
-        self.b_pre.copy_(self.step_state(batch).mean(0))
+        """Set ``b_pre`` to the mean ``<eos>`` hidden state over ``batch`` (no gradient)."""
+        with torch.no_grad():
+            self.b_pre.copy_(self.step_state(batch).mean(0))
 
     def prefix(self, latents: torch.Tensor) -> torch.Tensor:
         """``[batch, n_latents]`` -> soft-prefix vectors ``[batch, n_prefix, d_model]``."""

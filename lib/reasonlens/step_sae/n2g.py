@@ -86,13 +86,13 @@ def frequent_tokens(examples: StepExamples, n: int) -> list[int]:
     return [t for t, _ in counts.most_common(n)]
 
 
-@torch.no_grad()
 def _activations(model: StepSAE, contexts: Sequence[Sequence[int]],
                  steps: Sequence[Sequence[int]], batch_size: int,
                  desc: str | None = None) -> torch.Tensor:
     """Un-normalised latent activations ``[n, n_latents]`` of ``context[i] <sep> steps[i]``."""
-    return torch.cat([model.encode_activations(b)
-                      for b in batches(model, contexts, steps, batch_size, desc)])
+    with torch.no_grad():
+        return torch.cat([model.encode_activations(b)
+                          for b in batches(model, contexts, steps, batch_size, desc)])
 
 
 def step_effects(model: StepSAE, examples: StepExamples, batch_size: int = 64) -> np.ndarray:

@@ -172,7 +172,6 @@ def probe_table(feature_sets: dict[str, tuple[np.ndarray, np.ndarray]],
     return pd.DataFrame(rows)
 
 
-@torch.no_grad()
 def pooled_token_features(model, sae, examples: StepExamples, hook_name: str | None = None,
                           batch_size: int = 32) -> np.ndarray:
     """A token-level SAE's features mean-pooled over each step's tokens: ``[n_steps, d_sae]``.
@@ -203,7 +202,8 @@ def pooled_token_features(model, sae, examples: StepExamples, hook_name: str | N
         for i, (row, step) in enumerate(zip(rows, examples.step_ids[start: start + batch_size])):
             tokens[i, : len(row)] = torch.tensor(row)
             mask[i, len(row) - len(step): len(row)] = 1
-        acts = scoring.encode_batch(model, sae, tokens.to(device), hook_name)
+        with torch.no_grad():
+            acts = scoring.encode_batch(model, sae, tokens.to(device), hook_name)
         mask = mask.to(acts)
         out.append(((acts * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).cpu())
     return torch.cat(out).numpy()
