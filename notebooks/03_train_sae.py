@@ -23,7 +23,9 @@
 #
 # The paper's SAE (Galichin et al., 2025) sits at layer 19 of DeepSeek-R1-Distill-Llama-8B with
 # expansion 16, L1 coefficient 5, lr 5e-5 and 819.2M tokens; `profiles/r1-distill-llama-8b.yaml`
-# holds that configuration. Real profiles may instead load a published SAE by SAELens release
+# holds that configuration, with the training settings of the authors' code that the paper does
+# not state (input normalisation, L1 warm-up, lr decay, no decoder bias subtracted from the input:
+# `SAETrainConfig.reference()`). Real profiles may instead load a published SAE by SAELens release
 # and id (`sae_release`, `sae_id`).
 #
 # Reads: `models/reasoning/` (notebook 02), `contexts/reasoning_{train,val}.parquet` (notebook 01).
@@ -46,7 +48,10 @@ l1_coefficient = 8.0  # paper: 5
 sae_k = 32  # active features per token, topk only
 training_tokens = 1_000_000  # paper: 819.2M
 sae_lr = 1e-3  # paper: 5e-5
-sae_lr_decay_steps = 50  # linear decay to 0 over the last steps
+sae_lr_decay_steps = 50  # linear decay to 0 over the last steps (reference code: 40000)
+l1_warm_up_steps = 0  # steps over which the L1 coefficient ramps up from 0 (reference code: 10000)
+normalize_activations = "none"  # or "expected_average_only_in" (the reference code's)
+apply_b_dec_to_input = True  # subtract b_dec before encoding (SAELens default; reference: False)
 sae_batch_size = 4096  # tokens per step
 context_size = 256  # paper: 1024
 n_checkpoints = 2  # interrupted runs resume from the latest
@@ -84,6 +89,8 @@ cfg = sae_lib.SAETrainConfig(
     hook_name=hook_name, architecture=architecture, expansion_factor=expansion_factor,
     l1_coefficient=l1_coefficient, k=sae_k, training_tokens=training_tokens, lr=sae_lr,
     lr_decay_steps=min(sae_lr_decay_steps, training_tokens // sae_batch_size),
+    l1_warm_up_steps=l1_warm_up_steps, normalize_activations=normalize_activations,
+    apply_b_dec_to_input=apply_b_dec_to_input,
     batch_size=sae_batch_size, context_size=min(context_size, len(train_frame.tokens.iloc[0])),
     n_checkpoints=n_checkpoints, seed=seed, device=sae_device)
 if sae_release is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 
@@ -462,3 +463,141 @@ def test_latest_checkpoint_takes_the_final_one(tmp_path):
         for file in sae_mod._CHECKPOINT_FILES:
             (tmp_path / name / file).write_text("x")
     assert sae_mod.latest_checkpoint(tmp_path) == tmp_path / "final_640"
+
+
+# --- the reference code's settings (issue 12) ---------------------------------------------------
+def test_reference_settings_are_the_authors_yaml():
+    # Values read by hand from AIRI-Institute/SAE-Reasoning training/configs/r1-distill-llama-8b.yaml.
+    cfg = sae_mod.SAETrainConfig.reference()
+    expected = dict(architecture="standard", hook_name="blocks.19.hook_resid_post",
+                    expansion_factor=16, apply_b_dec_to_input=False,
+                    normalize_activations="expected_average_only_in",
+                    training_tokens=819_200_000, batch_size=4096, lr=5e-5, lr_warm_up_steps=0,
+                    lr_decay_steps=40_000, l1_coefficient=5.0, l1_warm_up_steps=10_000,
+                    context_size=1024, store_batch_size_prompts=8, dead_feature_window=1000,
+                    device="cuda", seed=42, n_checkpoints=5, dtype="float32",
+                    exclude_special_tokens=True)
+    assert {name: getattr(cfg, name) for name in expected} == expected
+    assert cfg.n_steps == 200_000  # the YAML's "200k steps"
+    # the warm-up is 5% and the decay 20% of training, as its comments say
+    assert (cfg.l1_warm_up_steps / cfg.n_steps, cfg.lr_decay_steps / cfg.n_steps) == (0.05, 0.2)
+    short = sae_mod.SAETrainConfig.reference(training_tokens=4096 * 60_000, device="cpu")
+    assert (short.n_steps, short.device, short.lr_decay_steps) == (60_000, "cpu", 40_000)
+    with pytest.raises(ValueError, match="exceeds the 1000 training steps"):
+        sae_mod.SAETrainConfig.reference(training_tokens=4096 * 1000)
+    # the plain defaults stay the paper's and SAELens's
+    default = sae_mod.SAETrainConfig()
+    assert (default.normalize_activations, default.l1_warm_up_steps, default.lr_decay_steps,
+            default.apply_b_dec_to_input) == ("none", 0, 0, True)
+
+
+def test_apply_b_dec_to_input_reaches_the_sae(hooked, contexts):
+    cfg = build_sae_train_config(apply_b_dec_to_input=False, training_tokens=3 * 128)
+    assert sae_mod._training_sae_config(cfg, 8).apply_b_dec_to_input is False
+    for architecture in ("topk", "jumprelu"):
+        assert sae_mod._training_sae_config(cfg.replace(architecture=architecture),
+                                            8).apply_b_dec_to_input is False
+    assert sae_mod._training_sae_config(cfg.replace(apply_b_dec_to_input=True),
+                                        8).apply_b_dec_to_input is True
+    sae, _ = sae_mod.train_sae(hooked, contexts, cfg)
+    assert sae.cfg.apply_b_dec_to_input is False
+    _, cache = hooked.run_with_cache(contexts[:2], [cfg.hook_name])
+    x = cache[cfg.hook_name].reshape(-1, D_MODEL)
+    with torch.no_grad():
+        by_hand = torch.relu(x @ sae.W_enc + sae.b_enc)  # no b_dec subtracted from x
+        subtracted = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+        torch.testing.assert_close(sae.encode(x), by_hand, rtol=1e-5, atol=1e-5)
+    assert sae.b_dec.abs().max() > 1e-3  # b_dec was trained, so subtracting it would show
+    assert not torch.allclose(by_hand, subtracted, rtol=1e-5, atol=1e-5)
+
+
+def sae_lens_store(ht, tokens, cfg: sae_mod.SAETrainConfig, store_class=None):
+    """SAELens's own ActivationsStore (or ``store_class``), with the settings ``train_sae`` uses."""
+    from datasets import Dataset
+    from sae_lens.training.activations_store import ActivationsStore
+
+    return (store_class or ActivationsStore)(
+        model=ht, dataset=Dataset.from_dict({"tokens": tokens[:, :cfg.context_size].tolist()}),
+        streaming=False, hook_name=cfg.hook_name, hook_head_index=None,
+        context_size=cfg.context_size, d_in=D_MODEL,
+        n_batches_in_buffer=max(20, -(-4 * cfg.batch_size // cfg.context_size)),
+        total_training_tokens=cfg.training_tokens,
+        store_batch_size_prompts=cfg.store_batch_size_prompts,
+        train_batch_size_tokens=cfg.batch_size, prepend_bos=False,
+        normalize_activations=cfg.normalize_activations, device=torch.device("cpu"),
+        dtype="float32",
+        exclude_special_tokens=torch.tensor(models.special_token_ids(ht.tokenizer)))
+
+
+def reference_batches(ht, tokens, cfg: sae_mod.SAETrainConfig, n_batches: int):
+    """The first batches SAELens's store serves when training starts from ``cfg.seed``.
+
+    Before the first shuffle the global RNG has only initialised the SAE, so seed, draw the same
+    initial weights, then read SAELens's store.
+    """
+    from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
+
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        StandardTrainingSAE(StandardTrainingSAEConfig(
+            d_in=D_MODEL, d_sae=cfg.expansion_factor * D_MODEL,
+            apply_b_dec_to_input=cfg.apply_b_dec_to_input,
+            normalize_activations=cfg.normalize_activations))
+        store = sae_lens_store(ht, tokens, cfg)
+        return [next(store).clone() for _ in range(n_batches)]
+
+
+def test_normalised_sae_saved_and_reloaded_encodes_raw_activations_as_trained(hooked, contexts,
+                                                                             tmp_path):
+    # Stop after the last step, before SAELens folds the scale into the weights: that checkpoint
+    # holds the weights as trained (on scaled inputs) and the scale; resuming then folds and saves.
+    n_estimate = 3
+    cfg = build_sae_train_config(normalize_activations="expected_average_only_in",
+                                 n_batches_for_norm_estimate=n_estimate)
+    with pytest.raises(KeyboardInterrupt):
+        sae_mod.train_sae(hooked, contexts, cfg, tmp_path / "ckpt", on_step=stop_at(cfg.n_steps))
+    as_trained = sae_mod.latest_checkpoint(tmp_path / "ckpt")
+    from safetensors.torch import load_file
+
+    weights = load_file(as_trained / "sae_weights.safetensors")
+    sae_lens_factor = json.loads((as_trained / "activation_scaler.json").read_text())[
+        "scaling_factor"]
+    sae, _ = sae_mod.train_sae(hooked, contexts, cfg, tmp_path / "ckpt")
+    sae_mod.save_sae(sae, tmp_path / "sae")
+    reloaded = sae_mod.load_sae(tmp_path / "sae")
+    assert reloaded.cfg.normalize_activations == "none"  # folded: raw inputs from now on
+
+    # The scale, estimated here: sqrt(d_in) / mean norm over the batches it was estimated on.
+    estimate_batches = reference_batches(hooked.model, contexts, cfg, n_estimate)
+    norms = torch.cat(estimate_batches).norm(dim=-1)
+    factor = D_MODEL ** 0.5 / norms.double().mean().item()
+    assert sae_lens_factor == pytest.approx(factor, rel=1e-5)
+    assert factor != pytest.approx(1.0, abs=0.05)  # else the test could not tell
+
+    _, cache = hooked.run_with_cache(contexts[:3], [cfg.hook_name])
+    raw = cache[cfg.hook_name].reshape(-1, D_MODEL)
+    normalised = raw * factor
+    with torch.no_grad():
+        # The trained SAE on normalised inputs, by hand: ReLU((x - b_dec) W_enc + b_enc).
+        expected = torch.relu((normalised - weights["b_dec"]) @ weights["W_enc"] + weights["b_enc"])
+        got = reloaded.encode(raw)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        assert (expected > 0).any()
+        # and decodes back to raw scale: x_hat_raw = x_hat_normalised / factor
+        expected_out = (expected @ weights["W_dec"] + weights["b_dec"]) / factor
+        torch.testing.assert_close(reloaded.decode(got), expected_out, rtol=1e-4, atol=1e-5)
+
+
+def test_resumable_store_serves_exactly_sae_lens_batches(hooked, contexts):
+    # 24 contexts of <= 64 kept tokens; a 20-context buffer: 12 batches of 128 cross two
+    # shuffles and the end of the contexts (which start again).
+    cfg = build_sae_train_config(seed=3)
+    n_batches = 12
+    served = []
+    for store_class in (None, sae_mod._store_class()):
+        store = sae_lens_store(hooked.model, contexts, cfg, store_class)
+        with torch.random.fork_rng():
+            torch.manual_seed(7)
+            served.append([next(store).clone() for _ in range(n_batches)])
+    for i, (a, b) in enumerate(zip(*served, strict=True)):
+        assert torch.equal(a, b), f"batch {i}"

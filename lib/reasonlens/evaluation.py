@@ -21,7 +21,6 @@ from reasonlens.world import prompt
 ANSWER_RE = re.compile(r"answer is (-?\d+)")
 
 
-@torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 160,
              batch_size: int = 64, temperature: float = 0.0, seed: int = 0,
              desc: str = "generate", return_ids: bool = False):
@@ -51,7 +50,9 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 160
     eos_id = tokenizer.eos_token_id
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     out: list[list[int]] = []
-    with torch.random.fork_rng():  # seeded here, for sampling alone; the caller's RNG is kept
+    # seeded here, for sampling alone; the caller's RNG is kept. no_grad as a block, not a
+    # decorator: mutmut skips decorated functions.
+    with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(seed)
         try:
             for start in tqdm(range(0, len(prompts), batch_size), desc=desc, mininterval=2.0):

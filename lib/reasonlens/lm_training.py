@@ -109,16 +109,16 @@ def train_lm(model: torch.nn.Module, train_tokens: torch.Tensor, val_tokens: tor
     return pd.DataFrame(history)
 
 
-@torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 32) -> float:
     """Mean next-token loss of ``model`` over token rows ``[n, pos]``."""
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(tokens), batch_size):
-        batch = tokens[start: start + batch_size]
-        n_predicted = batch.numel() - len(batch)
-        total += model(input_ids=batch, labels=batch).loss.item() * n_predicted
-        count += n_predicted
+    with torch.no_grad():  # a block, not a decorator: mutmut skips decorated functions
+        for start in range(0, len(tokens), batch_size):
+            batch = tokens[start: start + batch_size]
+            n_predicted = batch.numel() - len(batch)
+            total += model(input_ids=batch, labels=batch).loss.item() * n_predicted
+            count += n_predicted
     return total / count
 
 

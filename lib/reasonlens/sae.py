@@ -65,7 +65,16 @@ CHECKPOINT_FORMAT = 2  # 2: checkpoints hold the shuffling buffer; older ones st
 
 @dataclasses.dataclass(frozen=True)
 class SAETrainConfig(Config):
-    """How to train one SAE with SAELens. Defaults are the paper's (Galichin et al., 2025, Sec. 3.1).
+    """How to train one SAE with SAELens.
+
+    Defaults are the paper's where it states a value (Galichin et al., 2025, Sec. 3.1: hook point,
+    expansion, L1 coefficient, tokens, lr, context size, special tokens excluded) and SAELens's
+    elsewhere (batch size, norm-estimate batches, dead-feature window, ``apply_b_dec_to_input``),
+    with no warm-up, no decay and no input normalisation. The authors' training config
+    (``training/configs/r1-distill-llama-8b.yaml`` of AIRI-Institute/SAE-Reasoning) differs from
+    these defaults in ``normalize_activations``, ``l1_warm_up_steps``, ``lr_decay_steps``,
+    ``apply_b_dec_to_input``, ``store_batch_size_prompts``, ``n_checkpoints`` and ``seed``:
+    ``SAETrainConfig.reference()`` returns the reference code's settings.
 
     Args:
         hook_name: TransformerLens hook point (paper: ``blocks.19.hook_resid_post``).
@@ -87,6 +96,8 @@ class SAETrainConfig(Config):
         normalize_activations: ``"none"`` or ``"expected_average_only_in"`` (scale inputs to
             norm sqrt(d_in) while training; folded into the weights at the end).
         n_batches_for_norm_estimate: batches whose mean norm sets that scale (SAELens default).
+        apply_b_dec_to_input: subtract the decoder bias from the input before encoding
+            (SAELens default True; the reference trains with False: ReLU(x W_enc + b_enc)).
         exclude_special_tokens: drop BOS/EOS/PAD activations from training (as the paper does).
         n_checkpoints: intermediate checkpoints (0: none; an interruption still writes one).
         dead_feature_window: steps without firing after which SAELens counts a feature dead.
@@ -111,6 +122,7 @@ class SAETrainConfig(Config):
     store_batch_size_prompts: int = 16
     normalize_activations: str = "none"
     n_batches_for_norm_estimate: int = 1000  # SAELens default
+    apply_b_dec_to_input: bool = True  # SAELens default (reference: False)
     exclude_special_tokens: bool = True  # paper: BOS/EOS/PAD ignored
     n_checkpoints: int = 0
     dead_feature_window: int = 1000  # SAELens default
@@ -146,6 +158,49 @@ class SAETrainConfig(Config):
             raise ValueError(f"lr_warm_up_steps + lr_decay_steps = "
                              f"{self.lr_warm_up_steps + self.lr_decay_steps} exceeds the "
                              f"{self.n_steps} training steps (training_tokens // batch_size).")
+
+    @classmethod
+    def reference(cls, **overrides) -> SAETrainConfig:
+        """The authors' SAE training settings, from the reference code's config.
+
+        Every value of ``training/configs/r1-distill-llama-8b.yaml`` (AIRI-Institute/SAE-Reasoning)
+        that has a field here; the rest are this class's defaults. Their ``n_batches_in_buffer``
+        (32) has no field: ``train_sae`` sizes the buffer itself.
+
+        Args:
+            overrides: fields to set otherwise (e.g. ``training_tokens`` for a shorter run).
+
+        Returns:
+            A validated ``SAETrainConfig``.
+
+        Raises:
+            ValueError: an override out of range (see ``__post_init__``).
+
+        Used by profiles/r1-distill-llama-8b.yaml (its values) and the tests.
+        """
+        values = dict(
+            architecture="standard",  # yaml:14
+            hook_name="blocks.19.hook_resid_post",  # yaml:15
+            expansion_factor=16,  # yaml:18
+            apply_b_dec_to_input=False,  # yaml:21
+            normalize_activations="expected_average_only_in",  # yaml:26
+            training_tokens=819_200_000,  # yaml:29
+            batch_size=4096,  # yaml:30 (train_batch_size_tokens)
+            lr=5e-5,  # yaml:31
+            lr_warm_up_steps=0,  # yaml:35
+            lr_decay_steps=40_000,  # yaml:36 (20% of the 200k steps)
+            l1_coefficient=5.0,  # yaml:37
+            l1_warm_up_steps=10_000,  # yaml:38 (5% of the 200k steps)
+            context_size=1024,  # yaml:40
+            store_batch_size_prompts=8,  # yaml:44
+            dead_feature_window=1000,  # yaml:49
+            device="cuda",  # yaml:60
+            seed=42,  # yaml:61
+            n_checkpoints=5,  # yaml:62
+            dtype="float32",  # yaml:64
+            exclude_special_tokens=True,  # yaml:65 (BOS/EOS ids of the Llama tokenizer)
+        )
+        return cls(**{**values, **overrides})
 
     @property
     def n_steps(self) -> int:
@@ -197,7 +252,8 @@ def _training_sae_config(cfg: SAETrainConfig, d_in: int):
                           TopKTrainingSAEConfig)
 
     common = dict(d_in=d_in, d_sae=cfg.expansion_factor * d_in, dtype=cfg.dtype,
-                  device=cfg.device, normalize_activations=cfg.normalize_activations)
+                  device=cfg.device, normalize_activations=cfg.normalize_activations,
+                  apply_b_dec_to_input=cfg.apply_b_dec_to_input)
     if cfg.architecture == "standard":
         return StandardTrainingSAEConfig(l1_coefficient=cfg.l1_coefficient,
                                          l1_warm_up_steps=cfg.l1_warm_up_steps, **common)
@@ -392,17 +448,30 @@ class _StopRequest:
 @contextlib.contextmanager
 def _interrupt_signals(handler) -> Iterator[None]:
     """SIGINT/SIGTERM go to ``handler`` inside; restored on exit."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Thin: the logic is in plain functions, which mutmut mutates (it skips decorated ones).
+    previous: dict = {}
     try:
-        for sig in previous:
-            signal.signal(sig, handler)
+        previous = _install_signal_handler(handler)
         yield
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        _restore_signal_handlers(previous)
+
+
+def _install_signal_handler(handler) -> dict:
+    """Send SIGINT/SIGTERM to ``handler``; return the handlers it replaced (none off the main
+    thread, where Python cannot set signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def _restore_signal_handlers(previous: dict) -> None:
+    """Put back the handlers ``_install_signal_handler`` replaced."""
+    for sig, old in previous.items():
+        signal.signal(sig, old)
 
 
 def train_sae(model, tokens, cfg: SAETrainConfig, checkpoint_dir: str | Path | None = None,
@@ -503,14 +572,20 @@ def train_sae(model, tokens, cfg: SAETrainConfig, checkpoint_dir: str | Path | N
 @contextlib.contextmanager
 def _quiet_sae_lens() -> Iterator[None]:
     """SAELens warns that an injected model/dataset makes the config alone irreproducible."""
-    from sae_lens import logger as sae_lens_logger
-
-    level = sae_lens_logger.level
-    sae_lens_logger.setLevel(logging.ERROR)
+    level = _set_sae_lens_log_level(logging.ERROR)
     try:
         yield
     finally:
-        sae_lens_logger.setLevel(level)
+        _set_sae_lens_log_level(level)
+
+
+def _set_sae_lens_log_level(level: int) -> int:
+    """Set SAELens's logger to ``level``; return the level it had."""
+    from sae_lens import logger as sae_lens_logger
+
+    previous = sae_lens_logger.level
+    sae_lens_logger.setLevel(level)
+    return previous
 
 
 def _fingerprint(tokens: torch.Tensor, ht) -> dict[str, Any]:
