@@ -601,3 +601,31 @@ def test_resumable_store_serves_exactly_sae_lens_batches(hooked, contexts):
             served.append([next(store).clone() for _ in range(n_batches)])
     for i, (a, b) in enumerate(zip(*served, strict=True)):
         assert torch.equal(a, b), f"batch {i}"
+
+
+def test_evaluation_at_the_last_layer_one_context_per_batch(fitted, contexts):
+    # The hook at the last layer (the forward pass stops right after it) and batch_size=1.
+    hook_name, tokens = "blocks.1.hook_resid_post", contexts[:3]
+    ignore = models.special_token_ids(fitted.tokenizer)
+    _, cache = fitted.model.run_with_cache(tokens, names_filter=[hook_name])
+    threshold = cache[hook_name].abs().median().item()
+    sae = soft_threshold_sae(D_MODEL, threshold, n_dead=4, hook_name=hook_name)
+    result = sae_mod.evaluate_sae(fitted, sae, tokens, batch_size=1)
+    expected, density = hand_evaluation(fitted.model, tokens, hook_name, threshold, 4, ignore)
+    assert result.metrics() == pytest.approx(expected, rel=1e-4)
+    np.testing.assert_allclose(result.feature_density, density, atol=1e-12)
+    assert 0 < expected["explained_variance"] < 1
+
+
+def test_a_model_needs_both_run_with_cache_and_cfg():
+    import types
+
+    for partial in (types.SimpleNamespace(cfg=object()),
+                    types.SimpleNamespace(run_with_cache=lambda *a: None)):
+        with pytest.raises(TypeError, match="got SimpleNamespace"):
+            sae_mod._hooked_transformer(partial)
+        with pytest.raises(TypeError, match="HookedTransformer"):
+            sae_mod._hooked_transformer(types.SimpleNamespace(model=partial))
+    whole = types.SimpleNamespace(cfg=object(), run_with_cache=lambda *a: None)
+    assert sae_mod._hooked_transformer(whole) is whole
+    assert sae_mod._hooked_transformer(types.SimpleNamespace(model=whole)) is whole
