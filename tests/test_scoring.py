@@ -97,7 +97,7 @@ def test_config_round_trip():
     ({"words": ("wait", "  ")}, r"words=('wait', '  ') must be a sequence of non-empty strings"),
     ({"words": ("wait", 5)}, r"words=('wait', 5) must be a sequence of non-empty strings"),
     ({"words": ("wait", "wait")}, r"words=('wait', 'wait') has duplicates"),
-    ({"token_ids": [[[5]]]}, r"token_ids has 1 groups but words has 10 names; pass words=(...) "
+    ({"token_ids": [[[5]]]}, r"token_ids has 1 groups but words has 34 names; pass words=(...) "
                              r"with one name per token-id group."),
     ({"words": ("a",), "token_ids": [[]]}, r"token_ids group 0 is empty; give at least one"),
     ({"words": ("a",), "token_ids": [[[5], []]]},
@@ -130,14 +130,54 @@ def test_unknown_config_key_is_an_error():
 
 
 # --- Vocabulary and masks -------------------------------------------------------------------
-def test_variants_and_multi_token_groups(tokenizer):
+# extraction/reason_tokens.json of AIRI-Institute/SAE-Reasoning, written out as it is there.
+REFERENCE_STRINGS = [
+    "alternatively", " alternatively", "Alternatively", " Alternatively", "hmm", " hmm", "Hmm",
+    " Hmm", "maybe", " maybe", "Maybe", " Maybe", "wait", " wait", "Wait", " Wait", "perhaps",
+    " perhaps", "Perhaps", " Perhaps", "let me", " let me", "Let me", " Let me", "therefore",
+    " therefore", "Therefore", " Therefore", "however", " however", "However", " However", "But",
+    "Another"]
+REFERENCE_GROUPS = ["alternatively", "hmm", "maybe", "wait", "perhaps", "let me", "therefore",
+                    "however", "but", "another"]
+
+
+def test_default_vocabulary_is_the_reference_34_strings_in_10_groups(tokenizer):
+    cfg = build_reason_score_config()
+    assert list(cfg.words) == REFERENCE_STRINGS and cfg.variants == "listed"
+    groups = scoring.reasoning_groups(tokenizer, cfg)
+    assert list(groups) == REFERENCE_GROUPS
+    # The toy tokenizer spells every string, each with its own ids: all 34 are scored.
+    expected = {name: tuple(tuple(tokenizer.encode(t, add_special_tokens=False))
+                            for t in REFERENCE_STRINGS if t.lstrip().lower() == name)
+                for name in REFERENCE_GROUPS}
+    assert groups == expected and sum(map(len, groups.values())) == 34
+    assert groups["but"] == (tuple(tokenizer.encode("But", add_special_tokens=False)),)
+    assert all(len(seq) > 1 for seq in groups["let me"])
+
+
+def test_all_forms_rule_adds_the_six_but_and_another_forms(tokenizer):
     assert scoring.word_variants("Let me") == ["let me", " let me", "Let me", " Let me"]
-    groups = scoring.reasoning_groups(tokenizer, build_reason_score_config())
-    assert list(groups) == list(scoring.ReasonScoreConfig().words)
-    let_me = groups["let me"]
-    assert any(len(seq) > 1 for seq in let_me)
-    for seq in let_me:
-        assert tokenizer.decode(list(seq)).strip().lower() == "let me"
+    cfg = scoring.ReasonScoreConfig.all_forms()
+    assert cfg.variants == "all_forms" and cfg.window_edges == "definition"
+    listed = scoring.keyword_groups(build_reason_score_config())
+    forms = scoring.keyword_groups(cfg)
+    assert list(forms) == REFERENCE_GROUPS
+    added = {name: [v for v in forms[name] if v not in listed[name]] for name in forms}
+    assert added == {**{name: [] for name in REFERENCE_GROUPS},
+                     "but": ["but", " but", " But"], "another": ["another", " another", " Another"]}
+    assert sum(map(len, forms.values())) == 40
+    assert scoring.ReasonScoreConfig.reference().window_edges == "reference"
+    assert scoring.ReasonScoreConfig.reference(alpha=1.0).alpha == 1.0
+
+
+def test_keyword_groups_join_strings_by_lstrip_lower():
+    cfg = scoring.ReasonScoreConfig(words=(" Wait", "let me", "wait", "Let me ", "WAIT"))
+    # "Let me " keeps its trailing space (lstrip only), so it is a group of its own, as in the
+    # reference; "WAIT" lower-cases into "wait".
+    assert scoring.keyword_groups(cfg) == {"wait": [" Wait", "wait", "WAIT"], "let me": ["let me"],
+                                           "let me ": ["Let me "]}
+    forms = scoring.ReasonScoreConfig(words=("WAIT", "wait"), variants="all_forms")
+    assert scoring.keyword_groups(forms) == {"wait": ["wait", " wait", "Wait", " Wait"]}
 
 
 def test_masks_widen_clip_and_ignore():
@@ -152,6 +192,31 @@ def test_masks_widen_clip_and_ignore():
     # A window of (0, 0) marks exactly the matched tokens; a one-token variant works too.
     exact = scoring.word_masks(tokens, [[(5, 6)], [(7,)]], window=(0, 0), ignore_ids=())
     assert exact[0].sum() == 6 and exact[1].nonzero().tolist() == [[1, 8]]
+
+
+def test_reference_window_edges_on_the_issue_example():
+    # A three-token "Alternatively" (7, 8, 9) at positions 0-2 and again at 7-9, window (1, 2).
+    # The definition covers 0-4 and 6-9. The reference's delta[b, starts] += 1 sees start 0 twice
+    # (positions 0 and 1 clipped) and adds it once: the running count ends one short, so the first
+    # window stops at 3, and the count stays one short for the rest of the context, so position 6,
+    # covered by one window only, is lost too. Clipped ends fall past the context and cost nothing.
+    tokens = torch.tensor([[7, 8, 9, 1, 1, 1, 1, 7, 8, 9]])
+    definition = scoring.word_masks(tokens, [[(7, 8, 9)]], (1, 2), ())
+    reference = scoring.word_masks(tokens, [[(7, 8, 9)]], (1, 2), (), "reference")
+    assert definition[0, 0].int().tolist() == [1, 1, 1, 1, 1, 0, 1, 1, 1, 1]
+    assert reference[0, 0].int().tolist() == [1, 1, 1, 1, 0, 0, 0, 1, 1, 1]
+    # Window (3, 0): positions 0-2 share start 0 (two lost); deltas +1 at 0, 4, 5, 6 and -1 at
+    # 1, 2, 3, 8, 9 give counts 1 0 -1 -2 -1 0 1 1 0 -1.
+    assert scoring.word_masks(tokens, [[(7, 8, 9)]], (3, 0), (), "reference")[0, 0].int().tolist() \
+        == [1, 0, 0, 0, 0, 0, 1, 1, 0, 0]
+    shifted = torch.tensor([[1, 7, 8, 9, 1, 1]])  # positions 1-3 all clip to start 0
+    assert scoring.word_masks(shifted, [[(7, 8, 9)]], (3, 0), (), "reference")[0, 0].tolist() \
+        == [True, True, False, False, False, False]
+    # Away from the first token both rules agree, also with windows wider than the context.
+    middle = torch.tensor([[1, 1, 7, 8, 9, 1, 1, 1]])
+    for window in [(1, 2), (2, 0), (0, 9)]:
+        assert torch.equal(scoring.word_masks(middle, [[(7, 8, 9)]], window, ()),
+                           scoring.word_masks(middle, [[(7, 8, 9)]], window, (), "reference"))
 
 
 def test_masks_of_a_group_join_all_its_variants():
@@ -184,14 +249,18 @@ class LetterTokenizer:
 
 
 def test_reasoning_groups_keep_only_variants_the_tokenizer_spells():
-    cfg = build_reason_score_config(words=("xm", "qa", "xx", "Wait"))
-    with pytest.warns(UserWarning, match=r"words: 'xx' cannot be produced by this tokenizer"):
+    cfg = build_reason_score_config(words=("xm", "qa", "xx", "Wait"), variants="all_forms")
+    with pytest.warns(UserWarning, match=r"words: 'xx' cannot be produced by this tokenizer \(none "
+                                         r"of its variants \['xx', ' xx', 'Xx', ' Xx'\]"):
         groups = scoring.reasoning_groups(LetterTokenizer(), cfg)
     ords = lambda text: tuple(map(ord, text))  # noqa: E731
     # "xm" holds the unknown id (although it decodes back), "qa" does not decode back, and no
     # leading-space form survives: each group keeps the later variants that do round-trip.
     assert groups == {"xm": (ords("Xm"),), "qa": (ords("Qa"),),
-                      "Wait": (ords("wait"), ords("Wait"))}
+                      "wait": (ords("wait"), ords("Wait"))}
+    listed = build_reason_score_config(words=(" Wait", "qa", "Wait"))
+    with pytest.warns(UserWarning, match=r"words: 'qa' cannot .* variants \['qa'\] round-trips\)"):
+        assert scoring.reasoning_groups(LetterTokenizer(), listed) == {"wait": (ords("Wait"),)}
     with pytest.warns(UserWarning), pytest.raises(
             ValueError, match=r"words=\('xx',\): the tokenizer can produce none of them"):
         scoring.reasoning_groups(LetterTokenizer(), build_reason_score_config(words=("xx",)))
@@ -262,7 +331,7 @@ def binary_entropy_bits(p: float) -> float:
 @pytest.mark.parametrize("batch_size", [1, 2])
 def test_hand_computed_reason_score(table, batch_size):
     model, sae, tokens = table
-    cfg = scoring.ReasonScoreConfig(words=("wait", "let me"), window=(1, 2), alpha=0.7,
+    cfg = scoring.ReasonScoreConfig(words=("wait", "Wait", "Let me"), window=(1, 2), alpha=0.7,
                                     batch_size=batch_size)
     frame, stats = scoring.reason_score(model, sae, tokens, cfg, progress=False)
     # Masks (window (1, 2), minus BOS/EOS/PAD): wait = row 0 positions 1-5 and row 1 positions
@@ -289,7 +358,7 @@ def test_hand_computed_reason_score(table, batch_size):
 
 def test_hand_computed_single_multi_token_word_has_entropy_one(table):
     model, sae, tokens = table
-    cfg = scoring.ReasonScoreConfig(words=("let me",), window=(1, 2), alpha=0.7)
+    cfg = scoring.ReasonScoreConfig(words=("Let me",), window=(1, 2), alpha=0.7)
     frame, stats = scoring.reason_score(model, sae, tokens, cfg, progress=False)
     # |R| = 1: H = 1 for every feature, even f2 that never fires on the word.
     assert (int(stats.pos_count), int(stats.neg_count)) == (4, 13)
@@ -322,7 +391,8 @@ def test_hand_computed_prompt_score(table):
 
 def test_hand_computed_top_activation_window_share(table):
     model, sae, tokens = table
-    cfg = scoring.ReasonScoreConfig(words=("wait", "let me"), window=(1, 2), batch_size=1)
+    cfg = scoring.ReasonScoreConfig(words=("wait", "Wait", "Let me"), window=(1, 2),
+                                    batch_size=1)
     shares = scoring.top_activation_window_share(model, sae, tokens, [0, 2], cfg, n_top=4)
     # f0's four largest: three 2s inside the windows, the 1 (d6) outside. f2's: the 1 (d0)
     # inside, then three of the 0.5s (d4..d9), all outside. The ignored 5s never count.
@@ -380,12 +450,13 @@ def test_stats_stay_exact_beyond_float32_precision():
 @pytest.mark.parametrize("backend", ["hf", "transformer_lens"])
 def test_matches_reference(backend, hf_model, tl_model, sae, tokens):
     model = hf_model if backend == "hf" else tl_model
-    cfg = build_reason_score_config()
+    cfg = build_reason_score_config()  # the library's default vocabulary
     frame, stats = scoring.reason_score(model, sae, tokens, cfg, progress=False)
-    ref = reference_reason_score(model, sae, tokens, words=cfg.words, hook_name=HOOK)
+    ref = reference_reason_score(model, sae, tokens, strings=REFERENCE_STRINGS, hook_name=HOOK)
+    assert ref["words"] == REFERENCE_GROUPS == list(stats.words)
     assert stats.group_count.sum() > 0 and (stats.group_count > 0).sum() >= 3
     assert (frame["reason_score"] != 0).sum() > 10  # features fire: the check is not vacuous
-    assert_matches_reference(frame, ref, cfg.words)
+    assert_matches_reference(frame, ref, ref["words"])
     assert list(frame.columns[:7]) == ["feature_idx", "reason_score", "mu_pos", "mu_neg",
                                        "entropy", "density", "max_activation"]
 
@@ -398,25 +469,75 @@ def test_backends_agree(hf_model, tl_model, sae, tokens):
 
 
 def test_absent_word_has_zero_mean_and_counts_in_R(hf_model, sae, tokens, caplog):
-    cfg = build_reason_score_config(words=("wait", "therefore", "zebra"))
+    cfg = build_reason_score_config(words=("Wait", " wait", "Therefore", "zebra"))
     with caplog.at_level(logging.WARNING, logger="reasonlens.scoring"):
         frame, stats = scoring.reason_score(hf_model, sae, tokens, cfg, progress=False)
     assert ("words ['zebra'] never occur in the tokens: their mu is 0 for every feature and they "
             "still count in |R|.") in caplog.text
     assert stats.group_count[2] == 0 and (frame["mu_zebra"] == 0).all()
-    ref = reference_reason_score(hf_model, sae, tokens, words=cfg.words, hook_name=HOOK)
-    assert_matches_reference(frame, ref, cfg.words)
+    ref = reference_reason_score(hf_model, sae, tokens, strings=["Wait", " wait", "Therefore",
+                                                                 "zebra"], hook_name=HOOK)
+    assert_matches_reference(frame, ref, ["wait", "therefore", "zebra"])
     # |R| = 3 although only two words occur, so the entropy stays at most log 2 / log 3.
     assert frame["entropy"].max() <= np.log(2) / np.log(3) + 1e-9
 
 
 def test_single_word_vocabulary(hf_model, sae, tokens):
-    cfg = build_reason_score_config(words=("wait",), window=(0, 0))
-    frame, _ = scoring.reason_score(hf_model, sae, tokens, cfg, progress=False)
-    assert (frame["entropy"] == 1).all()
-    ref = reference_reason_score(hf_model, sae, tokens, words=cfg.words, window=(0, 0),
+    cfg = build_reason_score_config(words=("Wait", " wait"), window=(0, 0))
+    frame, stats = scoring.reason_score(hf_model, sae, tokens, cfg, progress=False)
+    assert (frame["entropy"] == 1).all() and stats.group_count.item() > 0
+    ref = reference_reason_score(hf_model, sae, tokens, strings=["Wait", " wait"], window=(0, 0),
                                  hook_name=HOOK)
-    assert_matches_reference(frame, ref, cfg.words)
+    assert_matches_reference(frame, ref, ["wait"])
+
+
+def test_all_forms_rule_matches_the_reference_given_its_40_strings(hf_model, sae, tokens):
+    cfg = scoring.ReasonScoreConfig.all_forms(hook_name=HOOK, batch_size=3)
+    frame, stats = scoring.reason_score(hf_model, sae, tokens, cfg, progress=False)
+    strings = REFERENCE_STRINGS + ["but", " but", " But", "another", " another", " Another"]
+    ref = reference_reason_score(hf_model, sae, tokens, strings=strings, hook_name=HOOK)
+    assert_matches_reference(frame, ref, ref["words"])
+    listed, listed_stats = scoring.reason_score(hf_model, sae, tokens, build_reason_score_config(),
+                                                progress=False)
+    # " but" is in these traces: the "but" mask grows, so the two rules score differently.
+    but = REFERENCE_GROUPS.index("but")
+    assert stats.group_count[but] > listed_stats.group_count[but]
+    assert not np.allclose(frame.reason_score, listed.reason_score)
+
+
+@pytest.fixture(scope="module")
+def edge_tokens(tokens, tokenizer):
+    """40-token cuts of the contexts that each start with a multi-token reasoning word."""
+    rows = []
+    for text in REFERENCE_STRINGS:
+        seq = tokenizer.encode(text, add_special_tokens=False)
+        for row in tokens.tolist():
+            starts = [i for i in range(len(row) - 40) if row[i:i + len(seq)] == seq]
+            if len(seq) > 1 and starts:
+                rows.append(row[starts[0]:starts[0] + 40])
+    assert len(rows) >= 3, "the traces should hold multi-token reasoning words"
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("edges", ["definition", "reference"])
+def test_window_edges_match_the_plain_reference(edges, hf_model, sae, edge_tokens):
+    cfg = build_reason_score_config(window_edges=edges, window=(2, 1))
+    frame, _ = scoring.reason_score(hf_model, sae, edge_tokens, cfg, progress=False)
+    ref = reference_reason_score(hf_model, sae, edge_tokens, strings=REFERENCE_STRINGS,
+                                 window=(2, 1), hook_name=HOOK, edges=edges)
+    assert_matches_reference(frame, ref, ref["words"])
+
+
+def test_reference_edges_lose_positions_only_at_the_first_token(hf_model, sae, edge_tokens):
+    definition = build_reason_score_config(window=(2, 1))
+    reference = scoring.ReasonScoreConfig.reference(hook_name=HOOK, batch_size=3, window=(2, 1))
+    groups = list(scoring.reasoning_groups(hf_model.tokenizer, definition).values())
+    exact = scoring.word_masks(edge_tokens, groups, (2, 1), ())
+    lossy = scoring.word_masks(edge_tokens, groups, (2, 1), (), "reference")
+    assert (lossy <= exact).all() and (lossy != exact).any()
+    a, _ = scoring.reason_score(hf_model, sae, edge_tokens, definition, progress=False)
+    b, _ = scoring.reason_score(hf_model, sae, edge_tokens, reference, progress=False)
+    assert not np.allclose(a.reason_score, b.reason_score, rtol=0, atol=1e-9)
 
 
 def test_feature_that_never_fires_on_words_has_zero_entropy():
@@ -553,7 +674,7 @@ def test_error_tokens_not_a_batch(hf_model, sae, bad, shape):
 
 def test_contexts_frame_is_scored_like_its_tokens(table):
     model, sae, tokens = table
-    cfg = scoring.ReasonScoreConfig(words=("wait", "let me"))
+    cfg = scoring.ReasonScoreConfig(words=("wait", "Wait", "Let me"))
     frame, _ = scoring.reason_score(model, sae, pd.DataFrame({"tokens": list(tokens.numpy())}),
                                     cfg, progress=False)
     np.testing.assert_allclose(frame["mu_pos"], [6 / 11, 3 / 11, 1 / 11])
@@ -638,7 +759,8 @@ def test_top_activation_window_share_matches_reference(hf_model, sae, tokens):
     shares = scoring.top_activation_window_share(hf_model, sae, tokens, features, cfg, n_top=10)
     assert shares.feature_idx.tolist() == features
     for row, feature in zip(shares.itertuples(), features):
-        window, chance = reference_window_share(hf_model, sae, tokens, cfg.words, feature, 10,
+        window, chance = reference_window_share(hf_model, sae, tokens, REFERENCE_STRINGS, feature,
+                                                10,
                                                 cfg.window, HOOK)
         assert (row.window_share, row.chance_share) == pytest.approx((window, chance)), feature
     assert shares.window_share.nunique() > 1  # the features differ: the check is not vacuous
@@ -668,3 +790,26 @@ SCORING_ENTRY_POINTS = {
 def test_scoring_brings_the_sae_to_the_model_before_any_pass(entry, hf_model, sae, tokens):
     with pytest.raises(ValueError, match="SAE is on meta and the model on cpu"):
         SCORING_ENTRY_POINTS[entry](hf_model, copy.deepcopy(sae).to("meta"), tokens)
+
+
+# --- Comparing scorings ----------------------------------------------------------------------
+def test_compare_rankings_by_hand():
+    frame = lambda scores: pd.DataFrame({"feature_idx": [0, 1, 2, 3],  # noqa: E731
+                                         "reason_score": scores})
+    base = frame([0.4, 0.3, 0.2, 0.1])
+    swapped = frame([0.3, 0.4, -0.2, 0.1])  # the top two swap, feature 2 falls to last
+    table = scoring.compare_rankings({"base": base, "swapped": swapped.iloc[::-1]}, top_k=2)
+    assert table.index.tolist() == ["base", "swapped"]
+    assert table.top_k_overlap.tolist() == [2, 2]
+    assert table.baseline_top_rank.tolist() == [1, 2]
+    # ranks: base 4 3 2 1, swapped 3 4 1 2: d = 1, 1, 1, 1; Spearman 1 - 6 * 4 / (4 * 15) = 0.6
+    np.testing.assert_allclose(table.spearman, [1.0, 0.6])
+    np.testing.assert_allclose(table.max_abs_difference, [0.0, 0.4])
+    assert scoring.compare_rankings({"base": base}, top_k=1).top_k_overlap.tolist() == [1]
+    assert scoring.compare_rankings({"b": base, "s": swapped}, top_k=1).top_k_overlap.tolist() \
+        == [1, 0]
+    with pytest.raises(ValueError, match=r"^scores\['other'\] covers other features"):
+        scoring.compare_rankings({"base": base, "other": frame([1, 2, 3, 4]).assign(
+            feature_idx=[0, 1, 2, 5])})
+    with pytest.raises(ValueError, match=r"^scores is empty"):
+        scoring.compare_rankings({})

@@ -53,3 +53,11 @@ REASONING_WORDS = (
     "alternatively", "hmm", "maybe", "wait", "perhaps",
     "let me", "therefore", "however", "but", "another",
 )
+# The strings the paper's code scores (AIRI-Institute/SAE-Reasoning, extraction/reason_tokens.json):
+# the lower-case and capitalised forms, with and without a leading space, of the first eight words,
+# and only "But" and "Another" of the last two (a bare " but" is among the commonest tokens of
+# English). Grouped by ``s.lstrip().lower()``: 34 strings, 10 groups.
+REASON_TOKENS = tuple(
+    form for word in REASONING_WORDS[:8]
+    for form in (word, " " + word, word.capitalize(), " " + word.capitalize())
+) + ("But", "Another")

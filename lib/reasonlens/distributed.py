@@ -89,6 +89,11 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=0.7)
     parser.add_argument("--window", type=int, nargs=2, default=(1, 2))
+    parser.add_argument("--window-edges", default="definition", choices=scoring.WINDOW_EDGES,
+                        help="'reference': the paper's code's clipping at a context's first token")
+    parser.add_argument("--words", nargs="+", default=None,
+                        help="keyword variants, grouped by lstrip().lower() (default: the "
+                             "reference's 34 strings)")
     return parser.parse_args(argv)
 
 
@@ -122,7 +127,8 @@ def main(argv=None) -> None:
         sae = SAE.load_from_disk(args.sae, device=device)
         tokens = contexts_tensor(pd.read_parquet(args.tokens))
         cfg = scoring.ReasonScoreConfig(hook_name=args.hook_name, batch_size=args.batch_size,
-                                        alpha=args.alpha, window=tuple(args.window))
+                                        alpha=args.alpha, window=tuple(args.window),
+                                        window_edges=args.window_edges, words=args.words)
         stats = distributed_stats(model, sae, tokens, cfg, progress=True)
         if dist.get_rank() == 0:
             scoring.warn_absent_words(stats)

@@ -91,7 +91,8 @@ def feature_activations(model, sae, texts: Sequence[str], features: Sequence[int
     acts = encode_features(model, folded_sae(sae_on_model_device(sae, model)), tokens, features,
                            cfg.hook_name, batch_size, progress=False)  # [texts, pos, features]
     keep = (~ignored_mask(tokens, ignore_ids)).float()[..., None]
-    window = word_masks(tokens, groups, cfg.window, ignore_ids).any(0).float()[..., None]
+    window = word_masks(tokens, groups, cfg.window, ignore_ids,
+                        cfg.window_edges).any(0).float()[..., None]
     in_window = window.sum(1)
     stats = {"doc_mean": (acts * keep).sum(1) / keep.sum(1).clamp(min=1),
              "doc_max": acts.masked_fill(keep == 0, -torch.inf).amax(1),

@@ -41,20 +41,22 @@ import dataclasses
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from reasonlens.config import Config, check_range
-from reasonlens.constants import REASONING_WORDS
+from reasonlens.constants import REASON_TOKENS, REASONING_WORDS
 from reasonlens.models import (check_sae_fits, device_of, parse_hook_name, sae_hook_name,
                                sae_on_model_device, special_token_ids)
 
 log = logging.getLogger(__name__)
 
 TokenGroups = tuple[tuple[tuple[int, ...], ...], ...]
+VARIANT_RULES = ("listed", "all_forms")
+WINDOW_EDGES = ("definition", "reference")
 
 
 # --- Configuration -----------------------------------------------------------------------------
@@ -62,13 +64,27 @@ TokenGroups = tuple[tuple[tuple[int, ...], ...], ...]
 class ReasonScoreConfig(Config):
     """How to compute ReasonScore (Galichin et al., 2025, Sec. 3.2).
 
+    The default scores what the paper's code scores: the 34 strings of its
+    ``extraction/reason_tokens.json`` (``constants.REASON_TOKENS``) in 10 groups, window (1, 2),
+    alpha 0.7, BOS/EOS ignored. ``ReasonScoreConfig.reference()`` also reproduces the code's
+    window edges bit for bit; ``ReasonScoreConfig.all_forms()`` is the rule the paper's text
+    suggests (every word in all four forms, 40 strings, including " but").
+
     Args:
-        words: the reasoning vocabulary R. Keyword mode: each word is a group whose variants are
-            its lower-case and capitalised forms, each with and without a leading space. Token-id
-            mode: the names of the groups in ``token_ids``.
+        words: the reasoning vocabulary R. Keyword mode with ``variants="listed"`` (the
+            reference's): each string is one variant, and variants with the same
+            ``s.lstrip().lower()`` form one group, named by it ("Let me" and " let me" are group
+            "let me"). With ``variants="all_forms"``: each word stands for its lower-case and
+            capitalised forms, each with and without a leading space. Token-id mode: the names of
+            the groups in ``token_ids``. None: ``constants.REASON_TOKENS``.
+        variants: ``"listed"`` or ``"all_forms"`` (keyword mode only; see ``words``).
         token_ids: token-id mode when not None: one entry per group, each a sequence of token-id
             sequences (an int stands for a one-token sequence). ``words`` must name each group.
         window: ``(left, right)`` tokens added around every match (paper: (1, 2)).
+        window_edges: ``"definition"``: a match near a context's edge is widened by the window and
+            clipped there. ``"reference"``: as the paper's code does it, where clipping at the first
+            token makes several window starts coincide and its ``delta[b, starts] += 1`` counts them
+            once, so the window ends early (``window_masks``).
         alpha: entropy exponent (paper: 0.7).
         ignore_token_ids: token ids excluded from every mask; None means the tokenizer's BOS, EOS
             and PAD (the paper ignores BOS/EOS).
@@ -77,15 +93,19 @@ class ReasonScoreConfig(Config):
         batch_size: contexts per model pass.
     """
 
-    words: tuple[str, ...] = REASONING_WORDS  # paper Sec. 3.2: the ten-word vocabulary
+    words: tuple[str, ...] | None = REASON_TOKENS  # reference extraction/reason_tokens.json
+    variants: str = "listed"  # reference compute_score.py: groups by str.lstrip().lower()
     token_ids: TokenGroups | None = None
-    window: tuple[int, int] = (1, 2)  # paper Sec. 3.2
+    window: tuple[int, int] = (1, 2)  # paper Sec. 3.2; reference compute_score.sh --expand_range
+    window_edges: str = "definition"
     alpha: float = 0.7  # paper Sec. 3.2
     ignore_token_ids: tuple[int, ...] | None = None
     hook_name: str | None = None
     batch_size: int = 8
 
     def __post_init__(self):
+        if self.words is None:
+            object.__setattr__(self, "words", REASON_TOKENS)
         if isinstance(self.words, str) or not all(isinstance(w, str) and w.strip()
                                                   for w in self.words):
             raise ValueError(f"words={self.words!r} must be a sequence of non-empty strings, "
@@ -100,16 +120,32 @@ class ReasonScoreConfig(Config):
             raise ValueError(f"window={self.window!r} must be two non-negative ints (left, right), "
                              "e.g. (1, 2).")
         object.__setattr__(self, "window", window)
+        if self.variants not in VARIANT_RULES:
+            raise ValueError(f"variants={self.variants!r} is unknown; use one of {VARIANT_RULES}.")
+        if self.window_edges not in WINDOW_EDGES:
+            raise ValueError(f"window_edges={self.window_edges!r} is unknown; use one of "
+                             f"{WINDOW_EDGES}.")
         check_range("alpha", self.alpha, 0.0, hint="The paper uses alpha=0.7.")
         check_range("batch_size", self.batch_size, 1)
         if self.ignore_token_ids is not None:
-            object.__setattr__(self, "ignore_token_ids", tuple(int(i) for i in self.ignore_token_ids))
+            object.__setattr__(self, "ignore_token_ids",
+                               tuple(int(i) for i in self.ignore_token_ids))
         if self.token_ids is not None:
             object.__setattr__(self, "token_ids", _normalise_token_groups(self.token_ids))
             if len(self.token_ids) != len(self.words):
                 raise ValueError(
                     f"token_ids has {len(self.token_ids)} groups but words has {len(self.words)} "
                     "names; pass words=(...) with one name per token-id group.")
+
+    @classmethod
+    def reference(cls, **overrides) -> ReasonScoreConfig:
+        """The paper's code exactly, window edges included (for bit-exact published scores)."""
+        return cls(**{"window_edges": "reference"} | overrides)
+
+    @classmethod
+    def all_forms(cls, **overrides) -> ReasonScoreConfig:
+        """The paper's text: its ten words, each in all four case and leading-space forms."""
+        return cls(**{"words": REASONING_WORDS, "variants": "all_forms"} | overrides)
 
 
 def _normalise_token_groups(groups) -> TokenGroups:
@@ -132,7 +168,7 @@ def _normalise_token_groups(groups) -> TokenGroups:
 
 # --- Vocabulary ---------------------------------------------------------------------------------
 def word_variants(word: str) -> list[str]:
-    """Case and leading-space variants of one reasoning word (its group).
+    """Case and leading-space variants of one reasoning word (the ``all_forms`` rule).
 
     Example:
         >>> word_variants("let me")
@@ -143,23 +179,49 @@ def word_variants(word: str) -> list[str]:
     return [v for form in forms for v in (form, " " + form)]
 
 
-def reasoning_groups(tokenizer, cfg: ReasonScoreConfig) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """The token-id sequences of every group: ``{word: (ids, ...)}``.
+def group_name(variant: str) -> str:
+    """The group of a keyword variant, named as the paper's code names it: lstrip, lower-case."""
+    return variant.lstrip().lower()
 
-    Keyword mode tokenizes each variant (no special tokens added); a variant is usable when it
-    tokenizes to a non-empty sequence without the unknown token that decodes back to the variant.
-    A word with no usable variant is dropped with a warning.
+
+def keyword_groups(cfg: ReasonScoreConfig) -> dict[str, list[str]]:
+    """The variant strings of every keyword group, ``{group_name: [variant, ...]}``.
+
+    Groups come in the order their first variant appears in ``cfg.words``.
+
+    Example:
+        >>> keyword_groups(ReasonScoreConfig(words=("Wait", " wait", "let me")))
+        {'wait': ['Wait', ' wait'], 'let me': ['let me']}
+    """
+    strings = (cfg.words if cfg.variants == "listed"
+               else [v for word in cfg.words for v in word_variants(word)])
+    groups: dict[str, list[str]] = {}
+    for variant in strings:
+        groups.setdefault(group_name(variant), [])
+        if variant not in groups[group_name(variant)]:
+            groups[group_name(variant)].append(variant)
+    return groups
+
+
+def reasoning_groups(tokenizer, cfg: ReasonScoreConfig) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """The token-id sequences of every group: ``{group_name: (ids, ...)}``.
+
+    Keyword mode tokenizes each variant of ``keyword_groups`` (no special tokens added), as the
+    paper's code does. Unlike that code, a variant is dropped when its ids hold the unknown token
+    or do not decode back to the variant (a tokenizer that cannot spell it would otherwise match
+    something else); byte-level BPE vocabularies (Llama 3, Qwen2, SmolLM2) spell every variant, so
+    there the two agree. A group with no usable variant is dropped with a warning.
 
     Raises:
-        ValueError: no word of ``words`` can be produced by the tokenizer.
+        ValueError: the tokenizer can produce no variant of any group.
     """
     if cfg.token_ids is not None:
         return dict(zip(cfg.words, cfg.token_ids))
     groups: dict[str, tuple[tuple[int, ...], ...]] = {}
     unk = getattr(tokenizer, "unk_token_id", None)
-    for word in cfg.words:
+    for name, variants in keyword_groups(cfg).items():
         seqs = []
-        for variant in word_variants(word):
+        for variant in variants:
             ids = tuple(tokenizer.encode(variant, add_special_tokens=False))
             if not ids or (unk is not None and unk in ids):
                 continue
@@ -167,10 +229,10 @@ def reasoning_groups(tokenizer, cfg: ReasonScoreConfig) -> dict[str, tuple[tuple
                 continue
             seqs.append(ids)
         if seqs:
-            groups[word] = tuple(dict.fromkeys(seqs))
+            groups[name] = tuple(dict.fromkeys(seqs))
         else:
-            warnings.warn(f"words: {word!r} cannot be produced by this tokenizer (no variant of "
-                          f"{word_variants(word)} round-trips); it is dropped from R.",
+            warnings.warn(f"words: {name!r} cannot be produced by this tokenizer (none of its "
+                          f"variants {variants} round-trips); it is dropped from R.",
                           stacklevel=2)
     if not groups:
         raise ValueError(f"words={cfg.words!r}: the tokenizer can produce none of them. Use "
@@ -187,7 +249,8 @@ def default_ignore_ids(tokenizer, cfg: ReasonScoreConfig) -> tuple[int, ...]:
 
 # --- Masks --------------------------------------------------------------------------------------
 def word_masks(tokens: torch.Tensor, groups: Sequence[Sequence[Sequence[int]]],
-               window: tuple[int, int], ignore_ids: Sequence[int]) -> torch.Tensor:
+               window: tuple[int, int], ignore_ids: Sequence[int],
+               edges: str = "definition") -> torch.Tensor:
     """Boolean masks ``[n_groups, batch, pos]``: every token of every match, widened, minus ignored.
 
     Args:
@@ -195,6 +258,8 @@ def word_masks(tokens: torch.Tensor, groups: Sequence[Sequence[Sequence[int]]],
         groups: per group, its token-id sequences.
         window: ``(left, right)`` widening, clipped at the sequence edges.
         ignore_ids: ids removed from every mask.
+        edges: ``"definition"`` (every match covers ``[start - left, end + right]``, clipped) or
+            ``"reference"`` (the paper's code: see ``reference_widen``).
     """
     batch, n_pos = tokens.shape
     left, right = window
@@ -211,14 +276,42 @@ def word_masks(tokens: torch.Tensor, groups: Sequence[Sequence[Sequence[int]]],
                 continue
             padded = torch.zeros(batch, n_pos, dtype=torch.bool, device=tokens.device)
             padded[:, :starts.shape[1]] = starts
-            for offset in range(-left, n + right):  # covered position = start + offset
+            offsets = range(-left, n + right) if edges == "definition" else range(n)
+            covered = torch.zeros(batch, n_pos, dtype=torch.bool, device=tokens.device)
+            for offset in offsets:  # covered position = start + offset
                 if abs(offset) >= n_pos:
                     continue
                 if offset >= 0:
-                    masks[g, :, offset:] |= padded[:, :n_pos - offset]
+                    covered[:, offset:] |= padded[:, :n_pos - offset]
                 else:
-                    masks[g, :, :offset] |= padded[:, -offset:]
+                    covered[:, :offset] |= padded[:, -offset:]
+            masks[g] |= covered if edges == "definition" else reference_widen(covered, window)
     return masks & ~ignored_mask(tokens, ignore_ids)
+
+
+def reference_widen(marked: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """Widen ``[batch, pos]`` matched tokens by ``window`` as the paper's code does.
+
+    AIRI-Institute/SAE-Reasoning, extraction/compute_score.py, ``_compute_single_mask``: for
+    every marked position p, ``start = max(p - left, 0)`` and ``end = min(p + right, pos - 1)``;
+    ``delta[b, start] += 1``, ``delta[b, end + 1] -= 1``; covered where ``cumsum(delta) > 0``.
+    Indexed ``+=`` with repeated indices adds once, so where clipping at the first token gives
+    k + 1 marked positions the same start, the running count is k short from there on: that
+    window loses k positions at its right end ("Alternatively" at positions 0-2 with window
+    (1, 2) covers 0-3, not 0-4), and every later position of the same context that fewer than
+    k + 1 of this variant's windows cover is lost too. Clipping at the last token only touches the
+    column past the end, so that edge is exact. Only a multi-token variant (or a repeated one)
+    within ``left`` tokens of a context's start triggers it.
+    """
+    batch, n_pos = marked.shape
+    left, right = window
+    delta = torch.zeros(batch, n_pos + 1, dtype=torch.int32, device=marked.device)
+    delta[:, 0] += marked[:, :left + 1].any(-1).int()  # every start clipped to 0 counts once
+    if left + 1 < n_pos:
+        delta[:, 1:n_pos - left] += marked[:, left + 1:].int()
+    if right < n_pos:
+        delta[:, right + 1:] -= marked[:, :n_pos - right].int()
+    return delta.cumsum(-1)[:, :n_pos] > 0
 
 
 def ignored_mask(tokens: torch.Tensor, ignore_ids: Sequence[int]) -> torch.Tensor:
@@ -493,7 +586,8 @@ def accumulate_stats(model, sae, tokens, cfg: ReasonScoreConfig, batch_indices=N
         batch = tokens[b * cfg.batch_size:(b + 1) * cfg.batch_size].to(model_device)
         feature_acts = encode_batch(model, sae, batch, hook_name, f"batch {b}")
         batch = batch.to(feature_acts.device)
-        masks = word_masks(batch, list(groups.values()), cfg.window, ignore_ids)
+        masks = word_masks(batch, list(groups.values()), cfg.window, ignore_ids,
+                           cfg.window_edges)
         stats.update(feature_acts, masks, ignored_mask(batch, ignore_ids))
     return stats
 
@@ -531,6 +625,42 @@ def warn_absent_words(stats: ReasonStats) -> None:
     if absent:
         log.warning("words %s never occur in the tokens: their mu is 0 for every feature and they "
                     "still count in |R|.", absent)
+
+
+def compare_rankings(scores: Mapping[str, pd.DataFrame], top_k: int = 20) -> pd.DataFrame:
+    """How other scorings of the same features move the ranking of the first one.
+
+    Args:
+        scores: name -> a ``reason_score`` frame (``feature_idx``, ``reason_score``), the first
+            being the baseline; all over the same features.
+        top_k: the size of the top sets compared.
+
+    Returns:
+        One row per scoring: ``top_k_overlap`` (features shared with the baseline's top_k),
+        ``baseline_top_rank`` (1-based rank of the baseline's top feature), ``spearman`` (rank
+        correlation of all scores with the baseline's) and ``max_abs_difference`` of the scores.
+
+    Raises:
+        ValueError: fewer than one scoring, or scorings over different features.
+    """
+    check_range("top_k", top_k, 1)
+    if not scores:
+        raise ValueError("scores is empty; pass {name: reason_score frame}.")
+    frames = {name: frame.set_index("feature_idx").reason_score.sort_index()
+              for name, frame in scores.items()}
+    base = next(iter(frames.values()))
+    base_top = set(base.nlargest(top_k).index)
+    rows = []
+    for name, score in frames.items():
+        if not score.index.equals(base.index):
+            raise ValueError(f"scores[{name!r}] covers other features than the first scoring.")
+        ranks = score.rank(ascending=False, method="first")
+        top = set(score.nlargest(top_k).index)
+        rows.append(dict(scoring=name, top_k_overlap=len(base_top & top),
+                         baseline_top_rank=int(ranks[base.idxmax()]),
+                         spearman=float(base.rank().corr(score.rank())),
+                         max_abs_difference=float((score - base).abs().max())))
+    return pd.DataFrame(rows).set_index("scoring")
 
 
 # --- Prompt-level score -------------------------------------------------------------------------
@@ -618,7 +748,8 @@ def top_activation_window_share(model, sae, tokens, feature_idx: Sequence[int],
         acts = encode_batch(model, sae, batch, hook_name)[..., idx.to(batch.device)]
         batch = batch.to(acts.device)
         keep = ~ignored_mask(batch, ignore_ids)
-        pos = word_masks(batch, list(groups.values()), cfg.window, ignore_ids).any(0)
+        pos = word_masks(batch, list(groups.values()), cfg.window, ignore_ids,
+                         cfg.window_edges).any(0)
         values.append(acts[keep].float().cpu())  # [n_kept_tokens, n_features]
         inside.append(pos[keep].cpu())
         n_pos, n_kept = n_pos + int(pos[keep].sum()), n_kept + int(keep.sum())

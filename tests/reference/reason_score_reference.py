@@ -1,10 +1,18 @@
-"""A slow ReasonScore written straight from the paper, sharing no code with reasonlens.scoring.
+"""A slow ReasonScore written from the paper and the rules of its authors' code, sharing no code
+with reasonlens.scoring.
 
-Galichin et al. (2025), arXiv 2503.18878, Sec. 3.2: for each reasoning word i, mu_i(f) is the mean
-activation of feature f over the tokens of every occurrence of the word (any case or leading-space
-variant) widened by a window, ignoring BOS/EOS/PAD. Then
+Galichin et al. (2025), arXiv 2503.18878, Sec. 3.2, as AIRI-Institute/SAE-Reasoning's
+extraction/compute_score.py runs it: the vocabulary is a list of strings (extraction/
+reason_tokens.json); strings with the same ``s.lstrip().lower()`` form one group; each string is
+tokenized without special tokens and every occurrence of its ids marks its tokens; every marked
+token is widened by a window (left, right), clipped at the context's edges; BOS/EOS/PAD are left
+out. mu_i(f) is the mean activation of feature f over group i's mask. Then
 p_i = mu_i / sum_j mu_j, H = -sum p_i log p_i / log|R|, and
 score = mu_pos / sum mu_pos * H^alpha - mu_neg / sum mu_neg.
+
+``edges="reference"`` widens as that code does, with ``delta[b, starts] += 1``, where a start
+shared by several marked tokens (clipped at the first token) is added once; ``"definition"``
+counts it as often as it occurs.
 
 Organised like the paper's code: masks are built with plain Python loops, and the model is run once
 per batch of 48 features (so a d_sae-wide SAE costs ceil(d_sae / 48) passes over the tokens).
@@ -24,21 +32,41 @@ import torch
 FEATURE_BATCH = 48
 
 
-def variant_ids(tokenizer, word):
-    """Token-id sequences of the word's variants: lower/Capitalised, with/without a leading space."""
-    lower = word.lower()
-    capital = lower[0].upper() + lower[1:]
-    out = []
-    for text in [lower, " " + lower, capital, " " + capital]:
-        ids = tokenizer.encode(text, add_special_tokens=False)
-        if ids and tokenizer.decode(ids) == text and list(ids) not in out:
-            out.append(list(ids))
-    return out
+def reference_groups(tokenizer, strings):
+    """(group names, per group the id lists of its strings), grouped as compute_score.py does."""
+    names, groups = [], []
+    for text in strings:
+        name = text.lstrip().lower()
+        if name not in names:
+            names.append(name)
+            groups.append([])
+        groups[names.index(name)].append(list(tokenizer.encode(text, add_special_tokens=False)))
+    return names, groups
 
 
-def masks_for(tokens, sequences_per_word, window, ignore_ids):
-    """Per word, a list (per context) of lists (per position) of booleans."""
+def widen(marks, window, edges):
+    """Positions covered by widening each marked position by ``window`` (left, right)."""
     left, right = window
+    n = len(marks)
+    delta = [0] * (n + 1)
+    starts_seen = set()
+    for pos, on in enumerate(marks):
+        if not on:
+            continue
+        start, end = max(pos - left, 0), min(pos + right, n - 1)
+        if edges == "definition" or start not in starts_seen:
+            delta[start] += 1
+        starts_seen.add(start)
+        delta[end + 1] -= 1
+    covered, running = [], 0
+    for pos in range(n):
+        running += delta[pos]
+        covered.append(running > 0)
+    return covered
+
+
+def masks_for(tokens, sequences_per_word, window, ignore_ids, edges="definition"):
+    """Per word, a list (per context) of lists (per position) of booleans."""
     rows = tokens.tolist()
     result = []
     for sequences in sequences_per_word:
@@ -46,12 +74,14 @@ def masks_for(tokens, sequences_per_word, window, ignore_ids):
         for row in rows:
             marks = [False] * len(row)
             for seq in sequences:
+                matched = [False] * len(row)
                 n = len(seq)
                 for start in range(len(row) - n + 1):
                     if row[start:start + n] == list(seq):
-                        for pos in range(start - left, start + n + right):
-                            if 0 <= pos < len(row):
-                                marks[pos] = True
+                        for pos in range(start, start + n):
+                            matched[pos] = True
+                covered = widen(matched, window, edges)
+                marks = [a or b for a, b in zip(marks, covered)]
             for pos, tok in enumerate(row):
                 if tok in ignore_ids:
                     marks[pos] = False
@@ -60,26 +90,20 @@ def masks_for(tokens, sequences_per_word, window, ignore_ids):
     return result
 
 
-def reference_reason_score(model, sae, tokens, words=None, token_ids=None, window=(1, 2),
-                           alpha=0.7, ignore_ids=None, hook_name=None, context_batch=4):
-    """Returns a dict: words, and per-feature lists reason_score, mu_pos, mu_neg, entropy,
-    max_activation, word_means (a list per word)."""
+def reference_reason_score(model, sae, tokens, strings=None, token_ids=None, window=(1, 2),
+                           alpha=0.7, ignore_ids=None, hook_name=None, context_batch=4,
+                           edges="definition"):
+    """Returns a dict: words (the group names), and per-feature lists reason_score, mu_pos,
+    mu_neg, entropy, max_activation, word_means (a list per group)."""
     tokenizer = model.tokenizer
     if ignore_ids is None:
         ignore_ids = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
     ignore_ids = set(ignore_ids)
     if token_ids is not None:
-        sequences_per_word = [[list(s) for s in group] for group in token_ids]
+        words, sequences_per_word = None, [[list(s) for s in group] for group in token_ids]
     else:
-        sequences_per_word = []
-        kept = []
-        for word in words:
-            seqs = variant_ids(tokenizer, word)
-            if seqs:
-                sequences_per_word.append(seqs)
-                kept.append(word)
-        words = kept
-    masks = masks_for(tokens, sequences_per_word, window, ignore_ids)
+        words, sequences_per_word = reference_groups(tokenizer, strings)
+    masks = masks_for(tokens, sequences_per_word, window, ignore_ids, edges)
     rows = tokens.tolist()
     n_words = len(sequences_per_word)
     positive = [[any(masks[i][c][p] for i in range(n_words)) for p in range(len(rows[c]))]
@@ -176,12 +200,12 @@ def reference_prompt_score(model, sae, tokens, features, hook_name):
     return out
 
 
-def reference_window_share(model, sae, tokens, words, feature, n_top, window, hook_name):
+def reference_window_share(model, sae, tokens, strings, feature, n_top, window, hook_name):
     """(share of the feature's n_top largest activations inside any word window, share of all
     non-ignored tokens inside one); ties in activation must not straddle the n_top-th place."""
     ignore = default_ignore(model.tokenizer)
-    sequences = [variant_ids(model.tokenizer, word) for word in words]
-    masks = masks_for(tokens, [s for s in sequences if s], window, ignore)
+    _, sequences = reference_groups(model.tokenizer, strings)
+    masks = masks_for(tokens, sequences, window, ignore)
     acts = folded_feature_acts(model, sae, tokens, hook_name)[..., feature].tolist()
     kept = [(acts[c][p], any(mask[c][p] for mask in masks))
             for c, row in enumerate(tokens.tolist()) for p, tok in enumerate(row)
