@@ -430,3 +430,175 @@ def test_a_bfloat16_model_steers_in_the_float32_of_the_sae(saved_toy_model, sae,
         steered = steering.steering_hook(sae, {5: 3.0}, "clamp", max_act)(x, None)
         expected = x.float() + (3.0 / d.norm() - acts[..., 5:6]) * d
     torch.testing.assert_close(steered, expected.to(torch.bfloat16), atol=0.02, rtol=0.01)
+
+
+# --- units: folded (ReasonScore's) and raw (the SAE's own activation, as the reference passes it) --
+@pytest.mark.parametrize("mode,features,expected", [
+    # raw: f_2 := 10 * 2 = 20 written as it is: x + (20 - 1) (3, 4), and 0 + 20 (3, 4)
+    ("clamp", {2: 2.0}, [[60.0, 78.0], [60.0, 80.0]]),
+    # f_1 := 6: x + (6 - 2) (0, 0.5), and 6 (0, 0.5)
+    ("clamp", {1: 1.0}, [[3.0, 4.0], [0.0, 3.0]]),
+    # both: x + (20 - 1) (3, 4) + (6 - 2) (0, 0.5)
+    ("clamp", {1: 1.0, 2: 2.0}, [[60.0, 80.0], [60.0, 83.0]]),
+    # direction: the raw activation 20 is a component of 20 * ||W_dec[2]|| = 100 along d_2:
+    # (3, 2) . (0.6, 0.8) = 3.4, so x + 96.6 (0.6, 0.8); and 100 (0.6, 0.8)
+    ("direction", {2: 2.0}, [[60.96, 79.28], [60.0, 80.0]]),
+    # x . d_1 := 6 * 0.5 = 3
+    ("direction", {1: 1.0}, [[3.0, 3.0], [0.0, 3.0]]),
+])
+def test_raw_units_write_the_max_activation_straight_into_the_sae_activation_by_hand(
+        mode, features, expected):
+    sae = tiny_sae()  # decoder norms 2, 0.5 and 5: raw and folded units differ
+    with torch.no_grad():
+        steered = steering.steering_hook(sae, features, mode, TINY_MAX, units="raw")(TINY_X, None)
+        # a folded maximum of m * ||W_dec[k]|| is the same request
+        folded = steering.steering_hook(sae, features, mode, TINY_MAX * sae.W_dec.norm(dim=-1),
+                                        units="folded")(TINY_X, None)
+    torch.testing.assert_close(steered, torch.tensor([expected]))
+    torch.testing.assert_close(folded, steered)
+
+
+def test_add_mode_ignores_units_and_raw_equals_folded_on_a_unit_norm_decoder():
+    sae = tiny_sae()
+    with torch.no_grad():
+        added = [steering.steering_hook(sae, {2: 3.0}, "add", units=u)(TINY_X, None)
+                 for u in steering.UNITS]
+        sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True))  # norms 1: the units coincide
+        for mode in ("clamp", "direction"):
+            raw, folded = (steering.steering_hook(sae, {0: 1.0, 2: 2.0}, mode, TINY_MAX,
+                                                  units=u)(TINY_X, None)
+                           for u in ("raw", "folded"))
+            torch.testing.assert_close(raw, folded)
+    torch.testing.assert_close(added[0], added[1])
+
+
+# --- float32 arithmetic whatever the dtypes -------------------------------------------------------
+def _bf16_sae(sae):
+    import copy
+    return copy.deepcopy(sae).to(torch.bfloat16)
+
+
+def test_a_bfloat16_sae_clamps_float32_activations_in_float32(sae):
+    """The SAE encodes and decodes in bfloat16, but the error term x - decode(f) and the sum are
+    float32: everything the SAE does not explain passes through unrounded (the reference's error
+    term is float32). Rounding x to bfloat16 first (the old code) is off by about 0.05 here."""
+    low = _bf16_sae(sae)
+    x = torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(0)) * 3
+    max_act = torch.full((64,), 1.5)
+    with torch.no_grad():
+        steered = steering.steering_hook(low, {5: 3.0, 9: 0.0}, "clamp", max_act)(x, None)
+        f = low.encode(x)  # bfloat16, as SAELens computes it
+        clamped = f.clone()
+        clamped[..., 5] = 1.5 * 3.0 / low.W_dec[5].float().norm()
+        clamped[..., 9] = 0.0
+        expected = x + (low.decode(clamped).float() - low.decode(f).float())
+    assert steered.dtype == torch.float32
+    torch.testing.assert_close(steered, expected, atol=1e-6, rtol=1e-6)
+    assert (steered - x).abs().max() > 0.1  # the clamp does move x
+
+
+def test_a_bfloat16_sae_clamps_bfloat16_activations_rounding_once(sae):
+    low = _bf16_sae(sae)
+    x = (torch.randn(8, 32, 32, generator=torch.Generator().manual_seed(1)) * 3).to(torch.bfloat16)
+    max_act = torch.full((64,), 1.5)
+    with torch.no_grad():
+        steered = steering.steering_hook(low, {5: 3.0}, "clamp", max_act)(x, None)
+        f = low.encode(x)
+        clamped = f.clone()
+        clamped[..., 5] = 1.5 * 3.0 / low.W_dec[5].float().norm()
+        delta = low.decode(clamped).float() - low.decode(f).float()
+        expected = (x.float() + delta).to(torch.bfloat16)  # one rounding, at the end
+        twice = x + (low.decode(clamped) - low.decode(f))  # bfloat16 throughout rounds twice
+    assert steered.dtype == torch.bfloat16
+    assert torch.equal(steered, expected)
+    assert not torch.equal(twice, expected)  # the check can tell the two apart
+
+
+@pytest.mark.parametrize("mode", ["direction", "add"])
+def test_direction_and_add_modes_compute_in_float32_with_a_bfloat16_sae(sae, mode):
+    low = _bf16_sae(sae)
+    d = low.W_dec[7].float() / low.W_dec[7].float().norm()
+    x = torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(2)) * 3
+    with torch.no_grad():
+        steered = steering.steering_hook(low, {7: 2.0}, mode, torch.full((64,), 1.5))(x, None)
+    expected = x + (3.0 - x @ d)[..., None] * d if mode == "direction" else x + 2.0 * d
+    torch.testing.assert_close(steered, expected, atol=1e-5, rtol=1e-5)
+
+
+# --- sites ----------------------------------------------------------------------------------------
+def test_sites_name_the_sae_hook_point_and_the_mlp_output_of_its_layer(backends, sae):
+    assert steering.steering_site(sae, "resid_post", 2) == "blocks.1.hook_resid_post"
+    assert steering.steering_site(sae, "reference", 2) == "blocks.1.hook_mlp_out"
+    assert "hook_mlp_out" in models.HOOK_KINDS  # both backends hook it
+    with pytest.raises(ValueError, match=r"site='mlp' is unknown; use one of \('resid_post', "
+                                         r"'reference'\)"):
+        steering.steering_site(sae, "mlp", 2)
+    with pytest.raises(ValueError, match="hook_name='blocks.1.hook_resid_post' is not in this "
+                                         r"model \(1 layers\)"):
+        steering.steering_site(sae, "reference", 1)
+    _, hf = backends
+    for bad, match in (({"site": "mlp_out"}, "site='mlp_out' is unknown"),
+                       ({"units": "unfolded"}, r"units='unfolded' is unknown; use one of "
+                                               r"\('folded', 'raw'\)")):
+        with pytest.raises(ValueError, match=match):
+            with steering.steer(hf, sae, {1: 1.0}, "clamp", torch.ones(64), **bad):
+                pass
+        with pytest.raises(ValueError, match=match):
+            steering.run_conditions(hf, sae, [PROMPT], {"s": {1: 1.0}}, torch.ones(64), **bad)
+    assert not any(m._forward_hooks for m in hf.model.modules())
+
+
+@pytest.mark.parametrize("site,hook_name", [("resid_post", HOOK),
+                                            ("reference", "blocks.1.hook_mlp_out")])
+def test_steer_attaches_its_hook_at_the_site_on_both_backends(backends, sae, tokens, site,
+                                                             hook_name):
+    """Steering at a site is exactly the hook run there by hand: the same logits."""
+    max_act = torch.full((64,), 1.5)
+    for model in backends:
+        hook = steering.steering_hook(sae, {3: 2.0}, "clamp", max_act)
+        with torch.no_grad():
+            with model.hooks([(hook_name, hook)]):
+                by_hand = model(tokens)
+            with steering.steer(model, sae, {3: 2.0}, "clamp", max_act, site=site):
+                steered = model(tokens)
+        torch.testing.assert_close(steered, by_hand, atol=0, rtol=0)
+        assert not torch.allclose(steered, model(tokens), atol=1e-3)
+
+
+def _final_stream_during(hf, run) -> torch.Tensor:
+    """``[steps, batch, d_model]``: the residual stream entering the final norm at the last
+    position of every forward ``run()`` makes, after every hook (greedy completions of the random
+    toy model coincide across sites and units; its residual stream does not)."""
+    steps = []
+    handle = hf.model.model.norm.register_forward_hook(
+        lambda module, args, out: steps.append(args[0][:, -1].detach()))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return torch.stack(steps)
+
+
+def test_steered_completions_and_run_conditions_pass_site_and_units_on(backends, sae):
+    _, hf = backends
+    max_act = torch.full((64,), 1.5)
+    streams = {}
+    for site in steering.SITES:
+        for units in steering.UNITS:
+            ours = _final_stream_during(hf, lambda: steering.steered_completions(
+                hf, sae, [PROMPT], [27], [1.0], max_act, max_new_tokens=3, site=site,
+                units=units))
+            conditioned = _final_stream_during(hf, lambda: steering.run_conditions(
+                hf, sae, [PROMPT], {"s": {27: 1.0}}, max_act, max_new_tokens=3, site=site,
+                units=units))
+            # the oracle: the same generation with the hook attached at the site by hand
+            hook = steering.steering_hook(sae, {27: 1.0}, "clamp", max_act, units=units)
+            with hf.hooks([(steering.steering_site(sae, site, 2), hook)]):
+                expected = _final_stream_during(hf, lambda: evaluation.generate(
+                    hf.model, hf.tokenizer, [PROMPT], max_new_tokens=3))
+            torch.testing.assert_close(ours[3:], expected)  # after the unsteered condition's 3
+            torch.testing.assert_close(conditioned, expected)
+            streams[site, units] = expected
+    values = list(streams.values())
+    # measured: sites 0.047 apart, units 2.0 apart; assert_close's tolerance is 1e-5
+    assert all((a - b).abs().max() > 0.02 for i, a in enumerate(values) for b in values[i + 1:])

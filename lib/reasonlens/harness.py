@@ -15,7 +15,12 @@ Model args (besides HFLM's): ``sae`` (a SAELens directory) or ``sae_release`` + 
 ``features`` (``46379`` or ``1;2;3``, semicolons because the harness splits model_args on commas);
 ``strength`` (one for all features, or one per feature: ``2;1.5``); ``mode`` (``clamp``,
 ``direction``, ``add``); ``max_activations`` (a Parquet with ``feature_idx`` and ``max_activation``,
-as notebook 04 writes, or numbers per feature: ``3.1;2.4``). Without ``features`` it is plain HFLM.
+as notebook 04 writes, or numbers per feature: ``3.1;2.4``); ``site`` (``resid_post``, the SAE's own
+hook point, or ``reference``, the MLP output of its layer, where the authors' vLLM evaluation
+steered); ``units`` (``folded``, ReasonScore's units, or ``raw``, the SAE's own activation as the
+reference's ``sae_max_activation=5.840`` is). The authors' evaluation intervention is
+``features=46379,strength=2,max_activations=5.840,site=reference,units=raw``; see
+``reasonlens.steering``. Without ``features`` it is plain HFLM.
 
 ``world_task`` writes a harness task (YAML + JSONL) from the synthetic world's problems, so the
 same command evaluates the toy model.
@@ -97,7 +102,8 @@ class SteeredHFLM(HFLM):
 
     def __init__(self, pretrained, sae: str | None = None, sae_release: str | None = None,
                  sae_id: str | None = None, features=None, strength=2.0, mode: str = "clamp",
-                 max_activations=None, **kwargs):
+                 max_activations=None, site: str = "resid_post", units: str = "folded",
+                 **kwargs):
         super().__init__(pretrained=pretrained, **kwargs)
         self.steering = None
         if features is None or str(features).strip() == "":
@@ -122,7 +128,7 @@ class SteeredHFLM(HFLM):
                   if max_activations is not None else None)
         self.hooked = HFHookedModel(self.model, self.tokenizer)
         self.steering = dict(sae=self.sae, features=dict(zip(idx, strengths)), mode=mode,
-                             max_activations=maxima)
+                             max_activations=maxima, site=site, units=units)
         steering.check_steering(self.hooked, **self.steering)
         if maxima is not None and not torch.isfinite(maxima[torch.as_tensor(idx)]).all():
             raise ValueError(f"max_activations has no value for some of features={idx}.")

@@ -395,6 +395,12 @@ def sae_on_model_device(sae, model):
     return sae.to(device)
 
 
+def remove_hooks(handles) -> None:
+    """Remove every hook handle (``torch.utils.hooks.RemovableHandle``)."""
+    for handle in handles:
+        handle.remove()
+
+
 class HookedModel:
     """What both backends share: TransformerLens hook names and ``model(tokens)`` -> logits."""
 
@@ -433,16 +439,30 @@ class HFHookedModel(HookedModel):
     def hooks(self, fwd_hooks: list[tuple[str, HookFn]]) -> Iterator[HFHookedModel]:
         """Attach ``fn(activation, hook)`` hooks by TransformerLens name; removed on exit, always.
 
-        A hook that returns a tensor replaces the activation, as in TransformerLens.
+        A hook that returns a tensor replaces the activation, as in TransformerLens. Hooks at one
+        point run in the order given.
+        """
+        handles = self.attach_hooks(fwd_hooks)
+        try:
+            yield self
+        finally:
+            remove_hooks(handles)
+
+    def attach_hooks(self, fwd_hooks: list[tuple[str, HookFn]]) -> list:
+        """Attach every hook (see ``hooks``) and return their handles; all or none.
+
+        Raises:
+            ValueError: a hook name the model lacks (see ``parse_hook_name``); the hooks attached
+                before it are removed first.
         """
         handles = []
         try:
             for name, fn in fwd_hooks:
                 handles.append(self._attach(name, fn))
-            yield self
-        finally:
-            for handle in handles:
-                handle.remove()
+        except BaseException:
+            remove_hooks(handles)
+            raise
+        return handles
 
     def run_with_cache(self, tokens: torch.Tensor, names: list[str], **kwargs
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -498,14 +518,19 @@ class TLHookedModel(HookedModel):
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: list[tuple[str, HookFn]]) -> Iterator[TLHookedModel]:
-        for name, _ in fwd_hooks:
-            parse_hook_name(name, self.n_layers)
+        """TransformerLens's ``hooks``, after checking every name (see ``parse_hook_name``)."""
+        self.check_hook_names([name for name, _ in fwd_hooks])
         with self.model.hooks(fwd_hooks=fwd_hooks):
             yield self
 
-    def run_with_cache(self, tokens, names, **kwargs):
+    def check_hook_names(self, names: list[str]) -> None:
+        """Raise ``ValueError`` for the first name that is not a supported hook of this model."""
         for name in names:
             parse_hook_name(name, self.n_layers)
+
+    def run_with_cache(self, tokens, names, **kwargs):
+        """Logits and the activations at ``names`` (see ``HFHookedModel.run_with_cache``)."""
+        self.check_hook_names(names)
         logits, cache = self.model.run_with_cache(tokens, names_filter=list(names), **kwargs)
         return logits, {name: cache[name] for name in names}
 

@@ -1,6 +1,6 @@
 """Feature steering during generation (Galichin et al., 2025, Sec. 5; docs/design.md, "Steering").
 
-At the SAE's hook point, for every position (the prompt and each generated token, with or without
+At the steering site, for every position (the prompt and each generated token, with or without
 a KV cache):
 
 - ``clamp`` (the paper's): f = encode(x); err = x - decode(f); f[k] = max_activation(k) * strength;
@@ -11,8 +11,32 @@ a KV cache):
   directions are not orthogonal (a least-squares compromise where they are linearly dependent).
 - ``add``: x' = x + strength * d_k.
 
-``max_activation`` is in the units ReasonScore reports (decoder norms folded into the encoder, so a
-feature's activation is its component along d_k); the clamp converts it for an unfolded SAE.
+Every mode computes in float32 (float64 for a float64 SAE) whatever the model's and the SAE's
+dtypes, and casts the result back to the activation's dtype once; the reference code computes its
+error term in float32 too (its SAE is float32).
+
+Sites (``site=``), both with the same SAE and the same formula:
+
+- ``resid_post`` (default): the SAE's own hook point (``blocks.L.hook_resid_post`` for the
+  paper's SAE and every SAE of this book), the residual stream the SAE was trained on. This is the
+  intervention the paper describes.
+- ``reference``: ``blocks.L.hook_mlp_out`` of the SAE's layer L, what the authors' evaluation
+  code actually hooks (vLLM's Llama decoder layer returns the MLP output before the residual add,
+  and their hook edits that). The SAE then reads the MLP output, not the stream it was trained on,
+  and the clamp adds about ``(c - f_k(mlp_out)) W_dec[k]`` to the stream: close to additive
+  steering. **The paper's published numbers (+2.2 points, 20.5% longer traces) come from this
+  site.**
+
+Units of ``max_activations`` (``units=``):
+
+- ``folded`` (default): the units ReasonScore reports (decoder norms folded into the encoder, so a
+  feature's activation is its component along d_k); the clamp writes
+  max_activation * strength / ||W_dec[k]|| into the SAE's own activation.
+- ``raw``: the SAE's own (unfolded) activation, as the reference passes it (``5.840`` for feature
+  46379, written straight into f[k] as 5.840 * 2); the clamp writes max_activation * strength, a
+  displacement along d_k of max_activation * strength * ||W_dec[k]||, and ``direction`` sets the
+  component along d_k to that. The two agree when every ||W_dec[k]|| is 1. (The reference's
+  per-feature direction hook takes its number as the component along d_k: ``units="folded"``.)
 
 Several features can be steered at once. ``steer`` is a context manager: the hook is attached
 through the model's ``hooks`` (TransformerLens or transformers backend) and always removed.
@@ -20,6 +44,9 @@ through the model's ``hooks`` (TransformerLens or transformers backend) and alwa
 Example:
     >>> with steer(model, sae, {46379: 2.0}, max_activations=scores.max_activation):  # doctest: +SKIP
     ...     completions = evaluation.generate(model.model, tokenizer, prompts)
+    >>> with steer(model, sae, {46379: 2.0}, max_activations=[5.840] * sae.cfg.d_sae,
+    ...            site="reference", units="raw"):  # doctest: +SKIP
+    ...     ...  # the authors' evaluation intervention
 """
 
 from __future__ import annotations
@@ -34,24 +61,57 @@ import torch
 
 from reasonlens import evaluation
 from reasonlens.config import check_range
-from reasonlens.models import check_sae_fits, sae_on_model_device
+from reasonlens.models import check_sae_fits, parse_hook_name, sae_hook_name, sae_on_model_device
 
 MODES = ("clamp", "direction", "add")
+SITES = ("resid_post", "reference")
+UNITS = ("folded", "raw")
+
+
+def steering_site(sae, site: str, n_layers: int) -> str:
+    """The hook point that ``site`` names for ``sae``.
+
+    Args:
+        sae: a SAELens SAE with ``sae.cfg.metadata.hook_name`` (``blocks.L.<kind>``).
+        site: ``resid_post`` (the SAE's own hook point) or ``reference`` (``blocks.L.hook_mlp_out``
+            of the SAE's layer L, where the authors' evaluation steers; see the module docstring).
+        n_layers: the model's layer count, to check the hook point against.
+
+    Returns:
+        The TransformerLens hook name, e.g. ``blocks.19.hook_mlp_out``.
+
+    Raises:
+        ValueError: an unknown site, an SAE without a hook name, or a hook point the model lacks.
+    """
+    if site not in SITES:
+        raise ValueError(f"site={site!r} is unknown; use one of {SITES} ('resid_post': the SAE's "
+                         "own hook point; 'reference': the MLP output of its layer, as the "
+                         "authors' evaluation steers).")
+    hook_name = sae_hook_name(sae)
+    layer, _ = parse_hook_name(hook_name, n_layers)
+    return hook_name if site == "resid_post" else f"blocks.{layer}.hook_mlp_out"
 
 
 def check_steering(model, sae, features: Mapping[int, float], mode: str,
-                   max_activations: Sequence[float] | torch.Tensor | None) -> None:
+                   max_activations: Sequence[float] | torch.Tensor | None,
+                   site: str = "resid_post", units: str = "folded") -> None:
     """Validate a steering request before any generation starts.
 
     Raises:
-        ValueError: an unknown mode, a feature index outside the SAE, a non-finite strength,
-            missing max activations, an SAE of another width, or a hook point the model lacks.
+        ValueError: an unknown mode, site or units, a feature index outside the SAE, a
+            non-finite strength, missing max activations, an SAE of another width, or a hook
+            point the model lacks.
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is unknown; use one of {MODES}.")
+    if units not in UNITS:
+        raise ValueError(f"units={units!r} is unknown; use one of {UNITS} ('folded': "
+                         "ReasonScore's max_activation; 'raw': the SAE's own activation, as the "
+                         "reference's sae_max_activation).")
     if not features:
         raise ValueError("features is empty; pass {feature_idx: strength}.")
     check_sae_fits(sae, model.n_layers, model.d_model)
+    steering_site(sae, site, model.n_layers)
     for idx, strength in features.items():
         if not 0 <= int(idx) < sae.cfg.d_sae:
             raise ValueError(f"feature_idx={idx} is outside the SAE (d_sae={sae.cfg.d_sae}).")
@@ -67,12 +127,16 @@ def check_steering(model, sae, features: Mapping[int, float], mode: str,
 
 
 def steering_hook(sae, features: Mapping[int, float], mode: str = "clamp",
-                  max_activations: Sequence[float] | torch.Tensor | None = None):
+                  max_activations: Sequence[float] | torch.Tensor | None = None,
+                  units: str = "folded"):
     """A ``fn(activation, hook)`` that steers ``[batch, pos, d_model]`` activations.
 
-    What the hook needs is computed here, once, on the SAE's device and in its dtype; each call
-    steers in the SAE's dtype and returns the activation's own (a bfloat16 model with a float32 SAE
-    steers in float32, and features left as they are leave the activation exactly as it was).
+    What the hook needs is computed here, once, on the SAE's device. Each call computes in float32
+    (float64 for a float64 SAE) whatever the activation's and the SAE's dtypes (the SAE encodes
+    and decodes in its own dtype; the error term and the sum are float32) and returns the
+    activation's dtype, rounded once; features left as they are leave the activation exactly as
+    it was. The hook steers whatever activation it is given: which hook point it is attached to
+    (the site) is ``steer``'s business.
 
     Args:
         sae: a SAELens SAE, already on the device of the activations it will see (``steer`` puts
@@ -80,41 +144,43 @@ def steering_hook(sae, features: Mapping[int, float], mode: str = "clamp",
         features: ``{feature_idx: strength}``.
         mode: ``clamp``, ``direction`` or ``add`` (see the module docstring).
         max_activations: ``[d_sae]`` (needed by ``clamp`` and ``direction``).
+        units: ``folded`` or ``raw``: the units of ``max_activations`` (see the module docstring).
 
     Returns:
         The hook function; it raises ``ValueError`` naming both devices when an activation is not
         on the SAE's device.
     """
     w_dec = sae.W_dec.detach()
-    device, dtype = w_dec.device, w_dec.dtype
-    idx = torch.tensor([int(i) for i in features], dtype=torch.long)
-    strengths = torch.tensor([float(s) for s in features.values()], dtype=dtype, device=device)
-    w_dec = w_dec[idx.to(device)]  # [n, d_model]
+    device = w_dec.device
+    work = torch.promote_types(w_dec.dtype, torch.float32)  # never below float32
+    idx = torch.tensor([int(i) for i in features], dtype=torch.long, device=device)
+    strengths = torch.tensor([float(s) for s in features.values()], dtype=work, device=device)
+    w_dec = w_dec[idx].to(work)  # [n, d_model]
     norms = w_dec.norm(dim=-1)
     directions = w_dec / norms.clamp(min=1e-12)[:, None]
     if mode != "add":
-        # folded units: the component along d_k; the SAE's own activation is that / ||W_dec[k]||
-        maxima = torch.as_tensor(max_activations, dtype=torch.float32)[idx]
-        components = maxima.to(device, dtype) * strengths
-        targets = components / norms
+        values = torch.as_tensor(max_activations, dtype=work).to(device)[idx] * strengths
+        if units == "raw":  # the SAE's own activation; its component along d_k is that * norm
+            components, targets = values * norms, values
+        else:  # folded: the component along d_k; the SAE's own activation is that / norm
+            components, targets = values, values / norms
+        targets = targets.to(sae.W_dec.dtype)  # written into the SAE's own activation
     if mode == "direction":
         # x' = x + a D with (a D) . d_j = c_j - x . d_j for every j: a = (c - x D^T) G^+, G = D D^T
-        gram = directions.float() @ directions.float().T
-        gram_pinv = torch.linalg.pinv(gram).to(dtype)  # [n, n]; the identity for one feature
-    idx = idx.to(device)
+        gram_pinv = torch.linalg.pinv(directions @ directions.T)  # [n, n]; identity for one
 
     def hook(activation: torch.Tensor, hook) -> torch.Tensor:
         if activation.device != device:
             raise ValueError(f"the activations at {getattr(hook, 'name', 'the hook point')} are on"
                              f" {activation.device} but the SAE is on {device}; put the SAE where"
                              " the model is (steer does: models.sae_on_model_device).")
-        x = activation.to(dtype)
+        x = activation.to(work)
         if mode == "clamp":  # x + decode(f') - decode(f): the error term x - decode(f) is kept
             with torch.no_grad():
-                feature_acts = sae.encode(x)
-                reconstruction = sae.decode(feature_acts)
+                feature_acts = sae.encode(activation)
+                reconstruction = sae.decode(feature_acts).to(work)
                 feature_acts[..., idx] = targets
-                x = x + (sae.decode(feature_acts) - reconstruction)
+                x = x + (sae.decode(feature_acts).to(work) - reconstruction)
         elif mode == "direction":
             x = x + (components - x @ directions.T) @ gram_pinv @ directions  # [.., n] [n, d_model]
         else:
@@ -124,9 +190,30 @@ def steering_hook(sae, features: Mapping[int, float], mode: str = "clamp",
     return hook
 
 
+def steering_hooks(model, sae, features: Mapping[int, float], mode: str = "clamp",
+                   max_activations: Sequence[float] | torch.Tensor | None = None,
+                   site: str = "resid_post", units: str = "folded") -> list[tuple[str, object]]:
+    """Check a steering request, put the SAE on the model's device and build its hook.
+
+    Args:
+        model, sae, features, mode, max_activations, site, units: as for ``steer``.
+
+    Returns:
+        ``[(hook_name, fn)]``, for ``model.hooks``.
+
+    Raises:
+        ValueError: see ``check_steering`` and ``models.sae_on_model_device``.
+    """
+    check_steering(model, sae, features, mode, max_activations, site, units)
+    sae_on_model_device(sae, model)
+    hook_name = steering_site(sae, site, model.n_layers)
+    return [(hook_name, steering_hook(sae, features, mode, max_activations, units))]
+
+
 @contextlib.contextmanager
 def steer(model, sae, features: Mapping[int, float], mode: str = "clamp",
-          max_activations: Sequence[float] | torch.Tensor | None = None) -> Iterator[object]:
+          max_activations: Sequence[float] | torch.Tensor | None = None,
+          site: str = "resid_post", units: str = "folded") -> Iterator[object]:
     """Steer ``features`` ({feature_idx: strength}) while the block runs; hooks always removed.
 
     Args:
@@ -136,15 +223,16 @@ def steer(model, sae, features: Mapping[int, float], mode: str = "clamp",
         features: strengths per feature index.
         mode: ``clamp`` (the paper's), ``direction`` or ``add``.
         max_activations: ``[d_sae]`` largest activation of each feature on the scoring data.
+        site: ``resid_post`` (the SAE's own hook point) or ``reference`` (the MLP output of its
+            layer, where the authors' evaluation steers); see the module docstring.
+        units: ``folded`` (ReasonScore's max_activation) or ``raw`` (the SAE's own activation,
+            as the reference passes it).
 
     Raises:
         ValueError: see ``check_steering``, or an SAE on the meta device (see
             ``models.sae_on_model_device``); raised before anything is attached.
     """
-    check_steering(model, sae, features, mode, max_activations)
-    sae_on_model_device(sae, model)
-    hook = steering_hook(sae, features, mode, max_activations)
-    with model.hooks([(sae.cfg.metadata.hook_name, hook)]):
+    with model.hooks(steering_hooks(model, sae, features, mode, max_activations, site, units)):
         yield model
 
 
@@ -164,7 +252,8 @@ def max_activations_of(run) -> torch.Tensor:
 def run_conditions(model, sae, prompts: Sequence[str],
                    conditions: Mapping[str, Mapping[int, float] | None], max_activations=None,
                    mode: str = "clamp", max_new_tokens: int = 160, batch_size: int = 64,
-                   temperature: float = 0.0, seed: int = 0) -> pd.DataFrame:
+                   temperature: float = 0.0, seed: int = 0, site: str = "resid_post",
+                   units: str = "folded") -> pd.DataFrame:
     """Completions of ``prompts`` under named interventions, each checked before any generation.
 
     Args:
@@ -176,6 +265,8 @@ def run_conditions(model, sae, prompts: Sequence[str],
         max_activations: ``[d_sae]`` (needed by ``clamp`` and ``direction``).
         mode: see ``steer``.
         max_new_tokens, batch_size, temperature, seed: generation settings (greedy by default).
+        site: ``resid_post`` or ``reference`` (see ``steer``).
+        units: ``folded`` or ``raw``, the units of ``max_activations`` (see ``steer``).
 
     Returns:
         One row per (condition, prompt): condition, prompt_idx, completion, generated_ids.
@@ -189,12 +280,12 @@ def run_conditions(model, sae, prompts: Sequence[str],
                          "backend='hf')): generation runs through transformers.")
     steered = [features for features in conditions.values() if features]
     for features in steered:
-        check_steering(model, sae, features, mode, max_activations)
+        check_steering(model, sae, features, mode, max_activations, site, units)
     if steered:
         sae_on_model_device(sae, model)
     rows = []
     for name, features in conditions.items():
-        context = (steer(model, sae, features, mode, max_activations) if features
+        context = (steer(model, sae, features, mode, max_activations, site, units) if features
                    else contextlib.nullcontext())
         with context:
             texts, ids = evaluation.generate(model.model, model.tokenizer, prompts,
@@ -207,8 +298,15 @@ def run_conditions(model, sae, prompts: Sequence[str],
 
 def steered_completions(model, sae, prompts: Sequence[str], feature_idx: Sequence[int],
                         strengths: Sequence[float], max_activations=None, mode: str = "clamp",
-                        max_new_tokens: int = 160, batch_size: int = 64) -> pd.DataFrame:
+                        max_new_tokens: int = 160, batch_size: int = 64, site: str = "resid_post",
+                        units: str = "folded") -> pd.DataFrame:
     """Greedy completions of ``prompts``, unsteered and steered on each feature at each strength.
+
+    Args:
+        model, sae, prompts, max_activations, mode, max_new_tokens, batch_size, site, units: as
+            for ``run_conditions``.
+        feature_idx: the features, steered one at a time.
+        strengths: the strengths each feature is steered at.
 
     Returns:
         ``run_conditions``'s frame with feature_idx (-1 = unsteered) and strength; conditions are
@@ -217,7 +315,7 @@ def steered_completions(model, sae, prompts: Sequence[str], feature_idx: Sequenc
     conditions = {"unsteered": None} | {f"f{int(f)} x{float(s):g}": {int(f): float(s)}
                                         for f in feature_idx for s in strengths}
     frame = run_conditions(model, sae, prompts, conditions, max_activations, mode,
-                           max_new_tokens, batch_size)
+                           max_new_tokens, batch_size, site=site, units=units)
     steered = {name: next(iter(c.items())) if c else (-1, 0.0) for name, c in conditions.items()}
     frame["feature_idx"] = [steered[c][0] for c in frame.condition]
     frame["strength"] = [steered[c][1] for c in frame.condition]
