@@ -35,8 +35,12 @@ model_dtype = "float32"  # real models: "bfloat16"
 score_split = "reasoning_val"  # the scoring data of notebook 04
 n_score_contexts = 256
 score_batch_size = 8
-n_dashboard_features = 20  # top-k features by ReasonScore that get dashboards
-dash_minibatch_size_tokens = 16  # contexts per model pass in SAEDashboard's runner
+n_dashboard_features = 20  # top-k features by ReasonScore that get dashboards (paper code: 100)
+dashboard_split = None  # contexts the dashboards read; None: score_split (paper code: the first
+# 10,000 contexts of its OpenThoughts extraction subset, unshuffled)
+n_dashboard_contexts = None  # None: n_score_contexts
+dash_minibatch_size_tokens = 16  # contexts per model pass in SAEDashboard's runner (paper code: 64)
+dash_minibatch_size_features = 64  # features per batch in SAEDashboard's runner (paper code: 128)
 explorer_n_contexts = 8  # top-activating contexts shown per feature
 explorer_window = [12, 4]  # tokens shown left/right of each context's maximum
 explorer_n_logits = 10  # promoted/suppressed tokens shown per feature
@@ -82,14 +86,19 @@ maxima.round(4).set_index("feature_idx")
 # %% [markdown]
 # ## SAEDashboard pages
 # SAEDashboard's runner computes, for each top feature, its top-activating sequences and
-# activation quantiles on the scoring data, activation and logit histograms, and logit tables;
+# activation quantiles on the dashboard contexts (by default the scoring data; the paper's code
+# uses its extraction subset), activation and logit histograms, and logit tables;
 # BOS, EOS and PAD are left out, as in ReasonScore. One page per feature (every token shown as it
 # is, `<think>` included); the first is embedded below, all are linked.
 
 # %%
-dash_cfg = dashboards.DashboardConfig(minibatch_size_tokens=dash_minibatch_size_tokens, seed=seed)
+dash_cfg = dashboards.DashboardConfig(minibatch_size_tokens=dash_minibatch_size_tokens,
+                                      minibatch_size_features=dash_minibatch_size_features,
+                                      seed=seed)
+dash_contexts = run.read_parquet(K.CONTEXTS.format(split=dashboard_split or score_split))
+dash_tokens = data.contexts_tensor(dash_contexts)[:n_dashboard_contexts or n_score_contexts]
 with run.write_dir(K.DASHBOARDS_DIR, config=dash_cfg) as out:
-    pages = dashboards.write_dashboards(model.model, sae, tokens, features, out, dash_cfg,
+    pages = dashboards.write_dashboards(model.model, sae, dash_tokens, features, out, dash_cfg,
                                         profile=profile)
 print(f"{len(pages)} pages in {run.path(K.DASHBOARDS_DIR)}")
 display(HTML(dashboards.index_html(pages, scores, "dashboards")))
