@@ -734,6 +734,37 @@ def test_ddp_rejects_a_batch_that_does_not_split_evenly(monkeypatch, toy_model, 
         training.train_step_sae(sae, examples, build_train_config(), progress=False)
 
 
+def test_a_progress_bar_named_desc_shows_only_for_more_than_one_batch(
+        capsys, toy_model, step_tokenizer, step_table):
+    sae = build_sae(toy_model, step_tokenizer)
+    examples = examples_of(step_table.head(3), step_tokenizer, sae.cfg)
+    ctx, steps = examples.context_ids, examples.step_ids
+    capsys.readouterr()
+    assert len(list(inference.batches(sae, ctx, steps, 2, desc="encoding"))) == 2
+    shown = capsys.readouterr().err
+    assert "encoding" in shown and "2/2" in shown  # the bar, named, counts batches
+    for batch_size, desc in ((3, "encoding"), (4, "encoding"), (2, None), (1, None)):
+        assert len(list(inference.batches(sae, ctx, steps, batch_size, desc=desc))) == \
+            -(-3 // batch_size)
+        assert capsys.readouterr().err == "", (batch_size, desc)  # one batch, or no name
+
+
+def test_encode_steps_and_reconstruction_metrics_carry_no_gradient(toy_model, step_tokenizer,
+                                                                   step_table):
+    sae = build_sae(toy_model, step_tokenizer)
+    examples = examples_of(step_table.head(3), step_tokenizer, sae.cfg)
+    for dense in (False, True):
+        assert isinstance(inference.encode_steps(sae, examples, batch_size=2, dense=dense),
+                          np.ndarray)  # .numpy() of a tensor that needs grad would raise
+    assert not sae.training  # both put the model in eval mode
+    sae.train()
+    metrics = inference.reconstruction_metrics(sae, examples, batch_size=2)
+    assert not sae.training and np.isfinite(metrics[["recon_loss", "token_accuracy"]]).all().all()
+    sae.init_pre_bias(data.collate(examples.context_ids, examples.step_ids, sae.sep_id,
+                                   sae.eos_id, sae.pad_id))
+    assert sae.b_pre.requires_grad and sae.b_pre.grad_fn is None  # still a leaf parameter
+
+
 def test_latent_density_counts_active_steps():
     latents = torch.tensor([[0.0, 1.0], [0.6, 0.8], [0.0, 1.0], [0.0, 0.0]]).numpy()
     assert inference.latent_density(latents).tolist() == [0.25, 0.75]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from tokenizers.processors import TemplateProcessing
 
 from reasonlens import evaluation, models, scoring
 from reasonlens.step_sae import data, n2g, probes, voting
@@ -80,6 +83,33 @@ def test_with_token_labels_counts_tokens_and_names_the_first(tokenizer):
     partial = pd.DataFrame({"step": ["Wait"], "n_tokens": [99]})
     assert probes.with_token_labels(partial, tokenizer).n_tokens.tolist() == [
         len(tokenizer("Wait", add_special_tokens=False)["input_ids"])]
+
+
+def test_with_token_labels_leaves_out_the_bos_a_tokenizer_adds(tokenizer):
+    """A Llama-style tokenizer prepends <bos>: the step's own tokens are what is counted."""
+    bos_tokenizer = copy.deepcopy(tokenizer)
+    bos_tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single=f"{tokenizer.bos_token} $A",
+        special_tokens=[(tokenizer.bos_token, tokenizer.bos_token_id)])
+    step = "Wait, 3 + 4 = 7."
+    ids = tokenizer(step, add_special_tokens=False)["input_ids"]
+    assert bos_tokenizer(step)["input_ids"] == [tokenizer.bos_token_id, *ids]  # BOS added
+    table = probes.with_token_labels(pd.DataFrame({"step": [step]}), bos_tokenizer)
+    assert table.n_tokens.tolist() == [len(ids)]
+    assert table.first_token.tolist() == [tokenizer.convert_ids_to_tokens(ids[0])]
+    assert table.first_token.iloc[0] != tokenizer.bos_token
+
+
+def test_classification_metrics_of_one_class_labels_are_nan_without_warnings():
+    """No class has both positives and negatives: AUC is NaN, and nothing warns about it."""
+    classes = np.array(["a", "b", "c"])
+    proba = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics = probes.classification_metrics(np.array(["b", "b"]), proba, classes)
+    assert np.isnan(metrics["auc"])
+    assert metrics["accuracy"] == 0.5  # predicted a, b
+    assert metrics["loss"] == pytest.approx(-np.mean(np.log([0.3, 0.5])))
 
 
 def test_classification_metrics_match_hand_computed_values():
@@ -495,6 +525,63 @@ def test_solution_weights_with_a_fractional_tau_and_an_unscored_solution():
     assert weights.tolist() == pytest.approx([0.9, 0.0, (0.5 + 0.8) / 2, 0.0])
 
 
+def test_an_unscored_solution_weighs_zero_whatever_memory_held_before():
+    for _ in range(20):  # a fresh output buffer would reuse this freed block of 7s
+        junk = np.full(4, 7.0)
+        del junk
+        weights = voting.solution_weights(4, np.array([2, 2, 0]), np.array([0.25, 0.64, 0.81]),
+                                          tau=1.0)
+        assert weights.tolist() == pytest.approx([0.81, 0.0, (0.25 + 0.64) / 2, 0.0])
+
+
+def test_weight_auc_of_one_class_is_nan_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for outcome in (True, False):
+            frame = pd.DataFrame({"is_correct": [outcome] * 3})
+            assert np.isnan(voting.weight_auc(frame, np.array([0.1, 0.5, 0.9])))
+
+
+def many_problems(n=300, seed=0):
+    """n problems with answer 1; samples say 1, 2, 2 (majority always wrong); the weights favour
+    the first sample, hence the right answer, on a random half of the problems."""
+    favoured = np.random.default_rng(seed).random(n) < 0.5
+    problems = pd.DataFrame({"problem_id": np.arange(n), "answer": np.ones(n, dtype=int)})
+    solutions = pd.DataFrame({"problem_id": np.repeat(np.arange(n), 3),
+                              "sample_idx": np.tile(np.arange(3), n),
+                              "predicted": pd.array(np.tile([1, 2, 2], n), dtype="Int64")})
+    weights = np.concatenate([[0.9, 0.1, 0.1] if f else [0.1, 0.5, 0.5] for f in favoured])
+    return problems, solutions, weights, favoured
+
+
+def test_voting_table_bootstraps_with_its_n_boot_and_seed():
+    problems, solutions, weights, favoured = many_problems()
+    greedy = pd.DataFrame({"problem_id": problems.problem_id, "is_correct": favoured})
+    weighted, majority = favoured.astype(float), np.zeros(len(favoured))
+    table, diff = voting.voting_table(problems, greedy, solutions, weights)
+    assert table.accuracy.tolist() == pytest.approx([favoured.mean(), 0.0, favoured.mean()])
+    expected = evaluation.paired_bootstrap_difference(weighted, majority, n_boot=5000, seed=0)
+    assert (diff["difference"], diff["ci_low"], diff["ci_high"]) == expected
+    # not vacuous: another seed moves the interval
+    assert evaluation.paired_bootstrap_difference(weighted, majority, seed=1) != expected
+    _, other = voting.voting_table(problems, greedy, solutions, weights, n_boot=300, seed=5)
+    assert tuple(other.values()) == evaluation.paired_bootstrap_difference(
+        weighted, majority, n_boot=300, seed=5)
+
+
+def test_voting_table_counts_a_problem_without_a_greedy_answer_as_wrong():
+    problems = pd.DataFrame({"problem_id": [0, 1], "answer": [7, 3]})
+    greedy = pd.DataFrame({"problem_id": [1], "is_correct": [False]})  # problem 0 not evaluated
+    table, _ = voting.voting_table(problems, greedy, solutions_frame(), np.ones(6), n_boot=10)
+    assert table.set_index("method").loc["greedy", "accuracy"] == 0.0
+
+
+def test_vote_is_correct_gives_plain_booleans_per_problem():
+    answers = pd.Series([5, 4, 8], index=[0, 1, 2])  # problem 2 has no solutions
+    correct = voting.vote_is_correct(answers, solutions_frame())
+    assert correct.dtype == np.bool_ and correct.tolist() == [True, False, False]
+
+
 def test_weight_auc_counts_won_pairs_with_ties_as_half():
     solutions = solutions_frame().assign(is_correct=[True, True, False, False, False, False])
     weights = [0.9, 0.3, 0.5, 0.2, 0.1, 0.3]
@@ -562,6 +649,51 @@ def test_sample_solutions_returns_k_sampled_reasoning_completions_per_problem(
     with pytest.raises(ValueError, match=r"^problems is empty: nothing to vote on\. Check "
                                          r"step_vote_problems\.$"):
         voting.sample_solutions(toy_model, tokenizer, problems.head(0), cfg)
+
+
+def parrot_lm(toy_model, tokenizer, chains: dict[int, str]):
+    """A real Llama whose blocks add nothing (attention and MLP outputs zeroed), so the next token
+    depends on the current one alone: after token ``start`` it writes ``chains[start]``, then
+    <eos>. Each current token gets its own embedding axis; the LM head maps it to its successor."""
+    lm = copy.deepcopy(toy_model)
+    assert not lm.config.tie_word_embeddings
+    successor = {}
+    for start, text in chains.items():
+        ids = [start, *tokenizer(text, add_special_tokens=False)["input_ids"],
+               tokenizer.eos_token_id]
+        for current, following in zip(ids[:-1], ids[1:]):
+            assert successor.setdefault(current, following) == following, "ambiguous chain"
+    with torch.no_grad():
+        for layer in lm.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed, head = lm.get_input_embeddings().weight, lm.get_output_embeddings().weight
+        head.zero_()
+        for axis, (current, following) in enumerate(successor.items()):
+            embed[current] = 0.0
+            embed[current, axis] = 1.0
+            head[following, axis] = 50.0
+    return lm.eval()
+
+
+def test_sample_solutions_prompt_for_reasoning_and_score_each_answer(capsys, toy_model,
+                                                                      tokenizer):
+    newline = tokenizer(prompt("q", reasoning=True), add_special_tokens=False)["input_ids"][-1]
+    assistant = tokenizer(prompt("q", reasoning=False), add_special_tokens=False)["input_ids"][-1]
+    # after "<think>\n" (a reasoning prompt) it answers 7; right after the assistant tag, 3
+    lm = parrot_lm(toy_model, tokenizer, {newline: "The answer is 7.", assistant: " 3."})
+    problems = pd.DataFrame({"problem_id": [4, 9], "question": ["What is 3 + 4?", "What is 1?"],
+                             "answer": [7, 1]})
+    cfg = voting.VotingConfig(n_samples=2, max_new_tokens=8, temperature=0.7, batch_size=2)
+    capsys.readouterr()
+    solutions = voting.sample_solutions(lm, tokenizer, problems, cfg)
+    assert re.search(r"(^|\r)sample: ", capsys.readouterr().err)  # the progress bar's label
+    assert solutions.completion.tolist() == ["The answer is 7."] * 4
+    assert solutions.predicted.tolist() == [7] * 4
+    assert solutions.is_correct.tolist() == [True, True, False, False]  # 7 is right for id 4
+    assert solutions.index.tolist() == [0, 1, 2, 3]
+    assert list(solutions.columns) == ["problem_id", "sample_idx", "question", "answer",
+                                       "completion", "predicted", "is_correct"]
 
 
 def test_voting_config_rejects_greedy_sampling():

@@ -151,7 +151,8 @@ def voting_table(problems: pd.DataFrame, greedy: pd.DataFrame, solutions: pd.Dat
 
     Args:
         problems: rows with problem_id and answer.
-        greedy: ``evaluation.evaluate_answers`` on the same problems (is_correct per problem).
+        greedy: ``evaluation.evaluate_answers`` on the same problems (is_correct per problem;
+            a problem missing from it counts as wrong).
         solutions: ``sample_solutions`` output; ``weights`` one per row of it.
         n_boot, seed: the paired bootstrap of weighted minus majority.
 
@@ -160,8 +161,9 @@ def voting_table(problems: pd.DataFrame, greedy: pd.DataFrame, solutions: pd.Dat
         difference with its interval (``difference``, ``ci_low``, ``ci_high``).
     """
     answers = problems.set_index("problem_id")["answer"]
-    correct = {"greedy": greedy.set_index("problem_id")["is_correct"].reindex(answers.index)
-               .to_numpy(bool)}
+    # a problem greedy decoding was not run on counts as wrong (a NaN would cast to True)
+    correct = {"greedy": greedy.set_index("problem_id")["is_correct"].astype(bool)
+               .reindex(answers.index, fill_value=False).to_numpy(bool)}
     for name, w in (("majority", None), ("weighted", weights)):
         correct[name] = vote_is_correct(answers, solutions, w)
     rows = []
