@@ -91,6 +91,8 @@ def test_world_task_scores_the_answer_as_parse_answer_does(tmp_path, problems):
     (dict(features=3, max_activations="1;2"), "one per feature"),
     (dict(features=3), "needs max_activations"),
     (dict(features=3, max_activations="/no/such.parquet"), "does not exist"),
+    (dict(features=3, max_activations=1.0, site="mlp"), "site='mlp' is unknown"),
+    (dict(features=3, max_activations=1.0, units="sae"), "units='sae' is unknown"),
 ])
 def test_bad_model_args_fail_when_the_model_is_built(saved_toy_model, sae_dir, args, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):
@@ -118,3 +120,24 @@ def test_the_steered_model_brings_its_sae_to_the_models_device(saved_toy_model, 
     lm.model.to("meta")  # stands in for a GPU the model was moved to after loading
     with lm._steered():
         assert lm.sae.W_dec.device == torch.device("meta")
+
+
+def test_site_and_units_model_args_reach_the_hook(saved_toy_model, sae_dir, sae):
+    """``site=reference,units=raw`` (the authors' evaluation) steers the MLP output of the SAE's
+    layer with the raw maximum: the same forward as that hook attached by hand."""
+    lm = harness.SteeredHFLM(pretrained=str(saved_toy_model), sae=str(sae_dir), device="cpu",
+                             features=3, strength=2.0, max_activations=1.5, site="reference",
+                             units="raw")
+    hooked = models.HFHookedModel(lm.model, lm.tokenizer)
+    tokens = torch.tensor([[1, 5, 9, 14, 20]])
+    maxima = torch.full((sae.cfg.d_sae,), 1.5)
+    hook = steering.steering_hook(sae, {3: 2.0}, "clamp", maxima, units="raw")
+    with torch.no_grad():
+        with hooked.hooks([("blocks.1.hook_mlp_out", hook)]):
+            expected = hooked(tokens)
+        with lm._steered():
+            assert len(hooked.layers[1].mlp._forward_hooks) == 1  # at the MLP output
+            steered = hooked(tokens)
+        clean = hooked(tokens)
+    torch.testing.assert_close(steered, expected, atol=0, rtol=0)
+    assert (steered - clean).abs().max() > 1e-3

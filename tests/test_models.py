@@ -174,6 +174,37 @@ def test_a_hook_point_the_model_lacks_is_a_clear_error(both_backends, tokens, na
                 model(tokens)
 
 
+def test_a_bad_hook_name_after_good_ones_leaves_no_hook_attached(both_backends, tokens):
+    """All or none: the hooks attached before the bad name are removed before the error."""
+    read = lambda activation, hook: None  # noqa: E731
+    for model in both_backends:
+        with pytest.raises(ValueError, match="blocks.9.hook_resid_post"):
+            with model.hooks([("blocks.0.hook_resid_pre", read), ("blocks.1.hook_mlp_out", read),
+                              ("blocks.9.hook_resid_post", read)]):
+                pass
+    tl, hf = both_backends
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in hf.model.modules())
+    assert not any(hp.fwd_hooks for hp in tl.model.hook_dict.values())
+    with pytest.raises(ValueError, match="hook_name='embed.hook'"):
+        hf.attach_hooks([("blocks.0.hook_resid_pre", read), ("embed.hook", read)])
+    assert not any(m._forward_pre_hooks for m in hf.model.modules())
+
+
+@pytest.mark.parametrize("kind", models.HOOK_KINDS)
+def test_hooks_at_one_point_run_in_the_order_given_and_see_each_others_edits(both_backends,
+                                                                              tokens, kind):
+    name = f"blocks.1.{kind}"
+    for model in both_backends:
+        seen = []
+        hooks = [(name, lambda a, hook: seen.append(("first", a.clone()))),
+                 (name, lambda a, hook: a + 1.0),
+                 (name, lambda a, hook: seen.append(("last", a.clone())))]
+        with torch.no_grad(), model.hooks(hooks):
+            model(tokens)
+        assert [label for label, _ in seen] == ["first", "last"]
+        torch.testing.assert_close(seen[1][1], seen[0][1] + 1.0)
+
+
 def test_parse_hook_name_accepts_layers_0_to_n_layers_minus_1():
     assert models.parse_hook_name("blocks.0.hook_resid_pre", 2) == (0, "hook_resid_pre")
     assert models.parse_hook_name("blocks.1.hook_mlp_out", 2) == (1, "hook_mlp_out")

@@ -253,3 +253,66 @@ def test_every_model_and_sae_dtype_scores_and_steers_finitely_near_float32(
         sequences, generated = _generate_with_logits(model, prompt)
     assert torch.isfinite(generated).all()
     assert sequences.shape[1] == prompt.shape[1] + N_NEW
+
+
+# --- The reference site: the clamp on the MLP output, by hand, on every generation step -----------
+# The authors' evaluation edits vLLM's decoder-layer output, which is the MLP output before the
+# residual add. With f = relu((m - b_dec) W_enc + b_enc) the resid_post SAE's code of the MLP output
+# m, the clamp turns m into m + sum_k (t_k - f_k) W_dec[k] (the error term kept), and the block's
+# output resid_post = resid_pre + attn_out + m moves by exactly that displacement.
+LAYER_POINTS = {kind: f"blocks.1.{kind}" for kind in ("hook_resid_pre", "hook_attn_out",
+                                                      "hook_mlp_out", "hook_resid_post")}
+
+
+def _clamp_displacement_by_hand(sae, m, features, max_act, units):
+    """``[.., d_model]``: sum over features of (t_k - f_k(m)) W_dec[k]; t_k in the SAE's units."""
+    w_dec, w_enc, b_enc, b_dec = (p.detach() for p in (sae.W_dec, sae.W_enc, sae.b_enc, sae.b_dec))
+    f = torch.relu((m - b_dec) @ w_enc + b_enc)
+    out = torch.zeros_like(m)
+    for k, strength in features.items():
+        target = max_act[k] * strength
+        if units == "folded":  # a component along the unit direction: the SAE's own is / norm
+            target = target / w_dec[k].norm()
+        out += (target - f[..., k:k + 1]) * w_dec[k]
+    return out
+
+
+@pytest.mark.parametrize("units", steering.UNITS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reference_site_clamps_the_mlp_output_on_every_kv_cached_step_by_hand(
+        backends, sae, tokenizer, backend, units):
+    model = backends[backend]
+    tokens = _ids(tokenizer, PROMPTS[0])
+    max_act = torch.linspace(0.5, 2.0, sae.cfg.d_sae)
+    seen: dict[str, list[torch.Tensor]] = {}
+
+    def reader(label):
+        seen[label] = []
+        return lambda activation, hook: seen[label].append(activation.detach().clone())
+
+    # hooks at one point run in the order attached: the outer readers see the MLP output before
+    # the clamp, the inner ones the clamped MLP output and the block's output after it
+    before = [(LAYER_POINTS[kind], reader(kind)) for kind in ("hook_resid_pre", "hook_attn_out",
+                                                                "hook_mlp_out")]
+    after = [(LAYER_POINTS["hook_mlp_out"], reader("clamped")),
+             (LAYER_POINTS["hook_resid_post"], reader("hook_resid_post"))]
+    with torch.no_grad(), model.hooks(before), \
+            steering.steer(model, sae, FEATURES, "clamp", max_act, site="reference", units=units), \
+            model.hooks(after):
+        sequences, _ = _generate_with_logits(model, tokens, use_cache=True)
+    assert sequences.shape[1] == tokens.shape[1] + N_NEW
+    # one forward for the prompt, then one per cached token
+    assert [a.shape[1] for a in seen["hook_mlp_out"]] == [tokens.shape[1]] + [1] * (N_NEW - 1)
+    for step in range(N_NEW):
+        m = seen["hook_mlp_out"][step]
+        moved = _clamp_displacement_by_hand(sae, m, FEATURES, max_act, units)
+        torch.testing.assert_close(seen["clamped"][step], m + moved, atol=1e-5, rtol=1e-5)
+        stream = seen["hook_resid_pre"][step] + seen["hook_attn_out"][step] + m
+        torch.testing.assert_close(seen["hook_resid_post"][step], stream + moved, atol=1e-5,
+                                   rtol=1e-5)
+        assert moved.abs().max() > 0.1  # far beyond the tolerance, on every step
+        if step == 0:  # the same clamp on the prompt's residual stream (the default site) moves
+            # it otherwise: the two sites are different interventions
+            on_stream = _clamp_displacement_by_hand(sae, stream, FEATURES, max_act, units)
+            assert (on_stream - moved).abs().max() > 0.01
+    assert not any(m._forward_hooks for m in getattr(model.model, "modules")())
