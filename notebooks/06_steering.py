@@ -20,6 +20,11 @@
 # by side, unsteered and steered on the top features at several strengths, and how the rate of
 # each reasoning word changes. Notebook 7 measures accuracy and length with intervals.
 #
+# Which site a number comes from: this notebook steers at `steer_site`, by default the SAE's own
+# hook point (`blocks.L.hook_resid_post`), the intervention the paper describes. The paper's
+# published numbers come from its evaluation code, which steers the MLP output of that layer
+# (`steer_site = "reference"`); the last section compares the two.
+#
 # Reads: the model (02), the SAE (03), ReasonScores (04) and max activations (05; 04 for the rest).
 # Writes: `steering/completions.parquet`.
 
@@ -32,6 +37,10 @@ steer_features = None  # feature indices; None takes the top ReasonScore feature
 n_steer_features = 3
 steer_strengths = [1.0, 1.5, 2.0, 4.0]  # multiples of each feature's max activation (paper: 2)
 steer_mode = "clamp"  # "clamp" (the paper's), "direction" or "add"
+steer_site = "resid_post"  # "resid_post" (the SAE's hook point) or "reference" (the MLP output)
+steer_units = "folded"  # max activations in ReasonScore's units; "raw": the SAE's own, as the authors
+site_split = "reasoning_val"  # contexts on which the two steering sites are compared
+n_site_contexts = 64
 n_steer_prompts = 48
 steer_max_new_tokens = 160
 n_side_by_side = 3
@@ -64,7 +73,8 @@ scores.set_index("feature_idx").loc[features, ["reason_score", "max_activation",
 prompts = [prompt(q, reasoning=True) for q in test.question]
 frame = steering.steered_completions(model, sae, prompts, features, steer_strengths,
                                      max_activations, mode=steer_mode,
-                                     max_new_tokens=steer_max_new_tokens)
+                                     max_new_tokens=steer_max_new_tokens, site=steer_site,
+                                     units=steer_units)
 frame["is_correct"] = [evaluation.parse_answer(c) == a for c, a in
                        zip(frame.completion, test.answer.tolist() * (len(frame) // len(test)))]
 frame["reasoning_tokens"] = [evaluation.reasoning_length(ids, model.tokenizer)
@@ -98,8 +108,33 @@ display(frame.groupby("condition", sort=False)[["is_correct", "reasoning_tokens"
 plotting.word_rate_bars(rates, save_to=run.figure("06_word_rates"));
 
 # %% [markdown]
+# ## Two sites: the residual stream the SAE reads, or the MLP output the authors' code steered
+# The authors' evaluation hooks vLLM's Llama decoder layer, whose output is the layer's MLP output
+# before the residual add; so their clamp runs the resid_post SAE on the MLP output
+# (`blocks.L.hook_mlp_out`, `site="reference"`) and adds (c - f_k(mlp_out)) d_k to the stream. The
+# **paper's numbers come from that site**; the paper's text (and our default) clamps at
+# `blocks.L.hook_resid_post`, where the move is (c - f_k(resid_post)) d_k. How far apart the two are
+# depends on f_k at each site: below, the top feature's activation at both, over the scoring
+# contexts, in ReasonScore's units, beside the clamp's target c at the paper's strength 2. Where
+# f_k is near 0 on the MLP output, the reference clamp is close to adding c d_k everywhere.
+# Notebook 7 measures accuracy and length at both sites.
+
+# %%
+site_tokens = data.contexts_tensor(run.read_parquet(K.CONTEXTS.format(split=site_split)))
+site_acts = steering.site_activations(model, sae, site_tokens[:n_site_contexts], [top_feature],
+                                      models.special_token_ids(model.tokenizer))
+display(site_acts.groupby("site").activation.describe(percentiles=[0.5, 0.9, 0.99])
+        .assign(share_active=site_acts.activation.gt(0).groupby(site_acts.site).mean(),
+                target_at_strength_2=2 * float(max_activations[top_feature])).round(3))
+plotting.grouped_histogram({site: group.activation.to_numpy()
+                            for site, group in site_acts.groupby("site")},
+                           f"activation of feature {top_feature} (ReasonScore units)",
+                           save_to=run.figure("06_site_activations"));
+
+# %% [markdown]
 # ## Write the artifacts
 
 # %%
 run.write(K.STEERED_COMPLETIONS, frame.drop(columns="generated_ids"),
-          config={"features": features, "strengths": steer_strengths, "mode": steer_mode})
+          config={"features": features, "strengths": steer_strengths, "mode": steer_mode,
+                  "site": steer_site, "units": steer_units})

@@ -31,6 +31,12 @@
 # Every interval is a 95% percentile bootstrap over problems; differences are paired (the same
 # problems under both conditions).
 #
+# Which site a number comes from: every condition steers at `eval_site`, by default the SAE's own
+# hook point (`blocks.L.hook_resid_post`), as the paper's text describes. The paper's published
+# numbers come from its evaluation code, which applies the same SAE and clamp to the MLP output of
+# that layer (`eval_site = "reference"`, with the maximum in the SAE's raw units); the section
+# "Two steering sites" measures both.
+#
 # Reads: both models (02), the SAE (03), ReasonScores (04), max activations (05), problems (01).
 # Writes: `evaluation/` (completions, condition table, model diff, injection, harness results).
 
@@ -45,6 +51,9 @@ n_eval_features = 5  # top-N, steered one at a time
 eval_strengths = [-1.0, 0.5, 0.75, 1.0, 1.5, 2.0]  # sweep on the top feature
 eval_strength = 1.0  # for the top-N features and their controls
 eval_mode = "clamp"  # the paper's intervention
+eval_site = "resid_post"  # "resid_post": the SAE's hook point; "reference": its layer's MLP output
+eval_units = "folded"  # max activations in ReasonScore's units; "raw": the SAE's own
+n_site_problems = 200  # problems for the comparison of steering sites at the paper's strength 2
 n_eval_problems = 1000
 control_exclude_top = 100  # controls are drawn outside this many top ReasonScore features
 eval_max_new_tokens = 160
@@ -107,7 +116,8 @@ conditions |= {f"ablate top {len(top)}": {f: 0.0 for f in top},
                f"ablate random {len(controls)}": {c: 0.0 for c in controls}}
 prompts = [prompt(q, reasoning=True) for q in test.question]
 frame = steering.run_conditions(model, sae, prompts, conditions, max_activations, eval_mode,
-                                eval_max_new_tokens, eval_batch_size)
+                                eval_max_new_tokens, eval_batch_size, site=eval_site,
+                                units=eval_units)
 frame = evaluation.score_completions(frame, test.answer.tolist(), model.tokenizer)
 table = evaluation.condition_table(frame, n_boot=n_boot, seed=seed)
 strength_of = {c: (next(iter(f.values())) if f and len(f) == 1 and top[0] in f else np.nan)
@@ -226,7 +236,8 @@ with tempfile.TemporaryDirectory() as task_dir:
     else:
         tasks = list(lm_eval_tasks)
     steer_args = dict(sae=str(run.require(K.SAE_DIR)), features=top[0], strength=eval_strength,
-                      mode=eval_mode, max_activations=str(run.require(K.MAX_ACTIVATIONS)))
+                      mode=eval_mode, max_activations=str(run.require(K.MAX_ACTIVATIONS)),
+                      site=eval_site, units=eval_units)
     evaluate = lambda **steer: harness.run_harness(  # noqa: E731
         run.model_path(model_name), tasks, task_dir, builtin_tasks=lm_eval_tasks is not None,
         limit=n_lm_eval, batch_size=eval_batch_size, device=model_device, dtype=model_dtype,
@@ -261,13 +272,38 @@ headlines = pd.DataFrame([{"": "paper: R1-Distill-Llama-8B, feature 46379 x2 (AI
 display(headlines)
 
 # %% [markdown]
+# ## Two steering sites: the paper's text and the paper's code
+# The same clamp of the top feature at the paper's strength 2, at three places: `resid_post`, the
+# SAE's own hook point (the paper's text, our default); `reference`, the MLP output of that layer,
+# where the authors' vLLM evaluation actually hooked (the **paper's numbers come from this site**);
+# and `reference, raw units`, which also writes the maximum into the SAE's own activation as their
+# code does (the same as `reference` when the feature's decoder norm is 1; it is printed below).
+# Notebook 6 shows why the sites differ: the feature reads differently on the MLP output.
+
+# %%
+site_test = test.head(n_site_problems)
+site_prompts = [prompt(q, reasoning=True) for q in site_test.question]
+site_frame = steering.compare_sites(model, sae, site_prompts, {top[0]: 2.0}, max_activations,
+                                    eval_mode, max_new_tokens=eval_max_new_tokens,
+                                    batch_size=eval_batch_size)
+site_frame = evaluation.score_completions(site_frame, site_test.answer.tolist(), model.tokenizer)
+site_table = evaluation.condition_table(site_frame, n_boot=n_boot, seed=seed)
+print(f"feature {top[0]}: decoder norm {float(sae.W_dec[top[0]].norm()):.3f}, "
+      f"max activation {float(max_activations[top[0]]):.3f} (ReasonScore units)")
+display(site_table[columns].round(3).set_index("condition"))
+display(pd.DataFrame({c: evaluation.headline(site_table, c) for c in steering.SITE_VARIANTS}).T)
+
+# %% [markdown]
 # ## Write the artifacts
 
 # %%
 config = {"features": top, "controls": controls, "strengths": eval_strengths,
-          "strength": eval_strength, "mode": eval_mode, "n_problems": len(test)}
+          "strength": eval_strength, "mode": eval_mode, "site": eval_site, "units": eval_units,
+          "n_problems": len(test)}
 run.write(K.EVAL_COMPLETIONS, frame.drop(columns="generated_ids"), config=config)
 run.write(K.EVAL_CONDITIONS, table, config=config)
+run.write(K.EVAL_SITES, site_table, config=config | {"site_strength": 2.0,
+                                                      "n_site_problems": len(site_test)})
 run.write(K.MODEL_DIFF, diff, config=config | {"sae_reconstruction": reconstruction.to_dict()})
 run.write(K.INJECTION, measured, config=config | {"n_injected_words": n_injected_words})
 run.write(K.INJECTION_EFFECTS, effects, config=config)

@@ -602,3 +602,61 @@ def test_steered_completions_and_run_conditions_pass_site_and_units_on(backends,
     values = list(streams.values())
     # measured: sites 0.047 apart, units 2.0 apart; assert_close's tolerance is 1e-5
     assert all((a - b).abs().max() > 0.02 for i, a in enumerate(values) for b in values[i + 1:])
+
+
+def test_site_activations_read_each_feature_at_both_sites_by_hand(backends, sae, tokens):
+    """The oracle: activations from run_with_cache at both hook points, encoded by hand
+    (f = relu((x - b_dec) W_enc + b_enc)) and scaled by the decoder norm."""
+    ignore = (int(tokens[0, 0]),)  # the first token of the first context, wherever it recurs
+    frame = steering.site_activations(backends[0], sae, tokens, [3, 27], ignore_ids=ignore,
+                                      batch_size=1)
+    names = {"resid_post": HOOK, "reference": "blocks.1.hook_mlp_out"}
+    _, cache = backends[1].run_with_cache(tokens, list(names.values()))
+    kept = tokens != ignore[0]
+    assert 0 < kept.sum() < tokens.numel()
+    w_enc, b_enc, b_dec, w_dec = (p.detach() for p in (sae.W_enc, sae.b_enc, sae.b_dec, sae.W_dec))
+    for site, name in names.items():
+        f = torch.relu((cache[name] - b_dec) @ w_enc + b_enc)[kept]  # [kept tokens, d_sae]
+        for k in (3, 27):
+            got = frame[(frame.site == site) & (frame.feature_idx == k)].activation.to_numpy()
+            np.testing.assert_allclose(got, (f[:, k] * w_dec[k].norm()).numpy(), atol=1e-5,
+                                       rtol=1e-4)
+    assert len(frame) == 2 * 2 * int(kept.sum())
+    both = frame.groupby("site").activation.mean()
+    assert abs(both["resid_post"] - both["reference"]) > 1e-3  # the sites read different things
+    with pytest.raises(ValueError, match=r"feature_idx=\[64\] is outside the SAE"):
+        steering.site_activations(backends[0], sae, tokens, [64])
+    with pytest.raises(ValueError, match="batch_size=0"):
+        steering.site_activations(backends[0], sae, tokens, [3], batch_size=0)
+
+
+def test_compare_sites_runs_unsteered_then_each_site_and_units_as_run_conditions_does(backends,
+                                                                                     sae):
+    _, hf = backends
+    max_act = torch.full((64,), 1.5)
+    prompts = [PROMPT, "<bos><|user|>Add 4 to 9.<|assistant|>"]
+    frame = steering.compare_sites(hf, sae, prompts, {27: 2.0}, max_act, max_new_tokens=3)
+    assert frame.condition.tolist() == [c for c in ["unsteered", *steering.SITE_VARIANTS]
+                                        for _ in prompts]
+    assert steering.SITE_VARIANTS == {"resid_post": ("resid_post", "folded"),
+                                      "reference": ("reference", "folded"),
+                                      "reference, raw units": ("reference", "raw")}
+    for name, (site, units) in {"unsteered": ("resid_post", "folded"),
+                                **steering.SITE_VARIANTS}.items():
+        features = None if name == "unsteered" else {27: 2.0}
+        alone = steering.run_conditions(hf, sae, prompts, {name: features}, max_act,
+                                        max_new_tokens=3, site=site, units=units)
+        ours = frame[frame.condition == name].reset_index(drop=True)
+        assert ours.generated_ids.tolist() == alone.generated_ids.tolist()
+        assert ours.prompt_idx.tolist() == [0, 1]
+    forwards = []
+    handle = hf.model.register_forward_hook(lambda *args: forwards.append(1))
+    try:
+        with pytest.raises(ValueError, match="units='x' is unknown"):
+            steering.compare_sites(hf, sae, prompts, {27: 2.0}, max_act,
+                                   variants={"ok": ("reference", "raw"), "bad": ("reference", "x")})
+        with pytest.raises(ValueError, match="features is empty"):
+            steering.compare_sites(hf, sae, prompts, {}, max_act)
+    finally:
+        handle.remove()
+    assert forwards == []  # checked before anything ran

@@ -53,6 +53,7 @@ PRODUCED_BY = {
     constants.STEERED_COMPLETIONS: "06_steering",
     constants.EVAL_COMPLETIONS: "07_evaluation",
     constants.EVAL_CONDITIONS: "07_evaluation",
+    constants.EVAL_SITES: "07_evaluation",
     constants.MODEL_DIFF: "07_evaluation",
     constants.INJECTION: "07_evaluation",
     constants.INJECTION_EFFECTS: "07_evaluation",

@@ -25,6 +25,7 @@ DASHBOARDS_DIR = "features/dashboards"  # SAEDashboard HTML pages, feature_<idx>
 STEERED_COMPLETIONS = "steering/completions.parquet"  # notebook 06: per condition and prompt
 EVAL_COMPLETIONS = "evaluation/completions.parquet"  # notebook 07: scored, per condition and problem
 EVAL_CONDITIONS = "evaluation/conditions.parquet"  # accuracy, length, word rate with intervals
+EVAL_SITES = "evaluation/sites.parquet"  # notebook 07: the top feature x2 at each steering site
 MODEL_DIFF = "evaluation/model_diff.parquet"  # top features on the base vs the reasoning model
 INJECTION = "evaluation/injection.parquet"  # token-injection control: activations per text
 INJECTION_EFFECTS = "evaluation/injection_effects.parquet"  # its effect sizes

@@ -61,7 +61,8 @@ import torch
 
 from reasonlens import evaluation
 from reasonlens.config import check_range
-from reasonlens.models import check_sae_fits, parse_hook_name, sae_hook_name, sae_on_model_device
+from reasonlens.models import (check_sae_fits, device_of, parse_hook_name, sae_hook_name,
+                               sae_on_model_device)
 
 MODES = ("clamp", "direction", "add")
 SITES = ("resid_post", "reference")
@@ -236,6 +237,55 @@ def steer(model, sae, features: Mapping[int, float], mode: str = "clamp",
         yield model
 
 
+def site_activations(model, sae, tokens: torch.Tensor, feature_idx: Sequence[int],
+                     ignore_ids: Sequence[int] = (), batch_size: int = 16) -> pd.DataFrame:
+    """What the SAE reads at each steering site: feature activations over every token, folded units.
+
+    At ``resid_post`` a feature's activation is what ReasonScore measures; at ``reference`` (the
+    MLP output of the SAE's layer) it is what the authors' evaluation clamp replaces, so the
+    displacement there is (c - f_k) d_k with this f_k (notebook 06).
+
+    Args:
+        model: a hooked model (either backend).
+        sae: the SAE (moved to the model's device first, in place).
+        tokens: ``[batch, pos]`` token ids.
+        feature_idx: the features to read.
+        ignore_ids: tokens left out (BOS/EOS/PAD, as in ReasonScore).
+        batch_size: contexts per forward pass.
+
+    Returns:
+        One row per (site, kept token, feature): site, feature_idx, activation (the SAE's own
+        activation times ||W_dec[k]||, the units of ReasonScore's max_activation).
+
+    Raises:
+        ValueError: a feature outside the SAE, a bad ``batch_size``, or an SAE the model cannot
+            feed (see ``models.check_sae_fits``).
+    """
+    from reasonlens.scoring import capture_activations, ignored_mask
+
+    check_range("batch_size", batch_size, 1)
+    check_sae_fits(sae, model.n_layers, model.d_model)
+    outside = [int(f) for f in feature_idx if not 0 <= int(f) < sae.cfg.d_sae]
+    if outside:
+        raise ValueError(f"feature_idx={outside} is outside the SAE (d_sae={sae.cfg.d_sae}).")
+    sae_on_model_device(sae, model)
+    idx = torch.tensor([int(f) for f in feature_idx], dtype=torch.long)
+    norms = sae.W_dec.detach().float().norm(dim=-1).cpu()[idx]  # [n]
+    frames = []
+    for site in SITES:
+        hook_name = steering_site(sae, site, model.n_layers)
+        for start in range(0, len(tokens), batch_size):
+            batch = tokens[start:start + batch_size].to(device_of(model))
+            with torch.no_grad():
+                acts = sae.encode(capture_activations(model, batch, hook_name))
+            kept = acts[~ignored_mask(batch, ignore_ids)][:, idx.to(acts.device)]  # [tokens, n]
+            values = (kept.float().cpu() * norms).numpy()
+            frames.append(pd.DataFrame({"site": site,
+                                        "feature_idx": np.tile(idx.numpy(), len(values)),
+                                        "activation": values.reshape(-1)}))
+    return pd.concat(frames, ignore_index=True)
+
+
 def max_activations_of(run) -> torch.Tensor:
     """``[d_sae]`` largest activation of every feature on the scoring data of a run.
 
@@ -320,6 +370,43 @@ def steered_completions(model, sae, prompts: Sequence[str], feature_idx: Sequenc
     frame["feature_idx"] = [steered[c][0] for c in frame.condition]
     frame["strength"] = [steered[c][1] for c in frame.condition]
     return frame
+
+
+# condition name -> (site, units): the design's clamp, the same clamp where the authors' evaluation
+# code applied it, and that with their raw-unit maximum (exactly the authors' intervention).
+SITE_VARIANTS = {"resid_post": ("resid_post", "folded"),
+                 "reference": ("reference", "folded"),
+                 "reference, raw units": ("reference", "raw")}
+
+
+def compare_sites(model, sae, prompts: Sequence[str], features: Mapping[int, float],
+                  max_activations, mode: str = "clamp",
+                  variants: Mapping[str, tuple[str, str]] = SITE_VARIANTS,
+                  **generation) -> pd.DataFrame:
+    """Completions unsteered and under one steering request at each (site, units) of ``variants``.
+
+    Args:
+        model, sae, prompts, max_activations, mode: as for ``run_conditions``.
+        features: ``{feature_idx: strength}``, the same at every site.
+        variants: condition name -> (site, units); ``SITE_VARIANTS`` by default.
+        **generation: ``run_conditions``'s generation settings (max_new_tokens, batch_size,
+            temperature, seed).
+
+    Returns:
+        ``run_conditions``'s frame: condition ``unsteered``, then one per variant.
+
+    Raises:
+        ValueError: an empty ``features`` or a bad request at any variant, before generating.
+    """
+    if not features:
+        raise ValueError("features is empty; pass {feature_idx: strength}.")
+    for site, units in variants.values():
+        check_steering(model, sae, features, mode, max_activations, site, units)
+    frames = [run_conditions(model, sae, prompts, {"unsteered": None}, **generation)]
+    frames += [run_conditions(model, sae, prompts, {name: features}, max_activations, mode,
+                              site=site, units=units, **generation)
+               for name, (site, units) in variants.items()]
+    return pd.concat(frames, ignore_index=True)
 
 
 def density_matched_controls(scores: pd.DataFrame, features: Sequence[int], seed: int = 0,
