@@ -21,11 +21,17 @@
 # mistakes that a reflection ("Wait, let me check.") catches *most* of the time, so reflecting
 # changes the outcome. Every step carries ground-truth labels (correct, length, first token).
 #
-# For real models (`data_source: openthoughts_lmsys`), the same notebook formats OpenThoughts-114k
-# traces with the DeepSeek-R1 template and LMSYS-Chat-1M conversations instead.
+# For real models (`data_source: openthoughts_lmsys`), the same notebook renders OpenThoughts-114k
+# traces and LMSYS-Chat-1M conversations exactly as the authors' code does (AIRI-Institute/
+# SAE-Reasoning, `training/datasets/`): the R1 system prompt and template, their per-domain
+# problem prompts, an EOS after every non-final assistant turn, text verbatim; it packs each
+# source with TransformerLens's `tokenize_and_concatenate`, caps each at
+# `max_tokens_per_source` tokens and mixes them. It also builds their stratified OpenThoughts
+# subset (`extraction/prepare_openthoughts_subset.py`), on which features are scored and shown.
 #
 # Writes: `world/problems.parquet`, `world/steps.parquet`, `world/documents.parquet`,
-# `tokenizer/`, and `contexts/{mix}_{split}.parquet` (a SAELens-ready `tokens` column).
+# `tokenizer/`, and `contexts/{mix}_{split}.parquet` (a SAELens-ready `tokens` column); for real
+# models also `contexts/extraction.parquet` (the stratified subset, unshuffled).
 
 # %% tags=["parameters"]
 profile = "default"
@@ -44,13 +50,22 @@ explore_rate = 0.2
 chat_fraction = 0.3
 vocab_size = 512
 context_size = 256
-# real models (reasonlens.sources.SourceMixConfig)
+# real models (sources.SourceMixConfig, data.RealContextConfig); defaults: the reference's
 model_name = None  # its tokenizer is used for real data
 openthoughts_source = "open-thoughts/OpenThoughts-114k"
 lmsys_source = "lmsys/lmsys-chat-1m"
-n_reasoning = 4096
-n_chat = 4096
-reasoning_fraction = 0.5
+openthoughts_domains = ["code", "math", "puzzle", "biology", "chemistry", "physics"]
+n_reasoning = None  # traces drawn; None: all (reference)
+n_chat = None  # conversations drawn; None: all (reference)
+reasoning_fraction = None  # None: sized by tokens (reference); a number: trace share by documents
+is_english_only = False  # option: English LMSYS conversations only (reference: all languages)
+is_text_stripped = False  # option: strip whitespace around trace fields (reference: verbatim)
+packing = "transformer_lens"  # the reference's; or "reasonlens" (BOS + text + EOS per document)
+max_tokens_per_source = 800_000_000  # each source's contexts capped at this many tokens (reference)
+n_tl_shards = 10  # num_proc of the reference's tokenize_and_concatenate call (sets batch starts)
+shuffle_seed = 42  # documents shuffled per source before packing (reference: 42)
+split_fractions = [0.8, 0.1, 0.1]  # train/val/test documents (the reference trains on all)
+n_extraction_samples = 10_000  # stratified OpenThoughts subset (reference: 10,000)
 
 # %%
 import numpy as np
@@ -85,8 +100,11 @@ else:
     tokenizer = AutoTokenizer.from_pretrained(model_name)
     mix_cfg = sources.SourceMixConfig(
         openthoughts_source=openthoughts_source, lmsys_source=lmsys_source,
-        n_reasoning=n_reasoning, n_chat=n_chat, reasoning_fraction=reasoning_fraction, seed=seed)
-    documents = data.real_documents(sources.load_mixed_texts(mix_cfg), tokenizer, seed=seed)
+        domains=tuple(openthoughts_domains), n_reasoning=n_reasoning, n_chat=n_chat,
+        reasoning_fraction=reasoning_fraction, is_english_only=is_english_only,
+        is_stripped=is_text_stripped, seed=seed, chat_eos_token=tokenizer.eos_token)
+    documents = data.real_documents(sources.load_mixed_texts(mix_cfg), tokenizer,
+                                    split_fractions=tuple(split_fractions), seed=seed)
 documents.groupby(["kind", "split"]).size().unstack()
 
 # %% [markdown]
@@ -139,25 +157,54 @@ else:
 print(len(tokenizer), "tokens;", tokenizer.tokenize(documents[documents.kind == "trace"].text.iloc[0])[:40])
 
 # %%
-lengths = {kind: np.array([len(ids) for ids in data.tokenize(tokenizer, group.text)])
+n_shown = None if data_source == "synthetic" else 5000  # real corpora: a sample of each kind
+lengths = {kind: np.array([len(ids) for ids in data.tokenize(tokenizer, group.text[:n_shown])])
            for kind, group in documents.groupby("kind")}
 plotting.length_histogram(lengths, xlabel="tokens per document", save_to=run.figure("01_lengths"));
 
 # %% [markdown]
 # Documents are shuffled, concatenated and cut into contexts of `context_size` tokens, per
 # training mix (the reasoning model's: traces + plain + chat; the base model's: no traces) and
-# per split.
+# per split. Real documents are packed per source as the reference packs them: TransformerLens's
+# `tokenize_and_concatenate` joins them with EOS and, tokenizing 20 pieces of each batch apart,
+# puts the tokenizer's BOS at each piece start; each source is capped at `max_tokens_per_source`
+# tokens before the two are mixed.
 
 # %%
-context_cfg = data.ContextConfig(context_size=context_size, seed=seed)
-contexts = {}
-for mix, kinds in data.MIXES.items():
-    for split in ("train", "val", "test"):
-        texts = data.mix_documents(documents, split, kinds)
-        if texts:
-            contexts[f"{mix}_{split}"] = data.pack_contexts(data.tokenize(tokenizer, texts),
-                                                            context_cfg)
+if data_source == "synthetic":
+    context_cfg = data.ContextConfig(context_size=context_size, seed=seed)
+    contexts = {}
+    for mix, kinds in data.MIXES.items():
+        for split in ("train", "val", "test"):
+            texts = data.mix_documents(documents, split, kinds)
+            if texts:
+                contexts[f"{mix}_{split}"] = data.pack_contexts(data.tokenize(tokenizer, texts),
+                                                                context_cfg)
+else:
+    context_cfg = data.RealContextConfig(
+        context_size=context_size, packing=packing, n_shards=n_tl_shards,
+        max_tokens_per_source=max_tokens_per_source, shuffle_seed=shuffle_seed, seed=seed)
+    contexts = data.real_contexts(documents, tokenizer, context_cfg)
 pd.Series({name: len(frame) for name, frame in contexts.items()}, name="contexts")
+
+# %% [markdown]
+# For real models, the extraction set: the reference's stratified OpenThoughts subset, an equal
+# share of each domain (each shuffled with seed 42), topped up in dataset order when a domain runs
+# short, stored domain by domain. It is packed as the reference's scoring and dashboard scripts
+# pack it (`tokenize_and_concatenate`, no added BOS, 4 shards) and written unshuffled: the
+# dashboards read its first rows; ReasonScore reads the first 4096 rows of
+# `data.shuffle_contexts(contexts, seed=42)`, the reference's `.shuffle(seed=42)`.
+
+# %%
+if data_source != "synthetic":
+    extraction_cfg = sources.ExtractionSetConfig(
+        openthoughts_source=openthoughts_source, n_samples=n_extraction_samples,
+        domains=tuple(openthoughts_domains), is_stripped=is_text_stripped)
+    extraction_texts = sources.load_extraction_texts(extraction_cfg)
+    contexts["extraction"] = data.pack_transformer_lens(
+        extraction_texts.text, tokenizer, context_size, is_bos_added=False, n_shards=4)
+    display(extraction_texts.domain.value_counts().rename("records").to_frame()
+            .assign(contexts=len(contexts["extraction"])))
 
 # %% [markdown]
 # ## Write the artifacts
@@ -170,7 +217,8 @@ run.write(K.DOCUMENTS, documents, config=world_cfg if data_source == "synthetic"
 with run.write_dir(K.TOKENIZER_DIR, config=tokenizer_cfg) as path:
     tokenizer.save_pretrained(path)
 for name, frame in contexts.items():
-    run.write(K.CONTEXTS.format(split=name), frame, config=context_cfg)
+    run.write(K.CONTEXTS.format(split=name), frame,
+              config=extraction_cfg if name == "extraction" else context_cfg)
 sorted(str(p.relative_to(run.root)) for p in run.root.rglob("*.parquet"))
 
 # %% [markdown]

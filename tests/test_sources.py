@@ -11,36 +11,67 @@ from helpers import scramble_global_rngs
 
 from reasonlens import sources
 from reasonlens.sources import (
+    ExtractionSetConfig,
     SourceMixConfig,
     format_lmsys,
     format_openthoughts,
     keep_language,
+    load_extraction_texts,
     load_mixed_texts,
     load_records,
+    stratified_indices,
 )
 
 REASONING = "Hmm, 2 + 3 is 5. Wait, let me check: 5 - 3 = 2. Yes."
 SOLUTION = "The sum is \\boxed{5}."
 
+# The reference's system prompt, typed from AIRI-Institute/SAE-Reasoning,
+# training/datasets/prepare_openthoughts_dataset.py:20-25 (a triple-quoted string that starts
+# and ends with a newline and breaks its lines where the source does).
+SYSTEM = """
+Your role as an assistant involves thoroughly exploring questions through a systematic long thinking process
+before providing the final precise and accurate solutions. This requires engaging in a comprehensive cycle of
+analysis, summarizing, exploration, reassessment, reflection, backtracing, and iteration to develop well-considered
+thinking process.
+"""  # noqa: E501
+EOS = "<｜end▁of▁sentence｜>"
+STDIN = ("Generate an executable Python function generated from the given prompt. The function "
+         "should take stdin as input and print the output. Simply call the function after the "
+         "definition.")
+FUNCTION = ("Generate an executable Python function generated from the given prompt. Return the "
+            "function body without invoking it at the final solution.")
 
-def trace(domain: str = "math", problem: str = "What is 2 + 3?", starter_code: str = "",
-          **overrides) -> dict:
-    """An OpenThoughts-114k (metadata config) record."""
+
+def trace(domain: str = "math", problem: str = "What is 2 + 3?", test_cases=None,
+          starter_code=None, **overrides) -> dict:
+    """An OpenThoughts-114k record with the fields of the hub's ``metadata`` config."""
     record = {
         "problem": problem, "deepseek_reasoning": REASONING, "deepseek_solution": SOLUTION,
-        "domain": domain, "test_cases": "", "starter_code": starter_code,
+        "ground_truth_solution": "5", "domain": domain, "source": "numina_math",
+        "test_cases": test_cases, "starter_code": starter_code,
     }
     return {**record, **overrides}
 
 
+def code_trace(problem: str, fn_name: str | None = None, starter_code: str | None = "",
+               **overrides) -> dict:
+    """A code record: test_cases is a JSON string, with fn_name for call-based problems."""
+    cases = {"inputs": ["3\n1 2 3\n"], "outputs": ["6\n"]}
+    if fn_name is not None:
+        cases["fn_name"] = fn_name
+    return trace("code", problem=problem, test_cases=json.dumps(cases),
+                 starter_code=starter_code, source="taco", **overrides)
+
+
 def chat(index: int, language: str = "English") -> dict:
-    """An LMSYS-Chat-1M record with a two-turn conversation."""
+    """An LMSYS-Chat-1M record (its fields) with a two-turn conversation."""
     return {
         "conversation_id": f"c{index}", "model": "vicuna-13b", "turn": 1, "language": language,
         "conversation": [
-            {"role": "user", "content": f"Question {index}?"},
-            {"role": "assistant", "content": f"Answer {index}."},
+            {"content": f"Question {index}?", "role": "user"},
+            {"content": f"Answer {index}.", "role": "assistant"},
         ],
+        "openai_moderation": [], "redacted": False,
     }
 
 
@@ -58,51 +89,72 @@ def local_datasets_cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def mix_paths(tmp_path):
-    """Eight traces and eight chats (six English) as jsonl files."""
-    domains = ["math", "code", "puzzle", "science"]
-    traces = [trace(domains[i % 4], problem=f"Problem {i}.") for i in range(8)]
+    """Eight traces (six domains, two of them twice) and eight chats (six English) as jsonl."""
+    domains = ["math", "code", "puzzle", "biology", "chemistry", "physics", "math", "puzzle"]
+    traces = [code_trace(f"Problem {i}.") if d == "code" else trace(d, problem=f"Problem {i}.")
+              for i, d in enumerate(domains)]
     chats = [chat(i, "English" if i < 6 else "German") for i in range(8)]
     return write_jsonl(tmp_path / "ot.jsonl", traces), write_jsonl(tmp_path / "chat.jsonl", chats)
 
 
-# --- OpenThoughts formatting ------------------------------------------------------------------
+# --- OpenThoughts formatting, as the reference renders it -------------------------------------
 
-THINK = "<think>\n" + REASONING + "\n</think>\n" + SOLUTION
+THINK = "<｜Assistant｜><think>\n" + REASONING + "\n</think>\n" + SOLUTION
 
 
 @pytest.mark.parametrize("record, expected", [
     (trace("math"),
-     "<｜User｜>Return your final response within \\boxed{}. What is 2 + 3?<｜Assistant｜>"
-     + THINK),
-    (trace("science", problem="Why is the sky blue?"),
-     "<｜User｜>Answer this science question, explaining your reasoning before the final answer."
-     " Why is the sky blue?<｜Assistant｜>" + THINK),
-    (trace("puzzle", problem="Cross the river."),
-     "<｜User｜>Solve this puzzle step by step, then state your final answer clearly."
-     " Cross the river.<｜Assistant｜>" + THINK),
-    (trace("code", problem="Read n and print n + 1."),
-     "<｜User｜>Generate an executable Python function generated from the given prompt. It reads"
-     " its input from stdin and prints the answer to stdout; call it once right after its"
-     " definition.\n\nRead n and print n + 1.<｜Assistant｜>" + THINK),
-    (trace("code", problem="Return the sum of nums.",
-           starter_code="class Solution:\n    def total(self, nums):\n"),
-     "<｜User｜>Generate an executable Python function generated from the given prompt. Complete"
-     " the starter code given after the problem and return only the function body, without"
-     " calling it.\n\nReturn the sum of nums.\n\nclass Solution:\n    def total(self, nums):"
-     "<｜Assistant｜>" + THINK),
-    (trace("biology"), "<｜User｜>What is 2 + 3?<｜Assistant｜>" + THINK),
-    (trace(None), "<｜User｜>What is 2 + 3?<｜Assistant｜>" + THINK),
-], ids=["math", "science", "puzzle", "code-stdin", "code-starter", "unknown-domain", "no-domain"])
-def test_format_openthoughts_domains(record, expected):
+     SYSTEM + "<｜User｜>Return your final response within \\boxed{}. What is 2 + 3?" + THINK),
+    (trace("puzzle", problem="Cross the river."), SYSTEM + "<｜User｜>Cross the river." + THINK),
+    (trace("biology", problem="Why do cells divide?"),
+     SYSTEM + "<｜User｜>Why do cells divide?" + THINK),
+    (trace("chemistry", problem="Balance H2 + O2."), SYSTEM + "<｜User｜>Balance H2 + O2." + THINK),
+    (trace("physics", problem="Why is the sky blue?"),
+     SYSTEM + "<｜User｜>Why is the sky blue?" + THINK),
+    # stdin program: starter_code "" still adds its "\n"
+    (code_trace("Read n and print n + 1.", starter_code=""),
+     SYSTEM + "<｜User｜>Generate an executable Python function generated from the given prompt."
+     " The function should take stdin as input and print the output. Simply call the function"
+     " after the definition.Read n and print n + 1.\n" + THINK),
+    # call-based: fn_name present; starter code after one newline, verbatim
+    (code_trace("Return the sum of nums.", fn_name="total",
+                starter_code="class Solution:\n    def total(self, nums):\n        "),
+     SYSTEM + "<｜User｜>Generate an executable Python function generated from the given prompt."
+     " Return the function body without invoking it at the final solution.Return the sum of"
+     " nums.\nclass Solution:\n    def total(self, nums):\n        " + THINK),
+    # no starter code at all (None): nothing appended
+    (code_trace("Print 7.", starter_code=None), SYSTEM + "<｜User｜>" + STDIN + "Print 7." + THINK),
+    # an empty fn_name is falsy: the stdin instruction
+    (code_trace("Print 8.", fn_name="", starter_code=None),
+     SYSTEM + "<｜User｜>" + STDIN + "Print 8." + THINK),
+    # a starter code with a fn_name of null in the JSON
+    (trace("code", problem="P.", test_cases='{"fn_name": null}', starter_code="def f():"),
+     SYSTEM + "<｜User｜>" + STDIN + "P.\ndef f():" + THINK),
+], ids=["math", "puzzle", "biology", "chemistry", "physics", "code-stdin", "code-function",
+        "code-no-starter", "code-empty-fn-name", "code-null-fn-name"])
+def test_format_openthoughts_as_the_reference(record, expected):
     assert format_openthoughts(record) == expected
 
 
-def test_format_openthoughts_system_prompt_and_whitespace():
-    record = trace("MATH ", problem="  What is 2 + 3?\n", deepseek_reasoning=f"\n{REASONING}\n\n",
+def test_format_openthoughts_keeps_text_verbatim():
+    record = trace("math", problem="  What is 2 + 3?\n", deepseek_reasoning=f"\n{REASONING}\n\n",
                    deepseek_solution=f"{SOLUTION}\n")
-    text = format_openthoughts(record, system_prompt="You are careful.")
-    assert text == ("You are careful.<｜User｜>Return your final response within \\boxed{}. "
-                    "What is 2 + 3?<｜Assistant｜>" + THINK)
+    assert format_openthoughts(record) == (
+        SYSTEM + "<｜User｜>Return your final response within \\boxed{}.   What is 2 + 3?\n"
+        "<｜Assistant｜><think>\n\n" + REASONING + "\n\n\n</think>\n" + SOLUTION + "\n")
+
+
+def test_format_openthoughts_options_system_prompt_and_stripping():
+    record = trace("math", problem="  What is 2 + 3?\n", deepseek_reasoning=f"\n{REASONING}\n\n",
+                   deepseek_solution=f"{SOLUTION}\n")
+    assert format_openthoughts(record, system_prompt="", is_stripped=True) == (
+        "<｜User｜>Return your final response within \\boxed{}. What is 2 + 3?" + THINK)
+    code = code_trace(" Print 7. ", starter_code="  \n")
+    assert format_openthoughts(code, system_prompt="S.", is_stripped=True) == (
+        "S.<｜User｜>" + STDIN + "Print 7." + THINK)
+    code = code_trace("Sum.", fn_name="f", starter_code="def f(x):\n")
+    assert format_openthoughts(code, system_prompt="", is_stripped=True) == (
+        "<｜User｜>" + FUNCTION + "Sum.\ndef f(x):" + THINK)
 
 
 def test_format_openthoughts_starter_code_ignored_outside_code():
@@ -110,32 +162,65 @@ def test_format_openthoughts_starter_code_ignored_outside_code():
         trace("math"))
 
 
-def test_format_openthoughts_missing_field():
+@pytest.mark.parametrize("domain", ["science", "Math", "MATH ", None, ""])
+def test_format_openthoughts_refuses_other_domains(domain):
+    record = trace(domain, problem="Why is the sky blue, given Rayleigh scattering?")
+    with pytest.raises(ValueError, match=r"problem 'Why is the sky blue.*domain=.*'code', 'math',"
+                                         r" 'puzzle', 'biology', 'chemistry', 'physics'"):
+        format_openthoughts(record)
+
+
+@pytest.mark.parametrize("test_cases", [None, "", "not json", "[1, 2]"])
+def test_format_openthoughts_code_needs_test_cases_json(test_cases):
+    with pytest.raises(ValueError, match=r"problem 'Sort the list.'.*test_cases=.*fn_name"):
+        format_openthoughts(trace("code", problem="Sort the list.", test_cases=test_cases))
+
+
+def test_format_openthoughts_bad_fields():
     record = trace()
     del record["deepseek_solution"]
     with pytest.raises(ValueError, match=r"\['deepseek_solution'\].*fields found"):
         format_openthoughts(record)
+    with pytest.raises(ValueError, match="deepseek_reasoning=None.*string"):
+        format_openthoughts(trace(deepseek_reasoning=None))
+    with pytest.raises(ValueError, match="starter_code=3"):
+        format_openthoughts(code_trace("P.", starter_code=3))
 
 
-# --- LMSYS formatting -------------------------------------------------------------------------
+# --- LMSYS formatting, as the reference renders it --------------------------------------------
 
-def test_format_lmsys_multi_turn():
-    record = {"conversation": [
-        {"role": "user", "content": "Hi!"},
-        {"role": "assistant", "content": "Hello. How can I help?"},
-        {"role": "user", "content": "Name a prime.\nJust one."},
-        {"role": "assistant", "content": "7"},
-    ], "language": "English"}
+def test_format_lmsys_multi_turn_puts_eos_after_non_final_assistant_turns():
+    record = {**chat(0), "conversation": [
+        {"content": "Hi!", "role": "user"},
+        {"content": "Hello. How can I help?", "role": "assistant"},
+        {"content": "Name a prime.\nJust one.", "role": "user"},
+        {"content": "7", "role": "assistant"},
+    ]}
     assert format_lmsys(record) == (
-        "<｜User｜>Hi!<｜Assistant｜>Hello. How can I help?"
+        "<｜User｜>Hi!<｜Assistant｜>Hello. How can I help?" + EOS
+        + "<｜User｜>Name a prime.\nJust one.<｜Assistant｜>7"
+    )
+    assert format_lmsys(record, system_prompt="Be brief.", eos_token="<eos>") == (
+        "Be brief.<｜User｜>Hi!<｜Assistant｜>Hello. How can I help?<eos>"
         "<｜User｜>Name a prime.\nJust one.<｜Assistant｜>7"
     )
-    assert format_lmsys(record, system_prompt="Be brief.").startswith("Be brief.<｜User｜>Hi!")
-    assert "<think>" not in format_lmsys(record)
+
+
+def test_format_lmsys_keeps_system_turns_and_verbatim_text():
+    record = {"conversation": [
+        {"content": "You are terse. ", "role": "system"},
+        {"content": " Hi \n", "role": "user"},
+        {"content": " Hello ", "role": "assistant"},
+        {"content": "Bye", "role": "user"},
+    ]}
+    # the last turn is the user's, so the assistant turn before it is followed by EOS
+    assert format_lmsys(record) == (
+        "You are terse. <｜User｜> Hi \n<｜Assistant｜> Hello " + EOS + "<｜User｜>Bye")
 
 
 @pytest.mark.parametrize("record, match", [
-    ({"conversation": [{"role": "system", "content": "x"}]}, "role='system'.*valid roles"),
+    ({"conversation": [{"role": "tool", "content": "x"}]}, "role='tool'.*valid roles"),
+    ({"conversation": [{"role": "user", "content": None}]}, "content=None"),
     ({"conversation": []}, "no turns"),
     ({"messages": []}, r"\['conversation'\]"),
 ])
@@ -301,25 +386,43 @@ def test_load_records_hub_id_is_loaded_lazily(monkeypatch):
     ({"lmsys_source": None}, "lmsys_source"),
     ({"openthoughts_config": ""}, "openthoughts_config"),
     ({"split": ""}, "split"),
-    ({"n_reasoning": 0}, "n_reasoning=0.*reasoning_fraction"),
+    ({"domains": ("math", "science")}, r"domains=.*'science'.*valid domains"),
+    ({"domains": ("math", "math")}, "domains=.*repeated"),
+    ({"domains": ()}, "domains=.*non-empty"),
+    ({"domains": "math"}, "domains='math'"),
+    ({"n_reasoning": 0, "reasoning_fraction": 0.5}, "n_reasoning=0.*reasoning_fraction"),
+    ({"n_reasoning": 0, "n_chat": 0}, "n_reasoning=0 and n_chat=0"),
     ({"n_chat": -1}, "n_chat=-1"),
     ({"n_chat": 2.5}, "n_chat=2.5"),
     ({"reasoning_fraction": 1.5}, "reasoning_fraction=1.5"),
     ({"reasoning_fraction": "half"}, "reasoning_fraction='half'"),
     ({"reasoning_fraction": 1.0, "n_chat": -1}, "n_chat=-1"),
     ({"is_english_only": "yes"}, "is_english_only"),
+    ({"is_stripped": 1}, "is_stripped"),
     ({"seed": -1}, "seed=-1"),
     ({"seed": True}, "seed=True"),
     ({"system_prompt": None}, "system_prompt"),
+    ({"chat_eos_token": None}, "chat_eos_token"),
 ])
 def test_config_validation(overrides, match):
     with pytest.raises(ValueError, match=match):
         SourceMixConfig(**overrides)
 
 
+def test_config_defaults_are_the_reference():
+    cfg = SourceMixConfig()
+    assert cfg.domains == ("code", "math", "puzzle", "biology", "chemistry", "physics")
+    assert (cfg.n_reasoning, cfg.n_chat, cfg.reasoning_fraction) == (None, None, None)
+    assert cfg.is_english_only is False and cfg.is_stripped is False
+    assert cfg.system_prompt == SYSTEM and cfg.chat_system_prompt == ""
+    assert cfg.chat_eos_token == EOS
+    assert SourceMixConfig(domains=["math", "code"]).domains == ("math", "code")
+
+
 def test_config_round_trip(tmp_path):
     cfg = SourceMixConfig(openthoughts_source=tmp_path / "ot.jsonl", n_reasoning=7, n_chat=3,
-                          reasoning_fraction=0.7, seed=5, system_prompt="Be careful.")
+                          reasoning_fraction=0.7, seed=5, system_prompt="Be careful.",
+                          domains=("math",), is_english_only=True)
     assert cfg.openthoughts_source == str(tmp_path / "ot.jsonl")
     assert SourceMixConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert SourceMixConfig(reasoning_fraction=1.0, n_chat=0).n_chat == 0
@@ -329,40 +432,76 @@ def test_config_round_trip(tmp_path):
 
 # --- load_mixed_texts -------------------------------------------------------------------------
 
+def test_mix_by_default_renders_every_record_as_the_reference(mix_paths):
+    ot_path, chat_path = mix_paths
+    texts = load_mixed_texts(SourceMixConfig(openthoughts_source=ot_path, lmsys_source=chat_path))
+    assert list(texts.columns) == ["text", "kind", "source", "record_idx"]
+    assert (texts["kind"] == "trace").sum() == 8  # all six domains kept
+    chats = texts[texts["kind"] == "chat"].sort_values("record_idx")
+    # every language (no English filter), rendered without system prompt
+    assert chats["text"].tolist() == [f"<｜User｜>Question {i}?<｜Assistant｜>Answer {i}."
+                                      for i in range(8)]
+    assert chats["record_idx"].tolist() == list(range(8))
+    traces = texts[texts["kind"] == "trace"].set_index("record_idx")["text"]
+    assert traces[0] == (SYSTEM + "<｜User｜>Return your final response within \\boxed{}. "
+                         "Problem 0." + THINK)
+    assert traces[1] == SYSTEM + "<｜User｜>" + STDIN + "Problem 1.\n" + THINK
+    assert traces[3] == SYSTEM + "<｜User｜>Problem 3." + THINK  # biology: bare problem
+    assert set(texts.loc[texts["kind"] == "trace", "source"]) == {ot_path}
+
+
+def test_mix_filters_domains_and_language(mix_paths):
+    ot_path, chat_path = mix_paths
+    cfg = SourceMixConfig(openthoughts_source=ot_path, lmsys_source=chat_path,
+                          domains=("puzzle", "math"), is_english_only=True,
+                          system_prompt="S.", chat_eos_token="<eos>")
+    texts = load_mixed_texts(cfg)
+    traces = texts[texts["kind"] == "trace"].sort_values("record_idx")
+    # records 0, 2, 6, 7 (math, puzzle, math, puzzle), numbered within the filtered records
+    assert traces["record_idx"].tolist() == [0, 1, 2, 3]
+    assert traces["text"].tolist() == [
+        "S.<｜User｜>Return your final response within \\boxed{}. Problem 0." + THINK,
+        "S.<｜User｜>Problem 2." + THINK,
+        "S.<｜User｜>Return your final response within \\boxed{}. Problem 6." + THINK,
+        "S.<｜User｜>Problem 7." + THINK,
+    ]
+    assert (texts["kind"] == "chat").sum() == 6
+
+
+def test_mix_names_the_record_it_cannot_render(tmp_path):
+    ot_path = write_jsonl(tmp_path / "ot.jsonl",
+                          [trace("math"), trace("code", problem="Broken.", test_cases="oops")])
+    cfg = SourceMixConfig(openthoughts_source=ot_path, n_chat=0)
+    with pytest.raises(ValueError, match=r"Record 1 of source=.*ot.jsonl.*'Broken.'"):
+        load_mixed_texts(cfg)
+    with pytest.raises(ValueError, match=r"domains=\['physics'\]; domains found: \['code', 'math'"):
+        load_mixed_texts(cfg.replace(domains=("physics",)))
+
+
 @pytest.mark.parametrize("n_reasoning, n_chat, fraction, expected", [
-    (4, 4, 0.5, (4, 4)),  # both pools used in full
+    (None, None, None, (8, 8)),  # the reference: everything
+    (3, None, None, (3, 8)),
+    (4, 4, 0.5, (4, 4)),  # option: balanced by documents; both pools used in full
     (8, 3, 0.5, (3, 3)),  # chats run short: traces cut to match
     (2, 6, 0.25, (2, 6)),
     (8, 6, 0.75, (8, 3)),
-    (8, 20, 0.5, (6, 6)),  # only six English chats exist
+    (8, 20, 0.5, (8, 8)),  # only eight chats exist
     (5, 0, 1.0, (5, 0)),
     (0, 6, 0.0, (0, 6)),
+    (0, 6, None, (0, 6)),
 ])
 def test_mix_proportions(mix_paths, n_reasoning, n_chat, fraction, expected):
     ot_path, chat_path = mix_paths
     cfg = SourceMixConfig(openthoughts_source=ot_path, lmsys_source=chat_path,
                           n_reasoning=n_reasoning, n_chat=n_chat, reasoning_fraction=fraction)
     texts = load_mixed_texts(cfg)
-    assert list(texts.columns) == ["text", "kind", "source"]
     counts = texts["kind"].value_counts()
     assert (counts.get("trace", 0), counts.get("chat", 0)) == expected
     assert set(texts.loc[texts["kind"] == "trace", "source"]) <= {ot_path}
     assert set(texts.loc[texts["kind"] == "chat", "source"]) <= {chat_path}
     assert texts["text"].is_unique
-
-
-def test_mix_content_and_english_filter(mix_paths):
-    ot_path, chat_path = mix_paths
-    cfg = SourceMixConfig(openthoughts_source=ot_path, lmsys_source=chat_path, n_reasoning=8,
-                          n_chat=8, reasoning_fraction=0.5, system_prompt="S.")
-    texts = load_mixed_texts(cfg)
-    chats = texts.loc[texts["kind"] == "chat", "text"]
-    assert sorted(chats) == sorted(f"S.<｜User｜>Question {i}?<｜Assistant｜>Answer {i}."
-                                   for i in range(6))
-    traces = texts.loc[texts["kind"] == "trace", "text"]
-    assert all(t.startswith("S.<｜User｜>") and "<think>\n" in t for t in traces)
-    everyone = load_mixed_texts(cfg.replace(is_english_only=False))
-    assert (everyone["kind"] == "chat").sum() == 8
+    for kind in ("trace", "chat"):
+        assert texts.loc[texts["kind"] == kind, "record_idx"].is_unique
 
 
 def test_mix_is_seeded(mix_paths):
@@ -382,7 +521,110 @@ def test_mix_is_seeded(mix_paths):
 def test_mix_skips_unused_source(mix_paths):
     ot_path, _ = mix_paths
     cfg = SourceMixConfig(openthoughts_source=ot_path, lmsys_source="/no/such/chat.jsonl",
-                          n_reasoning=3, n_chat=0, reasoning_fraction=1.0)
+                          n_reasoning=3, n_chat=0)
     assert list(load_mixed_texts(cfg)["kind"]) == ["trace"] * 3
     with pytest.raises(FileNotFoundError, match="source='/no/such/chat.jsonl'"):
-        load_mixed_texts(cfg.replace(reasoning_fraction=0.5, n_chat=3))
+        load_mixed_texts(cfg.replace(n_chat=None))
+
+
+# --- the stratified extraction subset ---------------------------------------------------------
+
+DOMAIN_SIZES = {"code": 10, "math": 3, "puzzle": 8, "biology": 2, "chemistry": 5, "physics": 12}
+
+
+def subset_records() -> list[dict]:
+    """40 records of uneven domains, interleaved, plus two of a domain the reference drops."""
+    remaining = dict(DOMAIN_SIZES)
+    domains = []
+    while any(remaining.values()):
+        for domain in DOMAIN_SIZES:
+            if remaining[domain]:
+                remaining[domain] -= 1
+                domains.append(domain)
+    records = [code_trace(f"Problem {i}.") if domain == "code"
+               else trace(domain, problem=f"Problem {i}.") for i, domain in enumerate(domains)]
+    records.insert(5, trace("other", problem="Dropped 1."))
+    records.insert(20, trace("other", problem="Dropped 2."))
+    return records
+
+
+def reference_subset(records: list[dict], num_samples: int, domains: tuple, seed=42) -> list:
+    """prepare_openthoughts_subset.py's selection, step by step with the datasets library."""
+    dataset = datasets.Dataset.from_list(records)
+    dataset = dataset.filter(lambda sample: sample["domain"] in domains)
+    dataset = dataset.add_column("orig_idx", list(range(len(dataset))))
+    per_domain = num_samples // len(domains)
+    subsets, selected = [], set()
+    for domain in domains:
+        domain_ds = dataset.filter(lambda x: x["domain"] == domain).shuffle(seed=seed)
+        domain_subset = domain_ds.select(range(min(len(domain_ds), per_domain)))
+        subsets.append(domain_subset)
+        selected.update(domain_subset["orig_idx"])
+    total = sum(map(len, subsets))
+    if total < num_samples:
+        remaining = dataset.filter(lambda x: x["orig_idx"] not in selected)
+        subsets.append(remaining.select(range(num_samples - total)))
+    return datasets.concatenate_datasets(subsets)["problem"]
+
+
+def test_stratified_subset_follows_the_reference(tmp_path):
+    records = subset_records()
+    kept = [r for r in records if r["domain"] != "other"]
+    domains = sources.OPENTHOUGHTS_DOMAINS
+    # 24 // 6 = 4 per domain: code 4, math 3 (all it has), puzzle 4, biology 2, chemistry 4,
+    # physics 4 = 21, then the 3 earliest records not yet chosen
+    indices = stratified_indices([r["domain"] for r in kept], 24, domains, seed=42)
+    chosen = [kept[i] for i in indices]
+    assert [r["domain"] for r in chosen[:21]] == (
+        ["code"] * 4 + ["math"] * 3 + ["puzzle"] * 4 + ["biology"] * 2 + ["chemistry"] * 4
+        + ["physics"] * 4)
+    assert len(set(indices)) == 24
+    first_unchosen = [i for i in range(len(kept)) if i not in set(indices[:21])][:3]
+    assert indices[21:] == first_unchosen
+    assert [r["problem"] for r in chosen] == reference_subset(records, 24, domains)
+    # another order of domains and another seed, as the reference would take them
+    other = ("physics", "math", "code")
+    kept = [r for r in records if r["domain"] in other]
+    indices = stratified_indices([r["domain"] for r in kept], 12, other, seed=7)
+    assert [kept[i]["problem"] for i in indices] == reference_subset(records, 12, other, seed=7)
+
+
+def test_stratified_subset_runs_short_with_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="reasonlens.sources"):
+        indices = stratified_indices(["math", "code", "math"], 10, ("math", "code"))
+    assert sorted(indices) == [0, 1, 2] and indices[-1] == 1  # math first, then code
+    assert "n_samples=10 but only 3 records" in caplog.text
+    with pytest.raises(ValueError, match="n_samples=0"):
+        stratified_indices(["math"], 0)
+
+
+def test_load_extraction_texts_renders_the_subset_in_order(tmp_path):
+    records = subset_records()
+    path = write_jsonl(tmp_path / "ot.jsonl", records)
+    frame = load_extraction_texts(ExtractionSetConfig(openthoughts_source=path, n_samples=24))
+    assert list(frame.columns) == ["text", "domain", "record_idx"]
+    problems = reference_subset(records, 24, sources.OPENTHOUGHTS_DOMAINS)
+    by_problem = {r["problem"]: r for r in records}
+    assert frame["text"].tolist() == [format_openthoughts(by_problem[p]) for p in problems]
+    assert frame["text"].iloc[0].startswith(SYSTEM + "<｜User｜>" + STDIN)
+    assert frame["domain"].tolist()[:4] == ["code"] * 4
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"n_samples": 0}, "n_samples=0"),
+    ({"domains": ("science",)}, "domains=.*science"),
+    ({"seed": -2}, "seed=-2"),
+    ({"openthoughts_source": ""}, "openthoughts_source"),
+    ({"is_stripped": "no"}, "is_stripped"),
+])
+def test_extraction_config_validation(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        ExtractionSetConfig(**overrides)
+
+
+def test_extraction_config_defaults_and_round_trip():
+    cfg = ExtractionSetConfig()
+    assert (cfg.n_samples, cfg.seed, cfg.domains) == (10_000, 42, sources.OPENTHOUGHTS_DOMAINS)
+    assert cfg.system_prompt == SYSTEM
+    again = ExtractionSetConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
