@@ -239,18 +239,27 @@ def build_token_sae(d_in: int, d_sae: int = 24) -> StandardSAE:
     return sae
 
 
-def test_pooled_token_features_average_the_step_tokens_only(toy_model, tokenizer, world):
+def test_pooled_token_features_average_the_step_tokens_only(capsys, toy_model, tokenizer,
+                                                            world):
     model = models.HFHookedModel(toy_model, tokenizer)
     sae = build_token_sae(toy_model.config.hidden_size)
     table = data.world_step_table(world.steps, world.problems).head(5)
     examples = data.tokenize_steps(table, tokenizer, 20, 16)
+    capsys.readouterr()
     pooled = probes.pooled_token_features(model, sae, examples, batch_size=3)
-    assert pooled.shape == (5, 24)
+    assert re.search(r"(^|\r)token SAE: ", capsys.readouterr().err)  # the progress bar's label
+    # the SAE read at another hook point (same width) when hook_name says so
+    other = probes.pooled_token_features(model, sae, examples, "blocks.0.hook_resid_post",
+                                         batch_size=3)
+    assert pooled.shape == other.shape == (5, 24)
     for i in range(5):
         tokens = torch.tensor([examples.context_ids[i] + examples.step_ids[i]])
-        acts = scoring.encode_batch(model, sae, tokens, "blocks.1.hook_resid_post")[0]
-        expected = acts[-len(examples.step_ids[i]):].mean(0).numpy()
-        np.testing.assert_allclose(pooled[i], expected, atol=1e-5)
+        for hook_name, result in (("blocks.1.hook_resid_post", pooled),
+                                  ("blocks.0.hook_resid_post", other)):
+            acts = scoring.encode_batch(model, sae, tokens, hook_name)[0]
+            expected = acts[-len(examples.step_ids[i]):].mean(0).numpy()
+            np.testing.assert_allclose(result[i], expected, atol=1e-5)
+    assert not np.allclose(pooled, other, atol=1e-3)
 
 
 # --- N2G ---------------------------------------------------------------------------------------
@@ -389,6 +398,62 @@ def test_n2g_mines_the_minimal_patterns_of_known_rules(tokenizer):
         "latent_idx", "n_patterns", "n_tokenless", "n_active", "n_matched", "precision",
         "recall"]
     assert n2g.pattern_text([5], tokenizer) == "…" + tokenizer.decode([5])  # a suffix by default
+
+
+def test_mine_patterns_takes_the_first_top_steps_among_ties(capsys, tokenizer):
+    """Twenty steps, every other one starting with 8 (latent 3's rule): ten tie for the top."""
+    model, w = RuleModel(), n2g.WILDCARD
+    steps = [[8] + [2] * (i // 2) if i % 2 == 0 else [1] for i in range(20)]
+    examples = rule_examples(steps)
+    effects = n2g.step_effects(model, examples)
+    effects[:, [0, 1, 2, 4]] = 0.0  # latent 3 alone
+    assert effects[:, 3].tolist() == [2.0, 0.0] * 10
+    cfg = n2g.N2GConfig(n_latents=1, n_examples=3, keep_fraction=1.0, anchor="end")
+    capsys.readouterr()
+    mined = n2g.mine_patterns(model, examples, effects, cfg, tokenizer)
+    assert re.search(r"(^|\r)N2G: ", capsys.readouterr().err)  # the progress bar's label
+    # steps 0, 2 and 4 (the first three of the ties): suffixes 8, 8 *, 8 * *
+    assert mined.pattern.tolist() == [[8], [8, w], [8, w, w]]
+    assert mined.example.tolist() == [str(steps[0]), str(steps[2]), str(steps[4])]
+
+
+def test_step_effects_name_their_two_progress_bars(capsys):
+    examples = rule_examples([[1, 5], [8], [3, 2]])
+    capsys.readouterr()
+    n2g.step_effects(RuleModel(), examples, batch_size=2)
+    shown = capsys.readouterr().err
+    assert re.search(r"(^|\r)step effects: ", shown) and re.search(r"(^|\r)context alone: ", shown)
+
+
+def test_evaluate_patterns_leave_undefined_ratios_nan_without_warnings():
+    examples = data.StepExamples(pd.DataFrame({"step": ["a"]}), [[]], [[1, 2]])
+    patterns = pd.DataFrame({"latent_idx": [0], "threshold": [0.5], "anchor": ["end"],
+                             "pattern": [[7]], "n_sources": [1], "n_tokens": [1]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = n2g.evaluate_patterns(patterns, examples, np.array([[0.0]])).iloc[0]
+    assert (result.n_matched, result.n_active) == (0, 0)
+    assert np.isnan(result.precision) and np.isnan(result.recall)
+
+
+def test_example_table_keeps_the_first_of_tied_steps_latents_and_patterns():
+    n = 20
+    table = pd.DataFrame({"step": [f"s{i}" for i in range(n)],
+                          "kind": [f"k{i // 2}" for i in range(n)]})  # kinds in pairs
+    examples = data.StepExamples(table, [[]] * n, [[1]] * n)
+    scores = np.tile([0.5, 0.1], (n, n // 2))  # 20 latents: ten tie at 0.5
+    latent_idx = list(range(n))
+    latent_idx[6] = 4  # rows 4 and 6 both give patterns of latent 4, with equal n_sources
+    patterns = pd.DataFrame({"latent_idx": latent_idx,
+                             "pattern_text": [f"…p{i}" for i in range(n)],
+                             "n_sources": [2, 1] * (n // 2), "n_tokens": [1] * n})
+    shown = n2g.example_table(examples, scores, patterns, n, by="kind")
+    # one step of each kind first (the first of each pair), in table order, then the second
+    assert shown.step.tolist() == [f"s{i}" for i in range(0, n, 2)] + [
+        f"s{i}" for i in range(1, n, 2)]
+    # three latents by default, the first of the ties; latent 4's pattern is row 4's
+    assert shown.top_latents.iloc[0] == "0:0.50, 2:0.50, 4:0.50"
+    assert shown.patterns.iloc[0] == "0:…p0  2:…p2  4:…p4"
 
 
 @pytest.fixture(scope="module")
