@@ -288,7 +288,7 @@ site_frame = steering.compare_sites(model, sae, site_prompts, {top[0]: 2.0}, max
                                     batch_size=eval_batch_size)
 site_frame = evaluation.score_completions(site_frame, site_test.answer.tolist(), model.tokenizer)
 site_table = evaluation.condition_table(site_frame, n_boot=n_boot, seed=seed)
-print(f"feature {top[0]}: decoder norm {float(sae.W_dec[top[0]].norm()):.3f}, "
+print(f"feature {top[0]}: decoder norm {float(sae.W_dec[top[0]].detach().norm()):.3f}, "
       f"max activation {float(max_activations[top[0]]):.3f} (ReasonScore units)")
 display(site_table[columns].round(3).set_index("condition"))
 display(pd.DataFrame({c: evaluation.headline(site_table, c) for c in steering.SITE_VARIANTS}).T)

@@ -660,3 +660,12 @@ def test_compare_sites_runs_unsteered_then_each_site_and_units_as_run_conditions
     finally:
         handle.remove()
     assert forwards == []  # checked before anything ran
+
+
+def test_steering_hook_refuses_an_unknown_mode_or_units():
+    with pytest.raises(ValueError, match=r"mode='Clamp' is unknown; use one of \('clamp', "):
+        steering.steering_hook(tiny_sae(), {0: 1.0}, "Clamp", TINY_MAX)
+    with pytest.raises(ValueError, match=r"units='Raw' is unknown; use one of \('folded', 'raw'\)"
+                                         r" \('folded': ReasonScore's max_activation; 'raw': the "
+                                         r"SAE's own activation"):
+        steering.steering_hook(tiny_sae(), {0: 1.0}, "clamp", TINY_MAX, units="Raw")

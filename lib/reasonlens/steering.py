@@ -93,6 +93,16 @@ def steering_site(sae, site: str, n_layers: int) -> str:
     return hook_name if site == "resid_post" else f"blocks.{layer}.hook_mlp_out"
 
 
+def check_mode_and_units(mode: str, units: str) -> None:
+    """Raise ``ValueError`` naming ``mode`` or ``units`` when it is not one of ``MODES``/``UNITS``."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is unknown; use one of {MODES}.")
+    if units not in UNITS:
+        raise ValueError(f"units={units!r} is unknown; use one of {UNITS} ('folded': "
+                         "ReasonScore's max_activation; 'raw': the SAE's own activation, as the "
+                         "reference's sae_max_activation).")
+
+
 def check_steering(model, sae, features: Mapping[int, float], mode: str,
                    max_activations: Sequence[float] | torch.Tensor | None,
                    site: str = "resid_post", units: str = "folded") -> None:
@@ -103,12 +113,7 @@ def check_steering(model, sae, features: Mapping[int, float], mode: str,
             non-finite strength, missing max activations, an SAE of another width, or a hook
             point the model lacks.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is unknown; use one of {MODES}.")
-    if units not in UNITS:
-        raise ValueError(f"units={units!r} is unknown; use one of {UNITS} ('folded': "
-                         "ReasonScore's max_activation; 'raw': the SAE's own activation, as the "
-                         "reference's sae_max_activation).")
+    check_mode_and_units(mode, units)
     if not features:
         raise ValueError("features is empty; pass {feature_idx: strength}.")
     check_sae_fits(sae, model.n_layers, model.d_model)
@@ -150,7 +155,11 @@ def steering_hook(sae, features: Mapping[int, float], mode: str = "clamp",
     Returns:
         The hook function; it raises ``ValueError`` naming both devices when an activation is not
         on the SAE's device.
+
+    Raises:
+        ValueError: an unknown ``mode`` or ``units`` (``steer`` checks the rest of a request).
     """
+    check_mode_and_units(mode, units)
     w_dec = sae.W_dec.detach()
     device = w_dec.device
     work = torch.promote_types(w_dec.dtype, torch.float32)  # never below float32
