@@ -79,10 +79,65 @@ def parse_answer(completion: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-def reasoning_length(ids: Sequence[int], tokenizer) -> int:
-    """Generated tokens before ``</think>`` (all of them if the trace never closes)."""
-    close = tokenizer.convert_tokens_to_ids(K.THINK_CLOSE)
-    return ids.index(close) if close in ids else len(ids)
+def think_end_ids(tokenizer, think_end_token: str | int = K.THINK_CLOSE) -> list[int]:
+    """The token ids that close a reasoning trace, as the tokenizer writes ``think_end_token``.
+
+    An integer is an id already (the reference's ``cutoff_token=128014``). A string that is one
+    token of the vocabulary, special or not, is that token's id, so ``"</think>"`` works also
+    where it is a special token (which decoding with ``skip_special_tokens`` would drop). Any
+    other string is the id sequence the tokenizer encodes it to, without special tokens added.
+
+    Args:
+        tokenizer: a transformers tokenizer.
+        think_end_token: the closing marker, as a string or a token id.
+
+    Returns:
+        One id, or the ids of a marker the vocabulary splits into several tokens.
+
+    Raises:
+        ValueError: an id outside the vocabulary, or a string that encodes to no tokens.
+    """
+    if isinstance(think_end_token, int) or str(think_end_token).isdigit():
+        token_id = int(think_end_token)
+        if not 0 <= token_id < len(tokenizer):
+            raise ValueError(f"think_end_token={think_end_token!r} is not a token id of this "
+                             f"tokenizer (0..{len(tokenizer) - 1}); pass the id or the string, "
+                             "e.g. think_end_token='</think>'.")
+        return [token_id]
+    vocab = tokenizer.get_vocab()
+    if think_end_token in vocab:
+        return [vocab[think_end_token]]
+    ids = tokenizer.encode(think_end_token, add_special_tokens=False)
+    if not ids:
+        raise ValueError(f"think_end_token={think_end_token!r} encodes to no tokens; pass the "
+                         "marker that closes the reasoning, e.g. think_end_token='</think>'.")
+    return list(ids)
+
+
+def reasoning_length(ids: Sequence[int], tokenizer, think_end_token: str | int = K.THINK_CLOSE
+                     ) -> int:
+    """Generated tokens before the first ``</think>`` (all of them if the trace never closes).
+
+    The reference's measure (its vLLM model's ``cutoff_token``): the index of the first closing
+    token in the completion, or the completion's length when it is absent.
+
+    Args:
+        ids: ``[n_new]`` the completion's token ids (without the prompt).
+        tokenizer: the model's tokenizer.
+        think_end_token: the closing marker, a string or a token id (see ``think_end_ids``).
+
+    Returns:
+        The number of tokens before the marker.
+
+    Raises:
+        ValueError: a marker the tokenizer cannot write (see ``think_end_ids``).
+    """
+    ids = list(ids)
+    close = think_end_ids(tokenizer, think_end_token)
+    for start in range(len(ids) - len(close) + 1):
+        if ids[start: start + len(close)] == close:
+            return start
+    return len(ids)
 
 
 def evaluate_answers(model, tokenizer, problems: pd.DataFrame, reasoning: bool,
