@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -671,11 +672,22 @@ def test_both_phases_draw_their_batches_from_the_config_seed_alone(toy_model, st
         pd.testing.assert_frame_equal(first, second)
 
 
-def test_reconstruction_metrics_average_each_condition_over_steps(toy_model, step_tokenizer,
-                                                                  step_table):
+def test_reconstruction_metrics_average_each_condition_over_steps(capsys, toy_model,
+                                                                  step_tokenizer):
     sae = build_sae(toy_model, step_tokenizer).eval()
-    examples = examples_of(step_table.head(5), step_tokenizer, sae.cfg)
+    a, b = 5, 6  # as in the token-accuracy test: the decoder can only guess a or b
+    v = torch.randn(toy_model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        head = sae.decoder.get_output_embeddings().weight
+        head.zero_()
+        head[a], head[b] = v, -v
+        sae.projection[-1].weight.mul_(30.0)  # a loud prefix: the latent changes the guesses
+    contexts = [[a, b], [b], [a, a], [b, b, a], [a]]
+    steps = [[a, b, a], [b, b], [a, a, b, b], [b, a], [a, b, b]]
+    examples = data.StepExamples(pd.DataFrame({"step": ["s"] * 5}), contexts, steps)
+    capsys.readouterr()
     metrics = inference.reconstruction_metrics(sae, examples, batch_size=2)
+    assert re.search(r"(^|\r)reconstruct: ", capsys.readouterr().err)  # the progress bar's label
     # batches {0, 1}, {2, 3}, {4}; "shuffled" rolls the latents by one within a batch
     partner = [1, 0, 3, 2, 4]
     singles = [data.collate([c], [s], sae.sep_id, sae.eos_id, sae.pad_id)
@@ -693,6 +705,9 @@ def test_reconstruction_metrics_average_each_condition_over_steps(toy_model, ste
         row = metrics.set_index("condition").loc[name]
         assert row.recon_loss == pytest.approx(loss / 5, rel=1e-4), name
         assert row.token_accuracy == pytest.approx(accuracy / 5, rel=1e-4), name
+    # not vacuous: another step's latent changes the loss, and some guesses are right
+    assert abs(expected["own"][0] - expected["shuffled"][0]) > 0.05
+    assert expected["own"][1] > 0
 
 
 def test_token_accuracy_is_the_share_of_step_tokens_and_eos_the_argmax_gets_right(
@@ -747,6 +762,21 @@ def test_a_progress_bar_named_desc_shows_only_for_more_than_one_batch(
         assert len(list(inference.batches(sae, ctx, steps, batch_size, desc=desc))) == \
             -(-3 // batch_size)
         assert capsys.readouterr().err == "", (batch_size, desc)  # one batch, or no name
+
+
+def test_encode_steps_gives_unit_latents_by_default_and_labels_its_bar(
+        capsys, toy_model, step_tokenizer, step_table):
+    sae = build_sae(toy_model, step_tokenizer).eval()
+    examples = examples_of(step_table.head(3), step_tokenizer, sae.cfg)
+    capsys.readouterr()
+    latents = inference.encode_steps(sae, examples, batch_size=2)
+    assert re.search(r"(^|\r)encode: ", capsys.readouterr().err)  # the progress bar's label
+    assert latents.shape == (3, sae.cfg.n_latents)
+    np.testing.assert_allclose(np.linalg.norm(latents, axis=1), 1.0, rtol=1e-5)
+    batch = data.collate(examples.context_ids, examples.step_ids, sae.sep_id, sae.eos_id,
+                         sae.pad_id)
+    with torch.no_grad():
+        np.testing.assert_allclose(latents, sae.encode(batch).numpy(), atol=1e-5)
 
 
 def test_encode_steps_and_reconstruction_metrics_carry_no_gradient(toy_model, step_tokenizer,
