@@ -141,3 +141,25 @@ def test_site_and_units_model_args_reach_the_hook(saved_toy_model, sae_dir, sae)
         clean = hooked(tokens)
     torch.testing.assert_close(steered, expected, atol=0, rtol=0)
     assert (steered - clean).abs().max() > 1e-3
+
+
+def test_run_harness_evaluates_a_shipped_task_offline_with_its_lengths(tmp_path,
+                                                                       saved_toy_model):
+    problems = tmp_path / "aime.jsonl"
+    problems.write_text("".join(json.dumps({"problem": f"Find {i} + {i}.", "answer": str(2 * i),
+                                            "solution": ""}) + "\n" for i in range(3)))
+    assert not harness.has_chat_template(saved_toy_model)  # so none is applied to the toy
+    results = harness.run_harness(
+        saved_toy_model, ["aime2024_nofigures"], builtin_tasks=False, batch_size=3,
+        gen_kwargs="max_gen_toks=6,do_sample=False,cutoff_token=</think>",
+        task_args={"aime24_path": str(problems)}, output_path=tmp_path / "out")
+    metrics = results["aime2024_nofigures"]
+    assert 0 <= metrics["reasoning_length,none"] <= metrics["n_tokens,none"] <= 6
+    assert 0 <= metrics["unclosed_think,none"] <= 1 and "accuracy,none" in metrics
+    samples = [json.loads(line) for line in
+               next((tmp_path / "out").rglob("samples_aime2024_nofigures_*.jsonl"))
+               .read_text().splitlines()]
+    assert [s["target"] for s in sorted(samples, key=lambda s: s["doc_id"])] == ["0", "2", "4"]
+    prompt_text = samples[0]["arguments"]["gen_args_0"]["arg_0"]
+    assert prompt_text.startswith("Please reason step by step, and put your final answer within "
+                                  "\\boxed{}.\nProblem: Find ")
