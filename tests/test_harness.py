@@ -163,3 +163,27 @@ def test_run_harness_evaluates_a_shipped_task_offline_with_its_lengths(tmp_path,
     prompt_text = samples[0]["arguments"]["gen_args_0"]["arg_0"]
     assert prompt_text.startswith("Please reason step by step, and put your final answer within "
                                   "\\boxed{}.\nProblem: Find ")
+
+
+@pytest.mark.parametrize("think_end_token", [None, "</think>"])
+def test_every_generation_carries_its_counts_as_our_greedy_generation_gives_them(
+        saved_toy_model, problems, think_end_token):
+    from lm_eval.api.instance import Instance
+
+    lm = harness.SteeredHFLM(pretrained=str(saved_toy_model), device="cpu", batch_size=4,
+                             think_end_token=think_end_token)
+    prompts = [prompt(q, reasoning=True) for q in problems.question]
+    gen = {"until": ["Problem:"], "max_gen_toks": 10, "do_sample": False}
+    requests = [Instance(request_type="generate_until", doc={}, arguments=(p, gen), idx=i)
+                for i, p in enumerate(prompts)]
+    out = lm.generate_until(requests, disable_tqdm=True)
+    model = models.load_hooked(saved_toy_model, backend="hf")
+    _, ids = evaluation.generate(model.model, model.tokenizer, prompts, max_new_tokens=10,
+                                 return_ids=True)
+    close = model.tokenizer.convert_tokens_to_ids("</think>")
+    for text, row in zip(out, ids):
+        assert isinstance(text, harness.Generation)
+        expected = row.index(close) if close in row else len(row)
+        assert (text.n_tokens, text.n_reasoning_tokens, text.is_think_closed) == (
+            len(row), expected, close in row)
+    assert lm._recorded is None
