@@ -162,7 +162,7 @@ def voting_table(problems: pd.DataFrame, greedy: pd.DataFrame, solutions: pd.Dat
     """
     answers = problems.set_index("problem_id")["answer"]
     # a problem greedy decoding was not run on counts as wrong (a NaN would cast to True)
-    correct = {"greedy": greedy.set_index("problem_id")["is_correct"].astype(bool)
+    correct = {"greedy": greedy.set_index("problem_id")["is_correct"]
                .reindex(answers.index, fill_value=False).to_numpy(bool)}
     for name, w in (("majority", None), ("weighted", weights)):
         correct[name] = vote_is_correct(answers, solutions, w)
