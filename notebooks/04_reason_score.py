@@ -37,6 +37,8 @@ window_edges = "definition"  # or "reference": the paper's code's clipping at a 
 compare_scorings = True  # also score with the paper's text rule and the code's edges
 score_split = "reasoning_val"  # contexts to score on
 n_score_contexts = 256
+score_shuffle_seed = None  # None: contexts as stored; the paper's code shuffles its extraction
+# set with datasets' shuffle(seed=42) and scores the first 4096
 score_batch_size = 8
 top_k = 20
 n_top_activations = 50  # per feature, for the window-share check
@@ -57,6 +59,8 @@ model = models.load_hooked(run.model_path(model_name), backend="transformer_lens
                            device=model_device, dtype=model_dtype)
 sae = SAE.load_from_disk(str(run.require(K.SAE_DIR)), device=model_device)
 contexts = run.read_parquet(K.CONTEXTS.format(split=score_split))
+if score_shuffle_seed is not None:
+    contexts = data.shuffle_contexts(contexts, seed=score_shuffle_seed)
 tokens = data.contexts_tensor(contexts)[:n_score_contexts]
 print(f"{tokens.numel():,} tokens; SAE {sae.cfg.metadata.hook_name}, d_sae={sae.cfg.d_sae}")
 

@@ -34,6 +34,8 @@ model_device = "cpu"  # real models: "cuda"
 model_dtype = "float32"  # real models: "bfloat16"
 score_split = "reasoning_val"  # the scoring data of notebook 04
 n_score_contexts = 256
+score_shuffle_seed = None  # None: contexts as stored; the paper's code shuffles its extraction
+# set with datasets' shuffle(seed=42) and scores the first 4096
 score_batch_size = 8
 n_dashboard_features = 20  # top-k features by ReasonScore that get dashboards (paper code: 100)
 dashboard_split = None  # contexts the dashboards read; None: score_split (paper code: the first
@@ -63,8 +65,10 @@ model = models.load_hooked(run.model_path(model_name), backend="transformer_lens
                            device=model_device, dtype=model_dtype)
 sae = SAE.load_from_disk(str(run.require(K.SAE_DIR)), device=model_device)
 scores = run.read_parquet(K.REASON_SCORES)
-tokens = data.contexts_tensor(run.read_parquet(K.CONTEXTS.format(split=score_split)))
-tokens = tokens[:n_score_contexts]
+contexts = run.read_parquet(K.CONTEXTS.format(split=score_split))
+if score_shuffle_seed is not None:
+    contexts = data.shuffle_contexts(contexts, seed=score_shuffle_seed)
+tokens = data.contexts_tensor(contexts)[:n_score_contexts]
 features = dashboards.top_features(scores, n_dashboard_features, sae.cfg.d_sae)
 print(f"{tokens.numel():,} scoring tokens; top {len(features)} features: {features}")
 
@@ -148,7 +152,7 @@ plotting.feature_map(fmap, features, save_to=run.figure("05_feature_map"));
 # %%
 run.write(K.MAX_ACTIVATIONS, maxima.drop(columns="max_activation_04"),
           config={"score_split": score_split, "n_score_contexts": n_score_contexts,
-                  "features": features})
+                  "score_shuffle_seed": score_shuffle_seed, "features": features})
 run.write(K.FEATURE_MAP, fmap, config={"method": feature_map_method, "seed": seed,
                                        "n_neighbors": feature_map_neighbors})
 
