@@ -254,4 +254,5 @@ def test_the_package_ships_the_three_task_yamls():
 
     manager = ShippedTaskManager(include_defaults=False)
     assert set(TASK_NAMES) <= set(manager.all_tasks)
+    assert "reasonlens_paper" in manager.all_tags  # --tasks reasonlens_paper runs all three
     assert {p.stem for p in TASKS_DIR.glob("*.yaml")} == set(TASK_NAMES)
