@@ -149,6 +149,36 @@ def test_build_adds_a_sep_token_and_resizes_both_lms(toy_model, step_tokenizer):
     assert toy_model.get_input_embeddings().num_embeddings == n_before  # the source is untouched
 
 
+def test_build_pads_with_eos_when_the_tokenizer_has_no_pad_token(toy_model, step_tokenizer):
+    step_tokenizer.pad_token = None
+    assert step_tokenizer.pad_token_id is None
+    sae = build_sae(toy_model, step_tokenizer)
+    assert sae.pad_id == sae.eos_id == step_tokenizer.eos_token_id
+
+
+def test_build_seeds_the_new_parameters_with_0_by_default(toy_model, tokenizer):
+    def built(**seed):
+        tok = copy.deepcopy(tokenizer)
+        return step_model.StepSAE.build(toy_model, tok, build_step_sae_config(), **seed)
+
+    default, zero, one = built(), built(seed=0), built(seed=1)
+    assert torch.equal(default.W_enc.weight, zero.W_enc.weight)
+    assert not torch.equal(default.W_enc.weight, one.W_enc.weight)
+
+
+def test_the_sep_embedding_is_freshly_initialised_not_the_mean_of_the_others(toy_model,
+                                                                           step_tokenizer):
+    """``mean_resizing=False``: the new row is drawn like any initial row (the LM's own init),
+    not set near the mean of the existing rows as transformers does by default."""
+    sae = build_sae(toy_model, step_tokenizer)
+    for lm in (sae.encoder, sae.decoder):
+        rows = lm.get_input_embeddings().weight.detach()
+        old, sep = rows[: sae.sep_id], rows[sae.sep_id]
+        typical = old.norm(dim=1).median()
+        assert (sep - old.mean(0)).norm() > 0.3 * typical  # mean resizing: ~1e-4 of it
+        assert 0.3 * typical < sep.norm() < 3 * typical  # a row like the others
+
+
 def test_a_qwen2_checkpoint_with_tied_embeddings_trains_saves_and_reloads(
         tmp_path, tokenizer, step_tokenizer, step_table):
     # The paper's encoder is Qwen2.5-0.5B, whose input and output embeddings are tied.
