@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import signal
 
@@ -629,3 +630,178 @@ def test_a_model_needs_both_run_with_cache_and_cfg():
     whole = types.SimpleNamespace(cfg=object(), run_with_cache=lambda *a: None)
     assert sae_mod._hooked_transformer(whole) is whole
     assert sae_mod._hooked_transformer(types.SimpleNamespace(model=whole)) is whole
+
+
+# --- training and checkpoints against SAELens run plainly ----------------------------------------
+def test_train_sae_trains_as_sae_lens_own_runner_does(hooked, contexts):
+    """train_sae (its store, its recording runner, the config it builds) ends with the weights of
+    SAELens's plain ``LanguageModelSAETrainingRunner`` and store, given the same settings by hand."""
+    from datasets import Dataset
+    from sae_lens import (LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner,
+                          LoggingConfig, StandardTrainingSAEConfig)
+
+    cfg = build_sae_train_config(
+        seed=5, training_tokens=7 * 128, lr_warm_up_steps=1, lr_decay_steps=2,
+        l1_warm_up_steps=3, l1_coefficient=2.0, normalize_activations="expected_average_only_in",
+        n_batches_for_norm_estimate=2, apply_b_dec_to_input=False, store_batch_size_prompts=3,
+        log_every=3)
+    sae, history = sae_mod.train_sae(hooked, contexts, cfg)
+    assert list(history["step"]) == [1, 3, 6, 7]  # every 3rd step, the first and the last
+    assert list(history["n_training_samples"]) == [128, 384, 768, 896]
+    assert {"mse_loss", "l1_loss", "overall_loss", "current_learning_rate"} <= set(history.columns)
+
+    ht = hooked.model
+    plain_cfg = LanguageModelSAERunnerConfig(
+        sae=StandardTrainingSAEConfig(d_in=D_MODEL, d_sae=2 * D_MODEL, l1_coefficient=2.0,
+                                      l1_warm_up_steps=3, apply_b_dec_to_input=False,
+                                      normalize_activations="expected_average_only_in"),
+        model_name="toy", hook_name="blocks.1.hook_resid_post", dataset_path="toy",
+        is_dataset_tokenized=True, streaming=False, context_size=64, prepend_bos=False,
+        training_tokens=7 * 128, train_batch_size_tokens=128, store_batch_size_prompts=3,
+        n_batches_in_buffer=20, n_batches_for_norm_estimate=2, lr=1e-3, lr_warm_up_steps=1,
+        lr_decay_steps=2, seed=5, device="cpu", dtype="float32",
+        exclude_special_tokens=models.special_token_ids(ht.tokenizer),
+        logger=LoggingConfig(log_to_wandb=False), n_checkpoints=0, checkpoint_path=None,
+        output_path=None, save_final_checkpoint=False, verbose=False)
+    dataset = Dataset.from_dict({"tokens": contexts[:, :64].tolist()})
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        plain = LanguageModelSAETrainingRunner(plain_cfg, override_dataset=dataset,
+                                               override_model=ht).run()
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        torch.testing.assert_close(getattr(sae, name), getattr(plain, name),
+                                   rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_what_makes_a_run_start_over(hooked, fitted, contexts, tmp_path, caplog):
+    cfg = build_sae_train_config()
+    nested = tmp_path / "a" / "b"  # made, parents included
+    with caplog.at_level(logging.WARNING, logger="reasonlens.sae"):
+        with pytest.raises(KeyboardInterrupt):
+            sae_mod.train_sae(hooked, contexts, cfg, nested, on_step=stop_at(2))
+    assert caplog.messages == ["interrupted after step 2; saving a checkpoint"]
+    checkpoint = sae_mod.latest_checkpoint(nested)
+    assert checkpoint.name == str(2 * cfg.batch_size)
+    assert json.loads((checkpoint / sae_mod.CHECKPOINT_COMPLETE).read_text()) == {
+        "format": sae_mod.CHECKPOINT_FORMAT}
+
+    def first_step(tokens=contexts, model=hooked, **kwargs) -> int:
+        """The first step a run takes (it stops right after it, with a checkpoint)."""
+        seen = []
+
+        def stop_after_first(n_steps):
+            seen.append(n_steps)
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            sae_mod.train_sae(model, tokens, cfg, nested, on_step=stop_after_first, **kwargs)
+        return seen[0]
+
+    assert first_step() == 3  # same config, contexts and model: resumed after step 2
+    # only the newest checkpoint is kept
+    assert [p.name for p in nested.iterdir() if p.is_dir()] == [str(3 * cfg.batch_size)]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="reasonlens.sae"):
+        assert first_step(resume=False) == 1  # asked to start over
+    assert caplog.messages == ["interrupted after step 1; saving a checkpoint"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="reasonlens.sae"):
+        assert first_step(tokens=contexts.flip(0)) == 1  # other contexts: start over
+    assert caplog.messages == [f"checkpoints in {nested} were made with another config, model "
+                               "or data; starting over",
+                               "interrupted after step 1; saving a checkpoint"]
+    assert first_step() == 1  # the record now names the other contexts: start over again
+    assert first_step() == 2  # and the next run resumes
+    assert first_step(model=fitted) == 1  # another model (other weights): start over
+
+
+def test_interrupting_without_a_checkpoint_dir_writes_nothing(hooked, contexts, tmp_path,
+                                                              monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="reasonlens.sae"):
+        with pytest.raises(KeyboardInterrupt):
+            sae_mod.train_sae(hooked, contexts, build_sae_train_config(), on_step=stop_at(2))
+    assert list(tmp_path.iterdir()) == [] and caplog.messages == []
+
+
+def test_interrupted_before_the_first_step_ends_leaves_no_checkpoint(hooked, contexts, tmp_path,
+                                                                     caplog):
+    def interrupt(activation, hook):
+        raise KeyboardInterrupt  # while the first activations are computed
+
+    with caplog.at_level(logging.WARNING, logger="reasonlens.sae"):
+        with hooked.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", interrupt)]):
+            with pytest.raises(KeyboardInterrupt):
+                sae_mod.train_sae(hooked, contexts, build_sae_train_config(), tmp_path)
+    assert sae_mod.latest_checkpoint(tmp_path) is None
+    assert caplog.messages == ["interrupted before the first step ended, or by a second signal; "
+                               "no checkpoint written, a rerun resumes from the latest one"]
+
+
+def test_save_sae_writes_the_inference_form_of_a_training_sae(tmp_path):
+    from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
+
+    training = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=4, d_sae=8, l1_coefficient=3.0))
+    sae_mod.save_sae(training, tmp_path / "sae")
+    written = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert written["architecture"] == "standard" and "l1_coefficient" not in written
+    loaded = sae_mod.load_sae(tmp_path / "sae")
+    assert not hasattr(loaded, "training_forward_pass")
+    assert torch.equal(loaded.W_enc, training.W_enc)
+
+
+def test_a_second_signal_interrupts_at_once(caplog):
+    stop = sae_mod._StopRequest()
+    assert not stop.is_requested and not stop.is_checkpointed
+    stop.raise_if_requested()  # nothing asked yet
+    with caplog.at_level(logging.WARNING, logger="reasonlens.sae"):
+        stop(signal.SIGTERM, None)
+    assert stop.is_requested
+    assert caplog.messages == [f"signal {int(signal.SIGTERM)}: stopping when this training step "
+                               "ends (send it again to stop at once, without a checkpoint)"]
+    with pytest.raises(KeyboardInterrupt):
+        stop.raise_if_requested()
+    with pytest.raises(KeyboardInterrupt):
+        stop(signal.SIGINT, None)
+
+
+def test_signal_handlers_are_set_only_on_the_main_thread():
+    import threading
+
+    def handler(signum, frame):
+        pass
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    found = []
+    thread = threading.Thread(target=lambda: found.append(sae_mod._install_signal_handler(handler)))
+    thread.start()
+    thread.join()
+    assert found == [{}]
+    previous = sae_mod._install_signal_handler(handler)
+    try:
+        assert previous == before
+        assert all(signal.getsignal(sig) is handler for sig in before)
+    finally:
+        sae_mod._restore_signal_handlers(previous)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    with sae_mod._interrupt_signals(handler):
+        assert signal.getsignal(signal.SIGTERM) is handler
+    assert signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM]
+
+
+def test_sae_lens_is_quiet_only_while_training():
+    from sae_lens import logger as sae_lens_logger
+
+    level = sae_lens_logger.level
+    with sae_mod._quiet_sae_lens():
+        assert sae_lens_logger.level == logging.ERROR
+    assert sae_lens_logger.level == level
+
+
+def test_only_special_tokens_is_a_clear_error(hooked):
+    sae = identity_sae(D_MODEL, "blocks.0.hook_resid_post")
+    special = torch.tensor(models.special_token_ids(hooked.tokenizer))
+    with pytest.raises(ValueError) as error:
+        sae_mod.evaluate_sae(hooked, sae, special.repeat(2, 4))
+    assert str(error.value) == ("tokens holds only special tokens (BOS/EOS/PAD); nothing to "
+                                "evaluate. Pass contexts of real text.")
