@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
@@ -180,7 +181,7 @@ def test_steering_applies_during_kv_cached_generation(backends, sae, tokenizer):
     ({1: 1.0}, "clamp", None, "max_activations"),
     ({1: 1.0}, "clamp", torch.ones(3), "max_activations"),
     ({1: 1.0}, "boost", torch.ones(64), "mode='boost'"),
-    ({}, "add", None, "features is empty"),
+    ({}, "add", None, r"^features is empty; pass \{feature_idx: strength\}\.$"),
 ])
 def test_bad_requests_fail_before_anything_is_attached(backends, sae, features, mode, max_act,
                                                         match):
@@ -203,7 +204,9 @@ def test_feature_indices_run_from_0_to_d_sae_minus_1(backends, sae):
         steering.check_steering(hf, sae, {1: float("inf")}, "add", None)
     steering.check_steering(hf, sae, {1: 1.0}, "add", None)  # add needs no max activations
     for mode in ("clamp", "direction"):
-        with pytest.raises(ValueError, match=rf"mode='{mode}' needs max_activations \(notebook 04"):
+        with pytest.raises(ValueError, match=rf"mode='{mode}' needs max_activations \(notebook 04 "
+                                             r"writes them as the max_activation column of "
+                                             r"scores/reason_scores.parquet\)\.$"):
             steering.check_steering(hf, sae, {1: 1.0}, mode, None)
 
 
@@ -277,6 +280,7 @@ def test_run_conditions_generates_as_evaluation_generate_does_greedy_by_default(
     assert [len(ids) for ids in greedy[1]] == [5, 5]  # max_new_tokens is what stops them
     assert run() == greedy
     assert run(temperature=1.0, seed=5) == sampled
+    assert run(temperature=1.0) == generate(temperature=1.0, seed=0)  # seed 0 by default
 
 
 def test_run_conditions_checks_every_condition_before_generating_anything(backends, sae):
@@ -292,7 +296,14 @@ def test_run_conditions_checks_every_condition_before_generating_anything(backen
         with pytest.raises(ValueError, match="SAE is on meta and the model on cpu"):
             steering.run_conditions(hf, copy.deepcopy(sae).to("meta"), [PROMPT],
                                     {"none": None, "steered": {3: 1.0}}, mode="add")
-        with pytest.raises(ValueError, match="backend='hf'"):  # the bare transformers model
+        for bad, match in (({"units": "Raw"}, "units='Raw' is unknown"),
+                           ({"site": "mlp"}, "site='mlp' is unknown")):
+            with pytest.raises(ValueError, match=match):
+                steering.run_conditions(hf, sae, [PROMPT], {"none": None, "ok": {1: 1.0}},
+                                        torch.ones(sae.cfg.d_sae), **bad)
+        with pytest.raises(ValueError, match=r"^model must be loaded with backend='hf' "
+                                             r"\(models.load_hooked\(path, backend='hf'\)\): "
+                                             r"generation runs through transformers\.$"):
             steering.run_conditions(hf.model, sae, [PROMPT], {"none": None})
     finally:
         handle.remove()
@@ -330,7 +341,8 @@ def test_density_matched_controls_are_nearest_in_log_density_and_distinct():
 def test_a_dead_feature_is_never_a_control():
     import pandas as pd
     scores = pd.DataFrame({"feature_idx": range(3), "density": [0.1, 0.0, 0.2]})
-    with pytest.raises(ValueError, match="no live feature is left"):  # 1 is dead, 2 excluded
+    with pytest.raises(ValueError, match="^no live feature is left to serve as a "
+                                         "density-matched control.$"):  # 1 is dead, 2 excluded
         steering.density_matched_controls(scores, [0], exclude=[2])
 
 
@@ -405,7 +417,9 @@ def test_a_hook_given_activations_on_another_device_names_both(sae, mode):
     import types
     hook = steering.steering_hook(sae, {3: 1.0}, mode, torch.ones(sae.cfg.d_sae))
     x = torch.zeros(2, 5, sae.cfg.d_in, device="meta")
-    with pytest.raises(ValueError, match=rf"at {HOOK} are on meta but the SAE is on cpu"):
+    with pytest.raises(ValueError, match=rf"^the activations at {HOOK} are on meta but the SAE "
+                                         r"is on cpu; put the SAE where the model is \(steer does: "
+                                         r"models.sae_on_model_device\)\.$"):
         hook(x, types.SimpleNamespace(name=HOOK))
 
 
@@ -530,16 +544,20 @@ def test_sites_name_the_sae_hook_point_and_the_mlp_output_of_its_layer(backends,
     assert steering.steering_site(sae, "resid_post", 2) == "blocks.1.hook_resid_post"
     assert steering.steering_site(sae, "reference", 2) == "blocks.1.hook_mlp_out"
     assert "hook_mlp_out" in models.HOOK_KINDS  # both backends hook it
-    with pytest.raises(ValueError, match=r"site='mlp' is unknown; use one of \('resid_post', "
-                                         r"'reference'\)"):
+    with pytest.raises(ValueError, match=r"^site='mlp' is unknown; use one of \('resid_post', "
+                                         r"'reference'\) \('resid_post': the SAE's own hook "
+                                         r"point; 'reference': the MLP output of its layer, as "
+                                         r"the authors' evaluation steers\)\.$"):
         steering.steering_site(sae, "mlp", 2)
     with pytest.raises(ValueError, match="hook_name='blocks.1.hook_resid_post' is not in this "
                                          r"model \(1 layers\)"):
         steering.steering_site(sae, "reference", 1)
     _, hf = backends
     for bad, match in (({"site": "mlp_out"}, "site='mlp_out' is unknown"),
-                       ({"units": "unfolded"}, r"units='unfolded' is unknown; use one of "
-                                               r"\('folded', 'raw'\)")):
+                       ({"units": "unfolded"}, r"^units='unfolded' is unknown; use one of "
+                                               r"\('folded', 'raw'\) \('folded': ReasonScore's "
+                                               r"max_activation; 'raw': the SAE's own activation, "
+                                               r"as the reference's sae_max_activation\)\.$")):
         with pytest.raises(ValueError, match=match):
             with steering.steer(hf, sae, {1: 1.0}, "clamp", torch.ones(64), **bad):
                 pass
@@ -610,6 +628,12 @@ def test_site_activations_read_each_feature_at_both_sites_by_hand(backends, sae,
     ignore = (int(tokens[0, 0]),)  # the first token of the first context, wherever it recurs
     frame = steering.site_activations(backends[0], sae, tokens, [3, 27], ignore_ids=ignore,
                                       batch_size=1)
+    # one batch or one context at a time: the same rows, in the same order, indexed 0..n-1
+    pd.testing.assert_frame_equal(frame, steering.site_activations(
+        backends[0], sae, tokens, [3, 27], ignore_ids=ignore, batch_size=3))
+    assert frame.index.equals(pd.RangeIndex(len(frame)))
+    assert set(steering.site_activations(backends[0], sae, tokens[:1], [0, 63]).feature_idx) == \
+        {0, 63}  # both ends are features
     names = {"resid_post": HOOK, "reference": "blocks.1.hook_mlp_out"}
     _, cache = backends[1].run_with_cache(tokens, list(names.values()))
     kept = tokens != ignore[0]
@@ -630,36 +654,96 @@ def test_site_activations_read_each_feature_at_both_sites_by_hand(backends, sae,
         steering.site_activations(backends[0], sae, tokens, [3], batch_size=0)
 
 
+@pytest.mark.parametrize("mode", ["clamp", "add"])
 def test_compare_sites_runs_unsteered_then_each_site_and_units_as_run_conditions_does(backends,
-                                                                                     sae):
+                                                                                     sae, mode):
     _, hf = backends
     max_act = torch.full((64,), 1.5)
     prompts = [PROMPT, "<bos><|user|>Add 4 to 9.<|assistant|>"]
-    frame = steering.compare_sites(hf, sae, prompts, {27: 2.0}, max_act, max_new_tokens=3)
+    frame = None
+
+    def run():
+        nonlocal frame
+        frame = steering.compare_sites(hf, sae, prompts, {27: 2.0}, max_act, mode,
+                                       max_new_tokens=3, batch_size=2)
+    streams = _final_stream_during(hf, run)
     assert frame.condition.tolist() == [c for c in ["unsteered", *steering.SITE_VARIANTS]
                                         for _ in prompts]
+    assert frame.index.equals(pd.RangeIndex(len(frame)))
     assert steering.SITE_VARIANTS == {"resid_post": ("resid_post", "folded"),
                                       "reference": ("reference", "folded"),
                                       "reference, raw units": ("reference", "raw")}
-    for name, (site, units) in {"unsteered": ("resid_post", "folded"),
-                                **steering.SITE_VARIANTS}.items():
+    # the oracle: each condition alone, three forwards each (the prompt and two cached tokens)
+    for i, (name, (site, units)) in enumerate({"unsteered": ("resid_post", "folded"),
+                                               **steering.SITE_VARIANTS}.items()):
         features = None if name == "unsteered" else {27: 2.0}
-        alone = steering.run_conditions(hf, sae, prompts, {name: features}, max_act,
-                                        max_new_tokens=3, site=site, units=units)
+        alone = None
+
+        def run_alone():
+            nonlocal alone
+            alone = steering.run_conditions(hf, sae, prompts, {name: features}, max_act, mode,
+                                            max_new_tokens=3, site=site, units=units)
+        expected = _final_stream_during(hf, run_alone)
+        torch.testing.assert_close(streams[3 * i:3 * i + 3], expected)
         ours = frame[frame.condition == name].reset_index(drop=True)
         assert ours.generated_ids.tolist() == alone.generated_ids.tolist()
         assert ours.prompt_idx.tolist() == [0, 1]
+    assert len(streams) == 12
     forwards = []
     handle = hf.model.register_forward_hook(lambda *args: forwards.append(1))
     try:
         with pytest.raises(ValueError, match="units='x' is unknown"):
             steering.compare_sites(hf, sae, prompts, {27: 2.0}, max_act,
                                    variants={"ok": ("reference", "raw"), "bad": ("reference", "x")})
-        with pytest.raises(ValueError, match="features is empty"):
+        with pytest.raises(ValueError, match=r"^features is empty; pass \{feature_idx: "
+                                             r"strength\}\.$"):
             steering.compare_sites(hf, sae, prompts, {}, max_act)
     finally:
         handle.remove()
     assert forwards == []  # checked before anything ran
+
+
+def test_generation_settings_reach_evaluation_generate(backends, sae):
+    """batch_size splits the prompts; steered_completions and compare_sites pass it on."""
+    _, hf = backends
+    prompts = [PROMPT, "<bos><|user|>Add 4 to 9.<|assistant|>"]
+    widths = []
+    handle = hf.model.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[0]),
+        with_kwargs=True)
+    try:
+        steering.steered_completions(hf, sae, prompts, [3], [1.0], mode="add", max_new_tokens=2,
+                                     batch_size=1)
+        assert set(widths) == {1}
+        widths.clear()
+        steering.compare_sites(hf, sae, prompts, {3: 1.0}, None, "add", max_new_tokens=2,
+                               batch_size=1)
+        assert set(widths) == {1}
+        widths.clear()
+        steering.steered_completions(hf, sae, prompts, [3], [1.0], mode="add", max_new_tokens=2)
+        assert set(widths) == {2}  # the default batch holds both
+    finally:
+        handle.remove()
+
+
+def test_a_float64_sae_steers_in_float64():
+    """Every mode computes in the SAE's float64, max activations included (0.1 is not a float32)."""
+    sae = tiny_sae().double()
+    x = TINY_X.double()
+    max_act = [0.1, 0.1, 0.1]
+    d2 = torch.tensor([0.6, 0.8], dtype=torch.float64)
+    with torch.no_grad():
+        clamp = steering.steering_hook(sae, {2: 3.0}, "clamp", max_act)(x, None)
+        direction = steering.steering_hook(sae, {2: 3.0}, "direction", max_act)(x, None)
+        added = steering.steering_hook(sae, {2: 0.1}, "add")(x, None)
+    # clamp: f_2 := 0.1 * 3 / 5 = 0.06, so x + (0.06 - f_2) (3, 4) with f_2 = (1, 0)
+    expected = x + (0.06 - torch.tensor([1.0, 0.0], dtype=torch.float64))[None, :, None] * \
+        torch.tensor([3.0, 4.0], dtype=torch.float64)
+    torch.testing.assert_close(clamp, expected, atol=1e-14, rtol=0)
+    torch.testing.assert_close(direction @ d2, torch.full((1, 2), 0.3, dtype=torch.float64),
+                               atol=1e-14, rtol=0)
+    torch.testing.assert_close(added, x + 0.1 * d2, atol=1e-14, rtol=0)
+    assert clamp.dtype == direction.dtype == added.dtype == torch.float64
 
 
 def test_steering_hook_refuses_an_unknown_mode_or_units():

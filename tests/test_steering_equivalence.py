@@ -8,7 +8,10 @@ Behaviours of ``reasonlens.steering`` that hold and must keep holding (issue 11,
 - an SAE with its decoder norms folded into the encoder steers to the same logits as the unfolded
   one, given the max activations ReasonScore reports for each;
 - every combination of model and SAE dtype (float32, bfloat16) scores and steers to finite values
-  close to the float32 ones.
+  close to the float32 ones;
+- at the reference site (the MLP output of the SAE's layer, where the authors' evaluation steers)
+  the clamp moves the MLP output, and so the residual stream, by the hand-computed displacement
+  on the prompt and on every KV-cached step, on both backends and in both units.
 """
 
 from __future__ import annotations

@@ -200,9 +200,9 @@ def steering_hook(sae, features: Mapping[int, float], mode: str = "clamp",
     return hook
 
 
-def steering_hooks(model, sae, features: Mapping[int, float], mode: str = "clamp",
-                   max_activations: Sequence[float] | torch.Tensor | None = None,
-                   site: str = "resid_post", units: str = "folded") -> list[tuple[str, object]]:
+def steering_hooks(model, sae, features: Mapping[int, float], mode: str,
+                   max_activations: Sequence[float] | torch.Tensor | None, site: str,
+                   units: str) -> list[tuple[str, object]]:
     """Check a steering request, put the SAE on the model's device and build its hook.
 
     Args:
