@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import pickle
@@ -417,8 +418,8 @@ def test_configs_round_trip_through_dicts():
 
 
 # --- training --------------------------------------------------------------------------------
-def test_resume_from_a_checkpoint_continues_the_same_run(tmp_path, toy_model, step_tokenizer,
-                                                         step_table):
+def test_resume_from_a_checkpoint_continues_the_same_run(caplog, tmp_path, toy_model,
+                                                         step_tokenizer, step_table):
     table = step_table.head(24)
     straight = build_sae(toy_model, copy.deepcopy(step_tokenizer), seed=0)
     examples = examples_of(table, step_tokenizer, straight.cfg)
@@ -430,8 +431,10 @@ def test_resume_from_a_checkpoint_continues_the_same_run(tmp_path, toy_model, st
                                    checkpoint_dir=tmp_path, progress=False)
     assert training.latest_checkpoint(tmp_path).name == "step_000003"
     resumed = build_sae(toy_model, copy.deepcopy(step_tokenizer), seed=1)  # other weights
-    rest = training.train_step_sae(resumed, examples, build_train_config(n_steps=6),
-                                   checkpoint_dir=tmp_path, progress=False)
+    with caplog.at_level(logging.INFO, logger="reasonlens.step_sae.training"):
+        rest = training.train_step_sae(resumed, examples, build_train_config(n_steps=6),
+                                       checkpoint_dir=tmp_path, progress=False)
+    assert f"resuming from {tmp_path / 'step_000003'} at step 3" in caplog.messages
     assert len(rest) == 6 and rest.step.tolist() == list(range(1, 7))
     pd.testing.assert_frame_equal(rest.head(3), part)
     pd.testing.assert_frame_equal(rest, full, rtol=1e-4)
@@ -448,16 +451,19 @@ def test_resume_from_a_checkpoint_continues_the_same_run(tmp_path, toy_model, st
                                 checkpoint_dir=tmp_path, progress=False)
 
 
-def test_a_changed_run_can_restart_instead_of_resuming(tmp_path, toy_model, step_tokenizer,
-                                                       step_table):
+def test_a_changed_run_can_restart_instead_of_resuming(caplog, tmp_path, toy_model,
+                                                       step_tokenizer, step_table):
     sae = build_sae(toy_model, copy.deepcopy(step_tokenizer))
     examples = examples_of(step_table.head(12), step_tokenizer, sae.cfg)
     training.train_step_sae(sae, examples, build_train_config(n_steps=2), checkpoint_dir=tmp_path,
                             progress=False)
-    again = training.train_step_sae(build_sae(toy_model, copy.deepcopy(step_tokenizer)), examples,
-                                    build_train_config(n_steps=3, lr=1e-4),
-                                    checkpoint_dir=tmp_path, progress=False,
-                                    restart_if_changed=True)
+    with caplog.at_level(logging.WARNING, logger="reasonlens.step_sae.training"):
+        again = training.train_step_sae(build_sae(toy_model, copy.deepcopy(step_tokenizer)),
+                                        examples, build_train_config(n_steps=3, lr=1e-4),
+                                        checkpoint_dir=tmp_path, progress=False,
+                                        restart_if_changed=True)
+    assert caplog.messages == [f"checkpoints in {tmp_path} were made with other settings; "
+                               "starting over"]
     assert len(again) == 3 and [p.name for p in tmp_path.iterdir()] == ["step_000003"]
     # unchanged settings and data: it resumes, even when allowed to restart; checkpoints every 2
     more = training.train_step_sae(build_sae(toy_model, copy.deepcopy(step_tokenizer)), examples,
@@ -577,6 +583,67 @@ def test_training_starts_the_pre_bias_at_the_mean_eos_state(toy_model, step_toke
     training.train_step_sae(sae, examples, build_train_config(n_steps=1, lr=0.0, lm_lr=0.0),
                             progress=False)
     torch.testing.assert_close(sae.b_pre.detach(), eos_states(sae, examples).mean(0))
+
+
+def test_the_pre_bias_is_the_mean_over_the_first_256_steps(toy_model, step_tokenizer):
+    sae = build_sae(toy_model, step_tokenizer)
+    contexts, steps = [[5, 6]] * 256 + [[7]] * 4, [[8, 9]] * 256 + [[10, 11, 12]] * 4
+    examples = data.StepExamples(pd.DataFrame({"step": ["s"] * 260}), contexts, steps)
+    training.train_step_sae(sae, examples, build_train_config(n_steps=1, lr=0.0, lm_lr=0.0),
+                            progress=False)
+    first, last = eos_states(sae, examples.subset([0, 259]))
+    assert not torch.allclose(first, last, atol=1e-3)
+    torch.testing.assert_close(sae.b_pre.detach(), first, atol=1e-5, rtol=1e-5)
+
+
+def test_without_warm_up_the_first_step_moves_at_the_full_learning_rate(toy_model,
+                                                                        step_tokenizer,
+                                                                        step_table):
+    """AdamW's first step moves each weight by lr * g / (|g| + eps), about lr; weight decay 0."""
+    sae = build_sae(toy_model, step_tokenizer)
+    examples = examples_of(step_table.head(4), step_tokenizer, sae.cfg)
+    before = sae.W_enc.weight.detach().clone()
+    training.train_step_sae(sae, examples, build_train_config(
+        n_steps=1, lr=1e-2, lm_lr=0.0, warmup_steps=1, weight_decay=0.0), progress=False)
+    moved = (sae.W_enc.weight.detach() - before).abs().max().item()
+    assert moved == pytest.approx(1e-2, rel=1e-3)  # a warm-up factor of 1/2 would move 5e-3
+
+
+def test_training_shows_named_progress_bars_with_recon_and_l1_unless_told_not_to(
+        capsys, toy_model, step_tokenizer, step_table):
+    sae = build_sae(toy_model, step_tokenizer)
+    examples = examples_of(step_table.head(4), step_tokenizer, sae.cfg)
+    cfg = build_train_config(n_steps=2, head_n_steps=2, batch_size=2)
+    capsys.readouterr()
+    history = training.train_step_sae(sae, examples, cfg)  # progress by default
+    shown = capsys.readouterr().err
+    assert re.search(r"(^|\r)step SAE: ", shown)
+    last = history.iloc[-1]
+    assert f"recon={last.recon_loss:.3f}" in shown and f"l1={last.l1:.2f}" in shown
+    training.train_context_head(sae, examples, cfg)
+    assert re.search(r"(^|\r)context head: ", capsys.readouterr().err)
+    training.train_step_sae(sae, examples, cfg, progress=False)
+    training.train_context_head(sae, examples, cfg, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_phase_two_draws_its_batches_from_seed_plus_one(toy_model, step_tokenizer, step_table):
+    """With the head frozen at a fixed Gaussian, each step's NLL tells which steps it drew."""
+    sae = build_sae(toy_model, step_tokenizer)
+    examples = examples_of(step_table.head(6), step_tokenizer, sae.cfg)
+    mean, log_var = torch.linspace(-0.5, 0.5, 16), torch.linspace(-2.0, 1.0, 16)
+    with torch.no_grad():
+        sae.context_head.net[2].weight.zero_()
+        sae.context_head.net[2].bias.copy_(torch.cat([mean, log_var]))
+        z = sae.sparse_latent(eos_states(sae, examples))
+    per_step = 0.5 * (math.log(2 * math.pi) + log_var + (z - mean) ** 2 / log_var.exp()).mean(1)
+    cfg = build_train_config(head_n_steps=3, batch_size=2, head_lr=0.0, seed=4)
+    history = training.train_context_head(sae, examples, cfg, progress=False)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    expected = [per_step[torch.randint(6, (2,), generator=generator)].mean().item()
+                for _ in range(3)]
+    assert history.nll.tolist() == pytest.approx(expected, rel=1e-5)
+    assert len(set(np.round(expected, 6))) > 1  # different batches give different NLLs
 
 
 def test_training_logs_the_loss_of_its_formula(toy_model, step_tokenizer, step_table):
@@ -777,6 +844,9 @@ def test_ddp_rejects_a_batch_that_does_not_split_evenly(monkeypatch, toy_model, 
     with pytest.raises(ValueError, match=r"batch_size=4 must be divisible by the 3 ranks; use "
                                          r"e\.g\. batch_size=3\.$"):
         training.train_step_sae(sae, examples, build_train_config(), progress=False)
+    with pytest.raises(ValueError, match=r"batch_size=2 must be divisible by the 3 ranks; use "
+                                         r"e\.g\. batch_size=3\.$"):  # fewer than the ranks
+        training.train_step_sae(sae, examples, build_train_config(batch_size=2), progress=False)
 
 
 def test_a_progress_bar_named_desc_shows_only_for_more_than_one_batch(
