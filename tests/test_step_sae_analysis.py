@@ -406,15 +406,17 @@ def test_mine_patterns_takes_the_first_top_steps_among_ties(capsys, tokenizer):
     steps = [[8] + [2] * (i // 2) if i % 2 == 0 else [1] for i in range(20)]
     examples = rule_examples(steps)
     effects = n2g.step_effects(model, examples)
-    effects[:, [0, 1, 2, 4]] = 0.0  # latent 3 alone
-    assert effects[:, 3].tolist() == [2.0, 0.0] * 10
-    cfg = n2g.N2GConfig(n_latents=1, n_examples=3, keep_fraction=1.0, anchor="end")
+    effects[:, [0, 1, 2, 4]] = 0.0  # latent 3 alone: the others are dead and get skipped
+    effects[:, 3] *= 0.5  # an effect of 1 still counts as active (> 0)
+    assert effects[:, 3].tolist() == [1.0, 0.0] * 10
+    cfg = n2g.N2GConfig(n_latents=2, n_examples=3, keep_fraction=1.0, anchor="end")
     capsys.readouterr()
     mined = n2g.mine_patterns(model, examples, effects, cfg, tokenizer)
     assert re.search(r"(^|\r)N2G: ", capsys.readouterr().err)  # the progress bar's label
     # steps 0, 2 and 4 (the first three of the ties): suffixes 8, 8 *, 8 * *
     assert mined.pattern.tolist() == [[8], [8, w], [8, w, w]]
     assert mined.example.tolist() == [str(steps[0]), str(steps[2]), str(steps[4])]
+    assert mined.latent_idx.tolist() == [3] * 3 and (mined.threshold == 1.0).all()
 
 
 def test_step_effects_name_their_two_progress_bars(capsys):
