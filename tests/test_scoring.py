@@ -170,6 +170,16 @@ def test_all_forms_rule_adds_the_six_but_and_another_forms(tokenizer):
     assert scoring.ReasonScoreConfig.reference(alpha=1.0).alpha == 1.0
 
 
+def test_words_none_is_the_reference_vocabulary_and_rules_are_checked():
+    assert scoring.ReasonScoreConfig(words=None).words == scoring.ReasonScoreConfig().words
+    with pytest.raises(ValueError, match=r"^variants='each' is unknown; use one of "
+                                         r"\('listed', 'all_forms'\)\.$"):
+        scoring.ReasonScoreConfig(variants="each")
+    with pytest.raises(ValueError, match=r"^window_edges='paper' is unknown; use one of "
+                                         r"\('definition', 'reference'\)\.$"):
+        scoring.ReasonScoreConfig(window_edges="paper")
+
+
 def test_keyword_groups_join_strings_by_lstrip_lower():
     cfg = scoring.ReasonScoreConfig(words=(" Wait", "let me", "wait", "Let me ", "WAIT"))
     # "Let me " keeps its trailing space (lstrip only), so it is a group of its own, as in the
@@ -212,6 +222,13 @@ def test_reference_window_edges_on_the_issue_example():
     shifted = torch.tensor([[1, 7, 8, 9, 1, 1]])  # positions 1-3 all clip to start 0
     assert scoring.word_masks(shifted, [[(7, 8, 9)]], (3, 0), (), "reference")[0, 0].tolist() \
         == [True, True, False, False, False, False]
+    # Window wider than the context on the left: every start clips to 0, counted once.
+    assert scoring.word_masks(shifted, [[(7, 8, 9)]], (9, 1), (), "reference")[0, 0].tolist() \
+        == [True, True, True, False, False, False]
+    # left = pos - 2: a token at the last position has start 1 and must still count.
+    last = torch.tensor([[1, 1, 1, 7]])
+    assert scoring.word_masks(last, [[(7,)]], (2, 0), (), "reference")[0, 0].tolist() \
+        == [False, True, True, True]
     # Away from the first token both rules agree, also with windows wider than the context.
     middle = torch.tensor([[1, 1, 7, 8, 9, 1, 1, 1]])
     for window in [(1, 2), (2, 0), (0, 9)]:
@@ -813,3 +830,20 @@ def test_compare_rankings_by_hand():
             feature_idx=[0, 1, 2, 5])})
     with pytest.raises(ValueError, match=r"^scores is empty"):
         scoring.compare_rankings({})
+    with pytest.raises(ValueError, match=r"^top_k=0 is outside \[1, inf\]\.$"):
+        scoring.compare_rankings({"base": base}, top_k=0)
+
+
+def test_compare_rankings_defaults_to_the_top_20_and_ranks_ties_in_order():
+    n = 30
+    base = pd.DataFrame({"feature_idx": range(n), "reason_score": np.arange(n, 0, -1.0)})
+    # The other scoring moves features 19 and 20 (places 20 and 21) past each other.
+    swapped = np.arange(n, 0, -1.0)
+    swapped[[19, 20]] = swapped[[20, 19]]
+    other = base.assign(reason_score=swapped)
+    assert scoring.compare_rankings({"a": base, "b": other}).top_k_overlap.tolist() == [20, 19]
+    # Features 0, 1 and 2 tie at the top of the other scoring: the baseline's top feature (2)
+    # takes the place of its row order, third.
+    top = pd.DataFrame({"feature_idx": [0, 1, 2, 3], "reason_score": [0.1, 0.2, 0.9, 0.0]})
+    tied = top.assign(reason_score=[1.0, 1.0, 1.0, 0.0])
+    assert scoring.compare_rankings({"a": top, "b": tied}, 1).baseline_top_rank.tolist() == [1, 3]
