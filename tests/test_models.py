@@ -223,14 +223,18 @@ def test_the_sae_hook_name_is_the_one_given_else_the_saes_own(sae):
     assert models.check_sae_fits(sae, 2, 32, "blocks.0.hook_resid_pre") == "blocks.0.hook_resid_pre"
     with pytest.raises(ValueError, match=r"hook_name='blocks.1.hook_resid_post' is not in this"):
         models.check_sae_fits(sae, 1, 32)
-    with pytest.raises(ValueError, match=r"sae.cfg.d_in=32 does not match the model's d_model=64; "
-                                         r"load the SAE trained on this model's blocks.1"):
+    with pytest.raises(ValueError, match=r"^sae.cfg.d_in=32 does not match the model's "
+                                         r"d_model=64; load the SAE trained on this model's "
+                                         r"blocks.1.hook_resid_post \(or retrain it with notebook "
+                                         r"03\)\.$"):
         models.check_sae_fits(sae, 2, 64)
     anonymous = copy.deepcopy(sae)
     anonymous.cfg.metadata.hook_name = None
     from types import SimpleNamespace as NS
     for unnamed in (anonymous, NS(cfg=NS()), NS(cfg=NS(metadata=NS()))):  # also no metadata
-        with pytest.raises(ValueError, match=r"hook_name is None and the SAE records none"):
+        with pytest.raises(ValueError, match=r"^hook_name is None and the SAE records none "
+                                             r"\(sae.cfg.metadata.hook_name\); pass "
+                                             r"hook_name='blocks.\{layer\}.hook_resid_post'\.$"):
             models.sae_hook_name(unnamed)
 
 
@@ -509,5 +513,8 @@ def test_an_sae_already_on_the_models_device_is_left_as_it_is(saved_toy_model, s
 
 def test_an_sae_without_weights_is_refused_naming_both_devices(saved_toy_model, sae):
     model = models.load_hooked(saved_toy_model, backend="hf")
-    with pytest.raises(ValueError, match=r"SAE is on meta and the model on cpu.*device='cpu'"):
+    with pytest.raises(ValueError, match=r"^the SAE is on meta and the model on cpu: an SAE on "
+                                         r"the meta device has no weights to move\. Load it where "
+                                         r"the model is: SAE.load_from_disk\(path, "
+                                         r"device='cpu'\)\.$"):
         models.sae_on_model_device(copy.deepcopy(sae).to("meta"), model)
