@@ -549,7 +549,7 @@ def reference_batches(ht, tokens, cfg: sae_mod.SAETrainConfig, n_batches: int):
 
 
 def test_normalised_sae_saved_and_reloaded_encodes_raw_activations_as_trained(hooked, contexts,
-                                                                             tmp_path):
+                                                                             tmp_path, caplog):
     # Stop after the last step, before SAELens folds the scale into the weights: that checkpoint
     # holds the weights as trained (on scaled inputs) and the scale; resuming then folds and saves.
     n_estimate = 3
@@ -563,8 +563,16 @@ def test_normalised_sae_saved_and_reloaded_encodes_raw_activations_as_trained(ho
     weights = load_file(as_trained / "sae_weights.safetensors")
     sae_lens_factor = json.loads((as_trained / "activation_scaler.json").read_text())[
         "scaling_factor"]
-    sae, _ = sae_mod.train_sae(hooked, contexts, cfg, tmp_path / "ckpt")
+    sae, history = sae_mod.train_sae(hooked, contexts, cfg, tmp_path / "ckpt")
     sae_mod.save_sae(sae, tmp_path / "sae")
+    # A finished run is loaded as it is (not resumed: that would estimate and fold the scale again).
+    final = sae_mod.latest_checkpoint(tmp_path / "ckpt")
+    assert final.name == f"final_{cfg.training_tokens}"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="reasonlens.sae"):
+        again, again_history = sae_mod.train_sae(hooked, contexts, cfg, tmp_path / "ckpt")
+    assert caplog.messages == [f"training already finished in {final}; loading it"]
+    assert_same_training(again, again_history, sae, history)
     reloaded = sae_mod.load_sae(tmp_path / "sae")
     assert reloaded.cfg.normalize_activations == "none"  # folded: raw inputs from now on
 
@@ -636,12 +644,8 @@ def test_a_model_needs_both_run_with_cache_and_cfg():
 def test_train_sae_trains_as_sae_lens_own_runner_does(hooked, contexts):
     """train_sae (its store, its recording runner, the config it builds) ends with the weights of
     SAELens's plain ``LanguageModelSAETrainingRunner`` and store, given the same settings by hand."""
-    from datasets import Dataset
-    from sae_lens import (LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner,
-                          LoggingConfig, StandardTrainingSAEConfig)
-
     cfg = build_sae_train_config(
-        seed=5, training_tokens=7 * 128, lr_warm_up_steps=1, lr_decay_steps=2,
+        seed=5, training_tokens=7 * 128, lr_warm_up_steps=2, lr_decay_steps=2,
         l1_warm_up_steps=3, l1_coefficient=2.0, normalize_activations="expected_average_only_in",
         n_batches_for_norm_estimate=2, apply_b_dec_to_input=False, store_batch_size_prompts=3,
         log_every=3)
@@ -650,27 +654,50 @@ def test_train_sae_trains_as_sae_lens_own_runner_does(hooked, contexts):
     assert list(history["n_training_samples"]) == [128, 384, 768, 896]
     assert {"mse_loss", "l1_loss", "overall_loss", "current_learning_rate"} <= set(history.columns)
 
-    ht = hooked.model
-    plain_cfg = LanguageModelSAERunnerConfig(
-        sae=StandardTrainingSAEConfig(d_in=D_MODEL, d_sae=2 * D_MODEL, l1_coefficient=2.0,
-                                      l1_warm_up_steps=3, apply_b_dec_to_input=False,
-                                      normalize_activations="expected_average_only_in"),
-        model_name="toy", hook_name="blocks.1.hook_resid_post", dataset_path="toy",
-        is_dataset_tokenized=True, streaming=False, context_size=64, prepend_bos=False,
-        training_tokens=7 * 128, train_batch_size_tokens=128, store_batch_size_prompts=3,
-        n_batches_in_buffer=20, n_batches_for_norm_estimate=2, lr=1e-3, lr_warm_up_steps=1,
-        lr_decay_steps=2, seed=5, device="cpu", dtype="float32",
-        exclude_special_tokens=models.special_token_ids(ht.tokenizer),
-        logger=LoggingConfig(log_to_wandb=False), n_checkpoints=0, checkpoint_path=None,
-        output_path=None, save_final_checkpoint=False, verbose=False)
-    dataset = Dataset.from_dict({"tokens": contexts[:, :64].tolist()})
-    with torch.random.fork_rng():
-        torch.manual_seed(5)
-        plain = LanguageModelSAETrainingRunner(plain_cfg, override_dataset=dataset,
-                                               override_model=ht).run()
+    plain = plain_sae_lens_training(
+        hooked.model, contexts, seed=5, training_tokens=7 * 128, store_batch_size_prompts=3,
+        n_batches_for_norm_estimate=2, lr_warm_up_steps=2, lr_decay_steps=2,
+        exclude_special_tokens=models.special_token_ids(hooked.tokenizer),
+        sae=dict(l1_coefficient=2.0, l1_warm_up_steps=3, apply_b_dec_to_input=False,
+                 normalize_activations="expected_average_only_in"))
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
         torch.testing.assert_close(getattr(sae, name), getattr(plain, name),
                                    rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_special_tokens_are_trained_on_when_asked(hooked, contexts):
+    cfg = build_sae_train_config(training_tokens=2 * 128, exclude_special_tokens=False)
+    sae, _ = sae_mod.train_sae(hooked, contexts, cfg)
+    plain = plain_sae_lens_training(hooked.model, contexts, seed=0, training_tokens=2 * 128,
+                                    store_batch_size_prompts=4, n_batches_for_norm_estimate=1000,
+                                    lr_warm_up_steps=0, lr_decay_steps=0,
+                                    exclude_special_tokens=False, sae=dict(l1_coefficient=1.0))
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        torch.testing.assert_close(getattr(sae, name), getattr(plain, name),
+                                   rtol=1e-5, atol=1e-7, msg=name)
+
+
+def plain_sae_lens_training(ht, contexts, sae: dict, **settings):
+    """SAELens's own runner and store, seeded with ``settings['seed']``: the test's settings
+    (hook blocks.1, contexts of 64, batches of 128, lr 1e-3, expansion 2) plus ``settings``."""
+    from datasets import Dataset
+    from sae_lens import (LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner,
+                          LoggingConfig, StandardTrainingSAEConfig)
+
+    plain_cfg = LanguageModelSAERunnerConfig(
+        sae=StandardTrainingSAEConfig(d_in=D_MODEL, d_sae=2 * D_MODEL, **sae), **{
+            "model_name": "toy", "hook_name": "blocks.1.hook_resid_post", "dataset_path": "toy",
+            "is_dataset_tokenized": True, "streaming": False, "context_size": 64,
+            "prepend_bos": False, "train_batch_size_tokens": 128, "n_batches_in_buffer": 20,
+            "lr": 1e-3, "device": "cpu", "dtype": "float32",
+            "logger": LoggingConfig(log_to_wandb=False), "n_checkpoints": 0,
+            "checkpoint_path": None, "output_path": None, "save_final_checkpoint": False,
+            "verbose": False, **settings})
+    dataset = Dataset.from_dict({"tokens": contexts[:, :64].tolist()})
+    with torch.random.fork_rng():
+        torch.manual_seed(settings["seed"])
+        return LanguageModelSAETrainingRunner(plain_cfg, override_dataset=dataset,
+                                              override_model=ht).run()
 
 
 def test_what_makes_a_run_start_over(hooked, fitted, contexts, tmp_path, caplog):
@@ -697,7 +724,12 @@ def test_what_makes_a_run_start_over(hooked, fitted, contexts, tmp_path, caplog)
             sae_mod.train_sae(model, tokens, cfg, nested, on_step=stop_after_first, **kwargs)
         return seen[0]
 
-    assert first_step() == 3  # same config, contexts and model: resumed after step 2
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="reasonlens.sae"):
+        assert first_step() == 3  # same config, contexts and model: resumed after step 2
+    assert [r.getMessage() for r in caplog.records if r.name == "reasonlens.sae"] == [
+        f"resuming SAE training from {nested / str(2 * cfg.batch_size)}",
+        "interrupted after step 3; saving a checkpoint"]
     # only the newest checkpoint is kept
     assert [p.name for p in nested.iterdir() if p.is_dir()] == [str(3 * cfg.batch_size)]
     caplog.clear()
@@ -722,6 +754,8 @@ def test_interrupting_without_a_checkpoint_dir_writes_nothing(hooked, contexts, 
         with pytest.raises(KeyboardInterrupt):
             sae_mod.train_sae(hooked, contexts, build_sae_train_config(), on_step=stop_at(2))
     assert list(tmp_path.iterdir()) == [] and caplog.messages == []
+    sae_mod.train_sae(hooked, contexts, build_sae_train_config(training_tokens=128))
+    assert list(tmp_path.iterdir()) == []  # nor does a finished run
 
 
 def test_interrupted_before_the_first_step_ends_leaves_no_checkpoint(hooked, contexts, tmp_path,
@@ -805,3 +839,31 @@ def test_only_special_tokens_is_a_clear_error(hooked):
         sae_mod.evaluate_sae(hooked, sae, special.repeat(2, 4))
     assert str(error.value) == ("tokens holds only special tokens (BOS/EOS/PAD); nothing to "
                                 "evaluate. Pass contexts of real text.")
+
+
+def test_training_and_loading_errors_in_full(hooked, contexts, tmp_path):
+    with pytest.raises(ValueError) as error:
+        sae_mod.train_sae(hooked, contexts, build_sae_train_config(context_size=1024))
+    n_pos = contexts.shape[1]
+    assert str(error.value) == (f"context_size=1024 is longer than the contexts ({n_pos} tokens). "
+                                f"Set context_size <= {n_pos} or rebuild the contexts in "
+                                "notebook 01.")
+    with pytest.raises(FileNotFoundError) as error:
+        sae_mod.load_sae(tmp_path / "missing")
+    assert str(error.value) == (f"{tmp_path / 'missing'} holds no SAELens SAE (cfg.json is "
+                                "missing); notebooks/03_train_sae.py writes it. Run: python -m "
+                                "reasonlens.runner --profile <profile> --only 03")
+
+
+def test_the_shuffling_buffer_grows_with_the_batch(hooked, contexts):
+    # 4 batches of 512 tokens need 32 contexts of 64 in the buffer (more than the 20 minimum)
+    cfg = build_sae_train_config(training_tokens=512, batch_size=512)
+    sae, _ = sae_mod.train_sae(hooked, contexts, cfg)
+    plain = plain_sae_lens_training(
+        hooked.model, contexts, seed=0, training_tokens=512, train_batch_size_tokens=512,
+        n_batches_in_buffer=32, store_batch_size_prompts=4,
+        exclude_special_tokens=models.special_token_ids(hooked.tokenizer),
+        sae=dict(l1_coefficient=1.0))
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        torch.testing.assert_close(getattr(sae, name), getattr(plain, name),
+                                   rtol=1e-5, atol=1e-7, msg=name)
