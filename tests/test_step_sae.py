@@ -734,6 +734,18 @@ def test_latest_checkpoint_is_the_one_with_the_most_steps(tmp_path):
     for name in ("step_000003", "step_000010", "step_000009", "step_000020.tmp", "notes"):
         (tmp_path / name).mkdir()
     assert training.latest_checkpoint(tmp_path) == tmp_path / "step_000010"
+    (tmp_path / "step_999999").mkdir()
+    (tmp_path / "step_1000000").mkdir()  # past six digits: by number, not by name
+    assert training.latest_checkpoint(tmp_path) == tmp_path / "step_1000000"
+
+
+def test_checkpoints_are_written_every_checkpoint_every_steps_and_at_the_end(
+        tmp_path, toy_model, step_tokenizer, step_table):
+    sae = build_sae(toy_model, step_tokenizer)
+    examples = examples_of(step_table.head(4), step_tokenizer, sae.cfg)
+    training.train_step_sae(sae, examples, build_train_config(n_steps=4, checkpoint_every=3),
+                            checkpoint_dir=tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000003", "step_000004"]
 
 
 def test_phase_two_logs_the_gaussian_nll_by_its_formula(toy_model, step_tokenizer, step_table):
