@@ -512,12 +512,13 @@ def test_apply_b_dec_to_input_reaches_the_sae(hooked, contexts):
     assert not torch.allclose(by_hand, subtracted, rtol=1e-5, atol=1e-5)
 
 
-def sae_lens_store(ht, tokens, cfg: sae_mod.SAETrainConfig, store_class=None):
-    """SAELens's own ActivationsStore (or ``store_class``), with the settings ``train_sae`` uses."""
+def sae_lens_store(ht, tokens, cfg: sae_mod.SAETrainConfig, store_class=None, **overrides):
+    """SAELens's own ActivationsStore (or ``store_class``), with the settings ``train_sae`` uses
+    (or ``overrides``)."""
     from datasets import Dataset
     from sae_lens.training.activations_store import ActivationsStore
 
-    return (store_class or ActivationsStore)(
+    return (store_class or ActivationsStore)(**{**dict(
         model=ht, dataset=Dataset.from_dict({"tokens": tokens[:, :cfg.context_size].tolist()}),
         streaming=False, hook_name=cfg.hook_name, hook_head_index=None,
         context_size=cfg.context_size, d_in=D_MODEL,
@@ -527,7 +528,8 @@ def sae_lens_store(ht, tokens, cfg: sae_mod.SAETrainConfig, store_class=None):
         train_batch_size_tokens=cfg.batch_size, prepend_bos=False,
         normalize_activations=cfg.normalize_activations, device=torch.device("cpu"),
         dtype="float32",
-        exclude_special_tokens=torch.tensor(models.special_token_ids(ht.tokenizer)))
+        exclude_special_tokens=torch.tensor(models.special_token_ids(ht.tokenizer))),
+        **overrides})
 
 
 def reference_batches(ht, tokens, cfg: sae_mod.SAETrainConfig, n_batches: int):
@@ -597,14 +599,21 @@ def test_normalised_sae_saved_and_reloaded_encodes_raw_activations_as_trained(ho
         torch.testing.assert_close(reloaded.decode(got), expected_out, rtol=1e-4, atol=1e-5)
 
 
-def test_resumable_store_serves_exactly_sae_lens_batches(hooked, contexts):
+@pytest.mark.parametrize("overrides", [
     # 24 contexts of <= 64 kept tokens; a 20-context buffer: 12 batches of 128 cross two
     # shuffles and the end of the contexts (which start again).
-    cfg = build_sae_train_config(seed=3)
+    {},
+    # nothing filtered: refills of 4 x 64 tokens fill the 1280-token buffer exactly
+    {"exclude_special_tokens": None},
+    # contexts of 16 in a 10-context buffer: 160 tokens, 80 kept, room for one batch of 128
+    {"context_size": 16, "n_batches_in_buffer": 10},
+])
+def test_resumable_store_serves_exactly_sae_lens_batches(hooked, contexts, overrides):
+    cfg = build_sae_train_config(seed=3, context_size=overrides.get("context_size", 64))
     n_batches = 12
     served = []
     for store_class in (None, sae_mod._store_class()):
-        store = sae_lens_store(hooked.model, contexts, cfg, store_class)
+        store = sae_lens_store(hooked.model, contexts, cfg, store_class, **overrides)
         with torch.random.fork_rng():
             torch.manual_seed(7)
             served.append([next(store).clone() for _ in range(n_batches)])
@@ -867,3 +876,23 @@ def test_the_shuffling_buffer_grows_with_the_batch(hooked, contexts):
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
         torch.testing.assert_close(getattr(sae, name), getattr(plain, name),
                                    rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_input_errors_in_full():
+    import types
+
+    with pytest.raises(ValueError) as error:
+        build_sae_train_config(training_tokens=10)
+    assert str(error.value) == ("training_tokens=10 is outside [128, inf]. Train on at least one "
+                                "batch (batch_size tokens).")
+    with pytest.raises(ValueError) as error:
+        sae_mod._tokens_tensor(pd.DataFrame({"tokens": []}))
+    assert str(error.value) == ("tokens is empty or not [n_contexts, pos] (shape (0, 0)). Pass a "
+                                "non-empty contexts table from notebook 01.")
+    with pytest.raises(TypeError) as error:
+        sae_mod._hooked_transformer(types.SimpleNamespace())
+    assert str(error.value) == ("model must be a TransformerLens HookedTransformer or a reasonlens "
+                                "TLHookedModel, got SimpleNamespace. Load it with "
+                                "models.load_hooked(path, 'transformer_lens').")
+    narrow = sae_mod._tokens_tensor(torch.arange(6, dtype=torch.int32).reshape(2, 3))
+    assert narrow.dtype == torch.long and narrow.tolist() == [[0, 1, 2], [3, 4, 5]]
