@@ -285,3 +285,56 @@ def test_evaluate_answers_scores_what_the_model_says(parrot, tokenizer):
                                       max_new_tokens=3)
     assert cut.predicted.isna().tolist() == [True] and str(cut.predicted.dtype) == "Int64"
     assert cut.is_correct.tolist() == [False] and cut.reasoning_tokens.tolist() == [3]
+
+
+def greedy_by_hand(model, tokenizer, text: str, n_new: int) -> list[int]:
+    """Greedy decoding, one prompt, no padding, no cache: argmax of the last logits, until EOS."""
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    out = []
+    with torch.no_grad():
+        for _ in range(n_new):
+            nxt = int(model(input_ids=ids).logits[0, -1].argmax())
+            if nxt == tokenizer.eos_token_id:
+                break
+            out.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+    return out
+
+
+def sampled_by_hand(model, tokenizer, text: str, n_new: int, temperature: float, seed: int):
+    """Sampling from softmax(logits / temperature), one multinomial draw per token, seeded."""
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    out = []
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(seed)
+        for _ in range(n_new):
+            probs = torch.softmax(model(input_ids=ids).logits[0, -1].float() / temperature, -1)
+            nxt = int(torch.multinomial(probs, 1))
+            if nxt == tokenizer.eos_token_id:
+                break
+            out.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+    return out
+
+
+def test_generate_decodes_as_a_plain_loop_does(toy_model, tokenizer, world):
+    # prompts of different lengths in batches of 2: left padding must not change a completion
+    prompts = [evaluation.prompt(q, reasoning=True) for q in world.problems.question.head(3)]
+    prompts.append(K.BOS + K.USER)
+    assert len({len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts}) > 1
+    texts, ids = evaluation.generate(toy_model, tokenizer, prompts, max_new_tokens=7,
+                                     batch_size=2, return_ids=True)
+    assert ids == [greedy_by_hand(toy_model, tokenizer, p, 7) for p in prompts]
+    assert texts == [tokenizer.decode(i, skip_special_tokens=False) for i in ids]
+    assert evaluation.generate(toy_model, tokenizer, prompts, max_new_tokens=7, batch_size=3) == texts
+
+    # sampling: the seed alone decides, and the caller's RNG is left as it was
+    helpers.scramble_global_rngs(1)
+    before = torch.get_rng_state()
+    _, sampled = evaluation.generate(toy_model, tokenizer, prompts[:1], max_new_tokens=7,
+                                     temperature=1.5, seed=4, return_ids=True)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert sampled == [sampled_by_hand(toy_model, tokenizer, prompts[0], 7, 1.5, 4)]
+    helpers.scramble_global_rngs(2)
+    assert evaluation.generate(toy_model, tokenizer, prompts[:1], max_new_tokens=7,
+                               temperature=1.5, seed=4, return_ids=True)[1] == sampled
