@@ -328,13 +328,17 @@ def test_generate_decodes_as_a_plain_loop_does(toy_model, tokenizer, world):
     assert texts == [tokenizer.decode(i, skip_special_tokens=False) for i in ids]
     assert evaluation.generate(toy_model, tokenizer, prompts, max_new_tokens=7, batch_size=3) == texts
 
-    # sampling: the seed alone decides, and the caller's RNG is left as it was
-    helpers.scramble_global_rngs(1)
-    before = torch.get_rng_state()
-    _, sampled = evaluation.generate(toy_model, tokenizer, prompts[:1], max_new_tokens=7,
-                                     temperature=1.5, seed=4, return_ids=True)
-    assert torch.equal(torch.get_rng_state(), before)
-    assert sampled == [sampled_by_hand(toy_model, tokenizer, prompts[0], 7, 1.5, 4)]
-    helpers.scramble_global_rngs(2)
-    assert evaluation.generate(toy_model, tokenizer, prompts[:1], max_new_tokens=7,
-                               temperature=1.5, seed=4, return_ids=True)[1] == sampled
+    # sampling: the seed alone decides, and the caller's RNG is left as it was. The random toy's
+    # next-token distributions are nearly flat, so T=1.5 samples as T=1 would; T=0.1 does not.
+    for temperature in (0.1, 1.5):
+        helpers.scramble_global_rngs(1)
+        before = torch.get_rng_state()
+        _, sampled = evaluation.generate(toy_model, tokenizer, prompts[:1], max_new_tokens=7,
+                                         temperature=temperature, seed=4, return_ids=True)
+        assert torch.equal(torch.get_rng_state(), before)
+        assert sampled == [sampled_by_hand(toy_model, tokenizer, prompts[0], 7, temperature, 4)]
+        helpers.scramble_global_rngs(2)
+        assert evaluation.generate(toy_model, tokenizer, prompts[:1], max_new_tokens=7,
+                                   temperature=temperature, seed=4, return_ids=True)[1] == sampled
+    assert sampled_by_hand(toy_model, tokenizer, prompts[0], 7, 0.1, 4) != sampled_by_hand(
+        toy_model, tokenizer, prompts[0], 7, 1.0, 4)
