@@ -342,3 +342,35 @@ def test_generate_decodes_as_a_plain_loop_does(toy_model, tokenizer, world):
                                    temperature=temperature, seed=4, return_ids=True)[1] == sampled
     assert sampled_by_hand(toy_model, tokenizer, prompts[0], 7, 0.1, 4) != sampled_by_hand(
         toy_model, tokenizer, prompts[0], 7, 1.0, 4)
+
+
+class BosTokenizer:
+    """Characters as ids (their ord), BOS (id 1) first when ``add_special_tokens`` (the transformers
+    default), a vocabulary of 200 ids in which "</think>" is the single token 150."""
+
+    def __len__(self):
+        return 200
+
+    def get_vocab(self):
+        return {"</think>": 150}
+
+    def encode(self, text, add_special_tokens=True):
+        return ([1] if add_special_tokens else []) + [ord(c) for c in text]
+
+
+def test_think_end_ids_by_id_by_vocabulary_and_by_encoding_without_bos():
+    tokenizer = BosTokenizer()
+    assert evaluation.think_end_ids(tokenizer, 0) == [0]
+    assert evaluation.think_end_ids(tokenizer, "199") == [199]
+    assert evaluation.think_end_ids(tokenizer, "</think>") == [150]
+    assert evaluation.think_end_ids(tokenizer, "END") == [69, 78, 68]  # no BOS in the marker
+    assert evaluation.reasoning_length([5, 69, 78, 68, 7], tokenizer, "END") == 1
+    assert evaluation.reasoning_length([5, 69, 78], tokenizer, "END") == 3  # cut before it closed
+    with pytest.raises(ValueError) as error:
+        evaluation.think_end_ids(tokenizer, 200)
+    assert str(error.value) == ("think_end_token=200 is not a token id of this tokenizer (0..199); "
+                                "pass the id or the string, e.g. think_end_token='</think>'.")
+    with pytest.raises(ValueError) as error:
+        evaluation.think_end_ids(tokenizer, "")
+    assert str(error.value) == ("think_end_token='' encodes to no tokens; pass the marker that "
+                                "closes the reasoning, e.g. think_end_token='</think>'.")
