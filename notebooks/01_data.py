@@ -21,6 +21,10 @@
 # mistakes that a reflection ("Wait, let me check.") catches *most* of the time, so reflecting
 # changes the outcome. Every step carries ground-truth labels (correct, length, first token).
 #
+# With a pretrained model (`pretrained_model: smollm2`, the `smollm2` profile), the same world is
+# written in that model's own chat template (the trace inside `<think> ... </think>` at the start
+# of the assistant turn) and packed with its tokenizer: the data its reasoning fine-tune reads.
+#
 # For real models (`data_source: openthoughts_lmsys`), the same notebook renders OpenThoughts-114k
 # traces and LMSYS-Chat-1M conversations exactly as the authors' code does (AIRI-Institute/
 # SAE-Reasoning, `training/datasets/`): the R1 system prompt and template, their per-domain
@@ -48,7 +52,8 @@ verify_rate = 0.1  # share of right steps verified anyway
 hesitation_rate = 0.15
 explore_rate = 0.2
 chat_fraction = 0.3
-vocab_size = 512
+vocab_size = 512  # the toy tokenizer's
+pretrained_model = None  # or "smollm2", a .gguf or a folder: its tokenizer and chat template
 context_size = 256
 # real models (sources.SourceMixConfig, data.RealContextConfig); defaults: the reference's
 model_name = None  # its tokenizer is used for real data
@@ -72,16 +77,17 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from reasonlens import artifacts, data, plotting, sources
+from reasonlens import artifacts, data, plotting, pretrained, sources
 from reasonlens import constants as K
-from reasonlens.world import WorldConfig, generate_world
+from reasonlens.world import WorldConfig, chat_format, generate_world
 
 run = artifacts.RunDir(profile)
 run
 
 # %% [markdown]
 # ## The synthetic world
-# One config holds every knob of the generator; the same seed gives byte-identical tables.
+# One config holds every knob of the generator; the same seed gives byte-identical tables. The
+# exchanges are written in the toy's markers, or in a pretrained model's chat template.
 
 # %%
 if data_source not in ("synthetic", "openthoughts_lmsys"):
@@ -92,7 +98,10 @@ if data_source == "synthetic":
         max_items=max_items, mistake_rate=mistake_rate, catch_rate=catch_rate,
         verify_rate=verify_rate, hesitation_rate=hesitation_rate, explore_rate=explore_rate,
         chat_fraction=chat_fraction)
-    world = generate_world(world_cfg)
+    tokenizer = pretrained.load_pretrained_tokenizer(pretrained_model) if pretrained_model else None
+    chat = chat_format(tokenizer)
+    print(f"format: {chat}")
+    world = generate_world(world_cfg, chat)
     documents = world.documents
     display(world.problems.groupby(["family", "split"]).size().unstack())
 else:
@@ -145,15 +154,15 @@ plotting.word_rate_bars(rates, save_to=run.figure("01_word_rates"));
 # ## Tokenizer and contexts
 # A byte-level BPE tokenizer trained on the training split (digits one per token; case and
 # leading-space variants such as "Wait" and " wait" are distinct tokens, as in real vocabularies),
-# saved as a transformers tokenizer. Real profiles use the model's own tokenizer.
+# saved as a transformers tokenizer. Pretrained and real profiles use the model's own tokenizer.
 
 # %%
 train_texts = data.mix_documents(documents, "train", data.MIXES["reasoning"])
-if data_source == "synthetic":
+if data_source == "synthetic" and not pretrained_model:
     tokenizer_cfg = data.TokenizerConfig(vocab_size=vocab_size)
     tokenizer = data.train_tokenizer(train_texts, tokenizer_cfg)
 else:
-    tokenizer_cfg = {"model_name": model_name}
+    tokenizer_cfg = {"model_name": pretrained_model or model_name}
 print(len(tokenizer), "tokens;", tokenizer.tokenize(documents[documents.kind == "trace"].text.iloc[0])[:40])
 
 # %%

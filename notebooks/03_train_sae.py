@@ -60,6 +60,8 @@ sae_device = "cpu"
 n_eval_contexts = 128
 
 # %%
+import time
+
 import pandas as pd
 from IPython.display import display
 
@@ -94,7 +96,10 @@ cfg = sae_lib.SAETrainConfig(
     batch_size=sae_batch_size, context_size=min(context_size, len(train_frame.tokens.iloc[0])),
     n_checkpoints=n_checkpoints, seed=seed, device=sae_device)
 if sae_release is None:
+    started = time.perf_counter()
     sae, history = sae_lib.train_sae(model, train_frame, cfg, run.path(K.SAE_CHECKPOINTS_DIR))
+    print(f"{training_tokens:,} tokens (model run up to {hook_name}, then the SAE step) at "
+          f"{training_tokens / (time.perf_counter() - started):,.0f} tokens/s")
     plotting.training_curves(history, save_to=run.figure("03_training"))
 else:
     sae, history = sae_lib.load_pretrained_sae(sae_release, sae_id, device=sae_device), None

@@ -46,6 +46,7 @@ n_prompts = 150  # per kind of document, for the prompt-level score
 
 # %%
 import dataclasses
+import time
 
 import numpy as np
 from IPython.display import display
@@ -77,7 +78,10 @@ cfg = scoring.ReasonScoreConfig(alpha=alpha, window=tuple(window), hook_name=hoo
                                 window_edges=window_edges)
 print(f"|R| = {len(scoring.reasoning_groups(model.tokenizer, cfg))} groups of "
       f"{len(cfg.words)} strings")
+started = time.perf_counter()
 scores, stats = scoring.reason_score(model, sae, tokens, cfg)
+print(f"{tokens.numel():,} tokens scored at {tokens.numel() / (time.perf_counter() - started):,.0f}"
+      " tokens/s (model run up to the hook point)")
 top = scores.nlargest(top_k, "reason_score")
 display(top[["feature_idx", "reason_score", "mu_pos", "mu_neg", "entropy", "density",
              "max_activation"]].round(4).set_index("feature_idx"))

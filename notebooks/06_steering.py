@@ -70,7 +70,7 @@ scores.set_index("feature_idx").loc[features, ["reason_score", "max_activation",
 # Greedy decoding with a KV cache; the steering hook acts on every position.
 
 # %%
-prompts = [prompt(q, reasoning=True) for q in test.question]
+prompts = [prompt(q, reasoning=True, tokenizer=model.tokenizer) for q in test.question]
 frame = steering.steered_completions(model, sae, prompts, features, steer_strengths,
                                      max_activations, mode=steer_mode,
                                      max_new_tokens=steer_max_new_tokens, site=steer_site,

@@ -80,7 +80,7 @@ from reasonlens import (artifacts, data, diffing, evaluation, harness, injection
                         plotting, scoring, steering)
 from reasonlens import constants as K
 from reasonlens.sae import evaluate_sae
-from reasonlens.world import prompt
+from reasonlens.world import chat_format, prompt
 
 run = artifacts.RunDir(profile)
 model = models.load_hooked(run.model_path(model_name), backend="hf", device=model_device,
@@ -114,7 +114,7 @@ conditions |= {name(f, eval_strength): {f: eval_strength} for f in top}
 conditions |= {f"random {name(c, eval_strength)}": {c: eval_strength} for c in controls}
 conditions |= {f"ablate top {len(top)}": {f: 0.0 for f in top},
                f"ablate random {len(controls)}": {c: 0.0 for c in controls}}
-prompts = [prompt(q, reasoning=True) for q in test.question]
+prompts = [prompt(q, reasoning=True, tokenizer=model.tokenizer) for q in test.question]
 frame = steering.run_conditions(model, sae, prompts, conditions, max_activations, eval_mode,
                                 eval_max_new_tokens, eval_batch_size, site=eval_site,
                                 units=eval_units)
@@ -209,7 +209,7 @@ test_docs = documents[documents.split == "test"]
 traces = test_docs[test_docs.kind == "trace"].head(n_injection)
 plains = test_docs[test_docs.kind == "plain"].set_index("problem_id").loc[traces.problem_id]
 texts = injection.injection_texts(traces.text.tolist(), plains.text.tolist(), n_injected_words,
-                                  seed)
+                                  seed, chat_format(model.tokenizer).assistant_prefix)
 measured = injection.measure_conditions(model, sae, texts, traces.problem_id.to_numpy(), top, cfg)
 effects = injection.effect_sizes(measured, [("trace", "trace, words removed"),
                                             ("plain, words injected", "plain"),
@@ -231,7 +231,8 @@ plotting.injection_bars(summary, save_to=run.figure("07_injection"));
 # %%
 with tempfile.TemporaryDirectory() as task_dir:
     if lm_eval_tasks is None:
-        harness.world_task(test, task_dir, max_gen_toks=eval_max_new_tokens)
+        harness.world_task(test, task_dir, max_gen_toks=eval_max_new_tokens,
+                           tokenizer=model.tokenizer)  # prompts already in its chat template
         tasks = ["reasonlens_world"]
     else:
         tasks = list(lm_eval_tasks)
@@ -241,7 +242,7 @@ with tempfile.TemporaryDirectory() as task_dir:
     evaluate = lambda **steer: harness.run_harness(  # noqa: E731
         run.model_path(model_name), tasks, task_dir, builtin_tasks=lm_eval_tasks is not None,
         limit=n_lm_eval, batch_size=eval_batch_size, device=model_device, dtype=model_dtype,
-        **steer)
+        apply_chat_template=False if lm_eval_tasks is None else None, **steer)
     harness_results = {"unsteered": evaluate(),
                        name(top[0], eval_strength): evaluate(**steer_args)}
 harness_table = pd.DataFrame({c: {t: r[t].get("exact_match,answer", np.nan) for t in r}
@@ -282,7 +283,8 @@ display(headlines)
 
 # %%
 site_test = test.head(n_site_problems)
-site_prompts = [prompt(q, reasoning=True) for q in site_test.question]
+site_prompts = [prompt(q, reasoning=True, tokenizer=model.tokenizer)
+                for q in site_test.question]
 site_frame = steering.compare_sites(model, sae, site_prompts, {top[0]: 2.0}, max_activations,
                                     eval_mode, max_new_tokens=eval_max_new_tokens,
                                     batch_size=eval_batch_size)

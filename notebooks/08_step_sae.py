@@ -87,14 +87,17 @@ from reasonlens import constants as K
 from reasonlens.step_sae import data as step_data
 from reasonlens.step_sae import inference, n2g, probes, training, voting
 from reasonlens.step_sae.model import StepSAE, StepSAEConfig
+from reasonlens.world import chat_format
 
 run = artifacts.RunDir(profile)
 lm_path = step_model_name or run.model_path(model_name)
 tokenizer = AutoTokenizer.from_pretrained(lm_path)
+world_format = chat_format(AutoTokenizer.from_pretrained(run.require(K.TOKENIZER_DIR))
+                           if step_data_source == "synthetic" else None)  # as notebook 01 wrote
 if step_data_source == "synthetic":
     steps, problems = run.read_parquet(K.STEPS), run.read_parquet(K.PROBLEMS)
-    train_table = step_data.world_step_table(steps, problems, ["train"])
-    test_table = step_data.world_step_table(steps, problems, ["test"])
+    train_table = step_data.world_step_table(steps, problems, ["train"], world_format)
+    test_table = step_data.world_step_table(steps, problems, ["test"], world_format)
 elif step_data_source == "jsonl":
     table = step_data.read_jsonl_steps(step_jsonl_path)
     test_ids = table.problem_id.drop_duplicates().sample(frac=0.1, random_state=0)
@@ -231,7 +234,8 @@ if step_vote_problems and "correctness" in targets:
                                          max_new_tokens=step_vote_max_new_tokens)
     solutions = voting.sample_solutions(lm, lm_tokenizer, vote_problems, vote_cfg)
     solution_steps = step_data.tokenize_steps(
-        step_data.trace_step_table(solutions, solutions.completion), tokenizer,
+        step_data.trace_step_table(solutions, solutions.completion,
+                                   chat_format(lm_tokenizer)), tokenizer,
         cfg.max_context_tokens, cfg.max_step_tokens)
     correctness_probe = probes.fit_probe(feature_sets["step_sae"][0], targets["correctness"][0],
                                          probe_cfg)

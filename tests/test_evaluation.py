@@ -152,6 +152,18 @@ def test_parse_answer_falls_back_to_the_trace_when_the_closed_trace_states_no_an
     assert evaluation.parse_answer("The answer is -3.") == -3
 
 
+def test_parse_answer_accepts_the_last_number_only_when_asked():
+    free_form = "93 - 9 = 84, then 75, 66 and finally 57.\nSo we end at 57"
+    assert evaluation.parse_answer(free_form) is None
+    assert evaluation.parse_answer(free_form, is_last_number_accepted=True) == 57
+    # "answer is N" still wins, and a closed trace's numbers are not the answer
+    assert evaluation.parse_answer("The answer is 3, not 4.", is_last_number_accepted=True) == 3
+    assert evaluation.parse_answer("5 + 1 = 6\n</think>\nIt is -12.",
+                                   is_last_number_accepted=True) == -12
+    assert evaluation.parse_answer("5 + 1 = 6\n</think>\nNo idea.",
+                                   is_last_number_accepted=True) is None
+
+
 @pytest.mark.parametrize("successes,n", [(30, 100), (1, 2), (0, 50), (50, 50)])
 def test_wilson_interval_solves_the_score_equation(successes, n):
     assert evaluation.wilson_interval(successes, n) == pytest.approx(

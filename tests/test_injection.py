@@ -27,7 +27,7 @@ def test_inject_words_puts_openers_in_the_reply():
     assert sum(reply.count(o) for o in injection.OPENERS.values()) == 3
     assert injection.inject_words(PLAIN, 3, seed=1) == injected
     assert injection.inject_words(PLAIN, 0, seed=1) == PLAIN
-    with pytest.raises(ValueError, match="no <\\|assistant\\|> turn"):
+    with pytest.raises(ValueError, match="no '<\\|assistant\\|>' turn"):
         injection.inject_words("no turns here", 2, seed=0)
     with pytest.raises(ValueError, match="no opener"):
         injection.inject_words(PLAIN, 1, seed=0, words=["indeed"])

@@ -40,6 +40,25 @@ def test_keep_best_restores_the_lowest_validation_loss(tokenizer, contexts, keep
     assert final == pytest.approx(best if keep_best else last, rel=1e-5)
 
 
+def test_bfloat16_autocast_trains_float32_weights_in_bfloat16_forward_passes(tokenizer, contexts):
+    train, val = contexts
+    runs = {}
+    for dtype in (None, "bfloat16"):
+        model = models.build_toy_model(build_toy_model_config(), tokenizer, seed=0)
+        seen = []
+        model.model.layers[0].mlp.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+        history = lm_training.train_lm(model, train, val, build_lm_train_config(
+            n_steps=20, eval_every=10, lr=1e-2, autocast_dtype=dtype))
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+        assert set(seen) == {torch.bfloat16 if dtype else torch.float32}  # training and val
+        runs[dtype] = history.val_loss.dropna().to_numpy()
+    assert runs["bfloat16"][-1] < runs["bfloat16"][0]  # it learns
+    assert runs["bfloat16"] == pytest.approx(runs[None], rel=0.05)  # about as float32 does
+    assert not (runs["bfloat16"] == runs[None]).all()  # but it did run in another precision
+    with pytest.raises(ValueError, match="autocast_dtype"):
+        build_lm_train_config(autocast_dtype="int8")
+
+
 def test_evaluate_loss_is_the_mean_next_token_loss_over_all_tokens(toy_model, contexts):
     _, val = contexts
     tokens = val[:7, :12]  # batches of 3, 3 and 1 rows: uneven, so per-batch means would differ

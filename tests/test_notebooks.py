@@ -146,3 +146,31 @@ def test_the_real_model_path_runs_on_local_checkpoints(tmp_path, monkeypatch, sa
     assert set(documents.kind) == {"trace", "chat"}
     assert documents.text.str.contains(K.R1_ASSISTANT + "<think>", regex=False).any()
     assert len(run.read_parquet(K.CONTEXTS.format(split="reasoning_train"))) > 0
+
+
+def test_every_notebook_runs_on_the_real_smollm2_weights(tmp_path, monkeypatch):
+    """The smollm2-smoke profile: the whole book on SmolLM2-135M-Instruct, as shipped and
+    fine-tuned (two steps), with budgets of seconds."""
+    monkeypatch.setenv("REASONLENS_HOME", str(tmp_path))
+    report = runner.run("smollm2-smoke", build=False)
+    assert report.ran == NOTEBOOKS
+    run = artifacts.RunDir("smollm2-smoke", root=tmp_path / "data" / "runs" / "smollm2-smoke")
+    from safetensors.torch import load_file
+    weights = {}
+    for name in (K.REASONING_MODEL_DIR, K.BASE_MODEL_DIR):
+        config = json.loads((run.path(name) / "config.json").read_text())
+        assert (config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) \
+            == (30, 576, 49152), name  # the real model, not a toy
+        weights[name] = load_file(run.path(name) / "model.safetensors")
+    changed = [k for k in weights[K.BASE_MODEL_DIR]
+               if not weights[K.BASE_MODEL_DIR][k].equal(weights[K.REASONING_MODEL_DIR][k])]
+    assert len(changed) == len(weights[K.BASE_MODEL_DIR])  # every weight fine-tuned
+    evaluation = run.read_json(K.MODEL_EVAL)
+    assert evaluation["tl_max_logit_diff"] < 5e-4  # TransformerLens vs transformers, float32
+    trace = run.read_parquet(K.DOCUMENTS).query("kind == 'trace'").text.iloc[0]
+    assert trace.startswith("<|im_start|>system\n") and trace.endswith("<|im_end|>\n")
+    assert "<|im_start|>assistant\n<think>\n" in trace and "\n</think>\nThe answer is" in trace
+    scores = run.read_parquet(K.REASON_SCORES)
+    assert len(scores) == 2 * 576 and scores.reason_score.notna().all()  # expansion_factor 2
+    assert run.read_parquet(K.EVAL_CONDITIONS).condition.iloc[0] == "unsteered"
+    assert {"step_sae", "token_sae"} <= set(run.read_parquet(K.STEP_PROBES).features)

@@ -41,6 +41,9 @@ def test_the_saved_tokenizer_has_chatml_and_the_right_special_tokens(smollm2_bac
     # The GGUF conversion reports <|im_start|> as EOS; the loader restores the model's own.
     assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) \
         == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+    # The GGUF says add_bos_token false; transformers' conversion would prepend <|im_start|>.
+    assert tokenizer("17 + 25").input_ids == tokenizer.encode("17 + 25", add_special_tokens=False)
+    assert tokenizer.apply_chat_template(PROMPT[:1]).count(tokenizer.bos_token_id) == 2  # 2 turns
     text = tokenizer.apply_chat_template(PROMPT[:1], tokenize=False, add_generation_prompt=True)
     assert text.endswith("<|im_start|>user\nWhat is 17 + 25? Wait, let me think.<|im_end|>\n"
                          "<|im_start|>assistant\n")

@@ -19,6 +19,7 @@ from reasonlens import constants as K
 from reasonlens.world import prompt
 
 ANSWER_RE = re.compile(r"answer is (-?\d+)")
+NUMBER_RE = re.compile(r"-?\d+")
 
 
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 160,
@@ -71,11 +72,17 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 160
     return (texts, out) if return_ids else texts
 
 
-def parse_answer(completion: str) -> int | None:
+def parse_answer(completion: str, is_last_number_accepted: bool = False) -> int | None:
     """The final answer stated in a completion: the last "answer is N" after ``</think>`` if the
-    trace closed, else the last one anywhere; None if there is none."""
+    trace closed, else the last one anywhere; None if there is none.
+
+    With ``is_last_number_accepted``, a completion with no "answer is N" gives its last integer
+    instead (after ``</think>`` if closed), the usual lenient reading of a model that answers in
+    its own words (a pretrained instruct model that never saw the world's answer format)."""
     tail = completion.split(K.THINK_CLOSE)[-1]
     found = ANSWER_RE.findall(tail) or ANSWER_RE.findall(completion)
+    if not found and is_last_number_accepted:
+        found = NUMBER_RE.findall(tail)
     return int(found[-1]) if found else None
 
 
@@ -142,15 +149,18 @@ def reasoning_length(ids: Sequence[int], tokenizer, think_end_token: str | int =
 
 def evaluate_answers(model, tokenizer, problems: pd.DataFrame, reasoning: bool,
                      max_new_tokens: int = 160, batch_size: int = 64,
-                     desc: str = "evaluate") -> pd.DataFrame:
+                     desc: str = "evaluate", is_last_number_accepted: bool = False
+                     ) -> pd.DataFrame:
     """Greedy answers of ``model`` on ``problems`` and whether each is right.
 
     Args:
         model, tokenizer: a transformers causal LM and its tokenizer.
         problems: rows with ``problem_id``, ``question``, ``answer``.
-        reasoning: prompt with ``<think>`` (the reasoning model) or ask for the answer directly.
+        reasoning: prompt with ``<think>`` (the reasoning model) or ask for the answer directly;
+            the prompt is in the tokenizer's chat template when it has one (``world.prompt``).
         max_new_tokens, batch_size: generation settings.
         desc: progress-bar label.
+        is_last_number_accepted: read answers as ``parse_answer`` does with that option.
 
     Returns:
         One row per problem: problem_id, family, completion, predicted, is_correct,
@@ -158,10 +168,10 @@ def evaluate_answers(model, tokenizer, problems: pd.DataFrame, reasoning: bool,
     """
     if len(problems) == 0:
         raise ValueError("problems is empty: nothing to evaluate. Check the split and n_eval.")
-    prompts = [prompt(q, reasoning=reasoning) for q in problems["question"]]
+    prompts = [prompt(q, reasoning=reasoning, tokenizer=tokenizer) for q in problems["question"]]
     completions, ids = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc,
                                 return_ids=True)
-    predicted = [parse_answer(c) for c in completions]
+    predicted = [parse_answer(c, is_last_number_accepted) for c in completions]
     return pd.DataFrame({
         "problem_id": problems["problem_id"].to_numpy(),
         "family": problems["family"].to_numpy(),

@@ -235,10 +235,12 @@ class SteeredHFLM(HFLM):
 
 
 def world_task(problems: pd.DataFrame, directory: str | Path, name: str = "reasonlens_world",
-               max_gen_toks: int = 160) -> Path:
+               max_gen_toks: int = 160, tokenizer=None) -> Path:
     """Write a generate-until harness task over synthetic-world problems.
 
-    Each document is a problem's reasoning prompt; the target is its answer; the score is exact
+    Each document is a problem's reasoning prompt, written in ``tokenizer``'s chat template when it
+    has one (``world.prompt``; run such a task with ``apply_chat_template=False``, the template is
+    already applied), else in the toy's markers; the target is its answer; the score is exact
     match of the last "answer is N" in the completion, as ``evaluation.parse_answer`` reads it.
 
     Args:
@@ -258,7 +260,8 @@ def world_task(problems: pd.DataFrame, directory: str | Path, name: str = "reaso
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     docs = directory / f"{name}.jsonl"
-    docs.write_text("".join(json.dumps({"prompt": prompt(q, reasoning=True), "answer": str(a)}) + "\n"
+    docs.write_text("".join(json.dumps({"prompt": prompt(q, reasoning=True, tokenizer=tokenizer),
+                                        "answer": str(a)}) + "\n"
                             for q, a in zip(problems.question, problems.answer)))
     spec = {
         "task": name,

@@ -40,8 +40,12 @@ def strip_words(text: str, words: Sequence[str] = K.REASONING_WORDS) -> str:
 
 
 def inject_words(text: str, n_words: int, seed: int,
-                 words: Sequence[str] = K.REASONING_WORDS) -> str:
+                 words: Sequence[str] = K.REASONING_WORDS,
+                 assistant_prefix: str = K.ASSISTANT) -> str:
     """Insert ``n_words`` reasoning openers before the assistant's reply in ``text``.
+
+    ``assistant_prefix`` is the text that opens the reply (the toy's ``<|assistant|>``;
+    ``world.chat_format(tokenizer).assistant_prefix`` for a chat template).
 
     Raises:
         ValueError: ``text`` has no assistant turn, or a word has no opener.
@@ -50,12 +54,13 @@ def inject_words(text: str, n_words: int, seed: int,
     unknown = [w for w in words if w not in OPENERS]
     if unknown:
         raise ValueError(f"words {unknown} have no opener; choose from {list(OPENERS)}.")
-    if K.ASSISTANT not in text:
-        raise ValueError(f"text has no {K.ASSISTANT} turn to inject into: {text[:60]!r}")
+    if assistant_prefix not in text:
+        raise ValueError(f"text has no {assistant_prefix!r} turn to inject into: {text[:60]!r}; "
+                         "pass the format's assistant_prefix.")
     rng = random.Random(seed)
-    head, reply = text.split(K.ASSISTANT, 1)
+    head, reply = text.split(assistant_prefix, 1)
     openers = "".join(OPENERS[w] for w in rng.choices(list(words), k=n_words))
-    return f"{head}{K.ASSISTANT}{openers}{reply}"
+    return f"{head}{assistant_prefix}{openers}{reply}"
 
 
 def feature_activations(model, sae, texts: Sequence[str], features: Sequence[int],
@@ -105,16 +110,18 @@ def feature_activations(model, sae, texts: Sequence[str], features: Sequence[int
                          **{k: v.reshape(-1).numpy() for k, v in stats.items()}})
 
 
-def injection_texts(traces: Sequence[str], plains: Sequence[str], n_words: int, seed: int = 0
-                    ) -> dict[str, list[str]]:
-    """The four kinds of text of the control, from paired traces and plain answers of problems."""
+def injection_texts(traces: Sequence[str], plains: Sequence[str], n_words: int, seed: int = 0,
+                    assistant_prefix: str = K.ASSISTANT) -> dict[str, list[str]]:
+    """The four kinds of text of the control, from paired traces and plain answers of problems
+    (``assistant_prefix`` as for ``inject_words``)."""
     if len(traces) != len(plains):
         raise ValueError(f"traces ({len(traces)}) and plains ({len(plains)}) must pair up, one of "
                          "each per problem.")
     return {"trace": list(traces),
             "trace, words removed": [strip_words(t) for t in traces],
             "plain": list(plains),
-            "plain, words injected": [inject_words(t, n_words, seed + i)
+            "plain, words injected": [inject_words(t, n_words, seed + i,
+                                                   assistant_prefix=assistant_prefix)
                                       for i, t in enumerate(plains)]}
 
 

@@ -31,6 +31,10 @@ class LMTrainConfig(Config):
         n_threads: torch CPU threads (None leaves torch's default).
         keep_best: restore the weights of the evaluation with the lowest validation loss (early
             stopping without stopping: the base model, with little data, overfits).
+        autocast_dtype: run forward passes under ``torch.autocast`` in this dtype (``"bfloat16"``);
+            weights, gradients and AdamW stay float32. Fine-tuning SmolLM2-135M on 2 CPU cores
+            (``benchmarks/bench_finetune.py``): 461 tokens/s under bfloat16 autocast against
+            63 in float32, and as fast as LoRA; None: float32 throughout (the toy's default).
     """
 
     n_steps: int = 1000
@@ -43,8 +47,12 @@ class LMTrainConfig(Config):
     seed: int = 0
     n_threads: int | None = None
     keep_best: bool = True
+    autocast_dtype: str | None = None
 
     def __post_init__(self):
+        if self.autocast_dtype not in (None, "bfloat16", "float16"):
+            raise ValueError(f"autocast_dtype={self.autocast_dtype!r}; use None, 'bfloat16' or "
+                             "'float16'.")
         check_range("n_steps", self.n_steps, 1)
         check_range("batch_size", self.batch_size, 1)
         check_range("lr", self.lr, 0.0)
@@ -76,8 +84,9 @@ def train_lm(model: torch.nn.Module, train_tokens: torch.Tensor, val_tokens: tor
     if cfg.n_threads:
         torch.set_num_threads(cfg.n_threads)
     generator = torch.Generator().manual_seed(cfg.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.ndim >= 2]
+    no_decay = [p for p in trained if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(0.9, 0.95))
@@ -88,15 +97,18 @@ def train_lm(model: torch.nn.Module, train_tokens: torch.Tensor, val_tokens: tor
     for step in bar:
         idx = torch.randint(len(train_tokens), (cfg.batch_size,), generator=generator)
         batch = train_tokens[idx]
-        loss = model(input_ids=batch, labels=batch).loss
+        with _autocast(model, cfg.autocast_dtype):
+            loss = model(input_ids=batch, labels=batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         schedule.step()
         row = {"step": step + 1, "train_loss": loss.item(), "val_loss": math.nan}
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.n_steps:
-            row["val_loss"] = evaluate_loss(model, val_tokens[: cfg.n_eval_contexts], cfg.batch_size)
+            with _autocast(model, cfg.autocast_dtype):
+                row["val_loss"] = evaluate_loss(model, val_tokens[: cfg.n_eval_contexts],
+                                                cfg.batch_size)
             if cfg.keep_best and row["val_loss"] < best_loss:
                 best_loss = row["val_loss"]
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -120,6 +132,13 @@ def evaluate_loss(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int 
             total += model(input_ids=batch, labels=batch).loss.item() * n_predicted
             count += n_predicted
     return total / count
+
+
+def _autocast(model: torch.nn.Module, dtype: str | None):
+    """``torch.autocast`` on the model's device type in ``dtype``; a no-op for None."""
+    device_type = next(model.parameters()).device.type
+    return torch.autocast(device_type, dtype=getattr(torch, dtype or "float32"),
+                          enabled=dtype is not None)
 
 
 def _lr_factor(step: int, cfg: LMTrainConfig) -> float:

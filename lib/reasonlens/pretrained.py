@@ -23,6 +23,7 @@ import logging
 from pathlib import Path
 
 import torch
+from gguf import GGUFReader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reasonlens.artifacts import atomic_path
@@ -74,13 +75,56 @@ def packaged_gguf_path(name: str) -> Path:
                             "bash scripts/setup_venv.sh, which installs it.")
 
 
+def model_file(source: str | Path) -> Path:
+    """The file or folder ``source`` names: a key of ``PACKAGED``, a ``.gguf`` file or a folder.
+
+    Raises:
+        FileNotFoundError: a path that does not exist, or a packaged model not installed.
+    """
+    text = str(source)
+    if text in PACKAGED:
+        return packaged_gguf_path(text)
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"model source {text!r} does not exist; give one of "
+                                f"{sorted(PACKAGED)}, a .gguf file or a save_pretrained folder.")
+    return path
+
+
+def load_pretrained_tokenizer(source: str | Path):
+    """The tokenizer of ``source`` (see ``load_pretrained``), repaired as it describes.
+
+    Raises:
+        FileNotFoundError: as ``model_file``.
+    """
+    path = model_file(source)
+    if path.is_dir():
+        return AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    fields = GGUFReader(path).fields
+    setting = {key: fields[f"tokenizer.ggml.{key}"].contents() for key in
+               ("eos_token_id", "padding_token_id", "add_bos_token")
+               if f"tokenizer.ggml.{key}" in fields}
+    if "eos_token_id" in setting:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(int(setting["eos_token_id"]))
+    if "padding_token_id" in setting:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(int(setting["padding_token_id"]))
+    elif tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if "add_bos_token" in setting and hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = bool(setting["add_bos_token"])
+    return tokenizer
+
+
 def load_pretrained(source: str | Path, dtype: str | torch.dtype = torch.float32):
     """Load a causal LM and its tokenizer from a packaged model, a ``.gguf`` file or a folder.
 
-    A GGUF is dequantised to ``dtype``. Its tokenizer is repaired where transformers' GGUF
-    conversion loses a special token: the end-of-sequence and padding tokens are set from the
-    model config's ``eos_token_id`` (SmolLM2's GGUF tokenizer otherwise reports ``<|im_start|>`` as
-    both BOS and EOS, and no padding token).
+    A GGUF is dequantised to ``dtype``. Its tokenizer is repaired from the file's own metadata
+    where transformers' GGUF conversion loses a setting: the end-of-sequence and padding tokens
+    (``tokenizer.ggml.eos_token_id``, ``padding_token_id``; SmolLM2's converted tokenizer otherwise
+    reports ``<|im_start|>`` as both BOS and EOS, and no padding token), and whether BOS is
+    prepended (``add_bos_token``; SmolLM2's says no, the conversion always adds it, so every
+    chat-template prompt would start with two ``<|im_start|>``).
 
     Args:
         source: a key of ``PACKAGED`` (``"smollm2"``), a ``.gguf`` file, or a ``save_pretrained``
@@ -93,27 +137,14 @@ def load_pretrained(source: str | Path, dtype: str | torch.dtype = torch.float32
     Raises:
         FileNotFoundError: a path that does not exist, or a packaged model not installed.
     """
-    text = str(source)
-    if text in PACKAGED:
-        path = packaged_gguf_path(text)
-    else:
-        path = Path(text).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"model source {text!r} does not exist; give one of "
-                                    f"{sorted(PACKAGED)}, a .gguf file or a save_pretrained folder.")
+    path = model_file(source)
+    tokenizer = load_pretrained_tokenizer(path)
     if path.is_dir():
-        tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=as_dtype(dtype))
         return model.eval(), tokenizer
     log.info("dequantising %s to %s", path, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                  dtype=as_dtype(dtype))
-    eos_id = model.config.eos_token_id
-    if isinstance(eos_id, int) and tokenizer.eos_token_id != eos_id:
-        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos_id)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer
 

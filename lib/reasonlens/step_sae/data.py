@@ -24,23 +24,26 @@ import pandas as pd
 import torch
 
 from reasonlens import constants as K
-from reasonlens.world import prompt
+from reasonlens.world import ChatFormat
 
 SEP = "<sep>"
 STEP_COLUMNS = ("problem_id", "step_idx", "context", "step")
 
 
 def world_step_table(steps: pd.DataFrame, problems: pd.DataFrame,
-                     splits: Sequence[str] = ("train",)) -> pd.DataFrame:
+                     splits: Sequence[str] = ("train",), fmt: ChatFormat | None = None
+                     ) -> pd.DataFrame:
     """One row per step of the synthetic world's traces, with its context and labels.
 
     The context is exactly what precedes the step in a trace document: the reasoning prompt
-    (``<bos><|user|>question<|assistant|><think>\\n``) and the earlier lines.
+    (``<bos><|user|>question<|assistant|><think>\\n`` in the toy's format) and the earlier lines.
 
     Args:
         steps: the world's steps table (notebook 01, ``world/steps.parquet``).
         problems: the world's problems table (``world/problems.parquet``).
         splits: which splits to keep.
+        fmt: the format the world was written in (``world.chat_format(tokenizer)`` of notebook
+            01's tokenizer; default the toy's).
 
     Returns:
         The step table: problem_id, step_idx, split, context, step, and the world's labels.
@@ -55,7 +58,7 @@ def world_step_table(steps: pd.DataFrame, problems: pd.DataFrame,
     questions = problems.set_index("problem_id")["question"]
     contexts = []
     for pid, group in chosen.groupby("problem_id", sort=False):
-        head = prompt(questions[pid], reasoning=True)
+        head = (fmt or ChatFormat.toy()).prompt(questions[pid], reasoning=True)
         for text in group["text"]:
             contexts.append(head)
             head += text + "\n"
@@ -225,16 +228,18 @@ def collate(context_ids: Sequence[Sequence[int]], step_ids: Sequence[Sequence[in
     return StepBatch(input_ids, attention_mask, step_mask, sep_pos, attention_mask.sum(1) - 1)
 
 
-def trace_step_table(problems: pd.DataFrame, completions: Sequence[str]) -> pd.DataFrame:
+def trace_step_table(problems: pd.DataFrame, completions: Sequence[str],
+                     fmt: ChatFormat | None = None) -> pd.DataFrame:
     """Step table of generated reasoning traces (one completion per row of ``problems``).
 
     A completion continues the reasoning prompt; its steps are the non-empty lines before
-    ``</think>``. The column ``solution_idx`` gives the completion each step came from.
+    ``</think>``. The column ``solution_idx`` gives the completion each step came from; ``fmt``
+    is the prompt's format (default the toy's).
     """
     rows = []
     pairs = zip(problems["problem_id"], problems["question"], completions)
     for solution_idx, (pid, question, completion) in enumerate(pairs):
-        head = prompt(question, reasoning=True)
+        head = (fmt or ChatFormat.toy()).prompt(question, reasoning=True)
         lines = [s for s in completion.split(K.THINK_CLOSE)[0].split("\n") if s.strip()]
         for idx, step in enumerate(lines):
             rows.append(dict(solution_idx=solution_idx, problem_id=pid, step_idx=idx,

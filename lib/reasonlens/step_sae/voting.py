@@ -59,7 +59,8 @@ def sample_solutions(lm, tokenizer, problems: pd.DataFrame, cfg: VotingConfig) -
         raise ValueError("problems is empty: nothing to vote on. Check step_vote_problems.")
     repeated = problems.loc[problems.index.repeat(cfg.n_samples)].reset_index(drop=True)
     completions = evaluation.generate(
-        lm, tokenizer, [prompt(q, reasoning=True) for q in repeated["question"]],
+        lm, tokenizer,
+        [prompt(q, reasoning=True, tokenizer=tokenizer) for q in repeated["question"]],
         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
         temperature=cfg.temperature, seed=cfg.seed, desc="sample")
     predicted = [evaluation.parse_answer(c) for c in completions]

@@ -16,6 +16,7 @@ from reasonlens import constants as K
 from reasonlens.config import Config, check_range
 from reasonlens.world.chat import sample_chat
 from reasonlens.world.families import FAMILIES, get_family
+from reasonlens.world.formatting import ChatFormat, chat_format
 from reasonlens.world.traces import TraceRates, sample_trace
 
 
@@ -86,17 +87,18 @@ class World:
     documents: pd.DataFrame
 
 
-def prompt(question: str, reasoning: bool) -> str:
+def prompt(question: str, reasoning: bool, tokenizer=None) -> str:
     """The prompt a model completes: the user turn, then the assistant turn (opened with
-    ``<think>`` for a reasoning model)."""
-    return f"{K.BOS}{K.USER}{question}{K.ASSISTANT}" + (f"{K.THINK_OPEN}\n" if reasoning else "")
+    ``<think>`` for a reasoning model), in ``tokenizer``'s chat template when it has one, else in
+    the toy's markers (``formatting.chat_format``)."""
+    return chat_format(tokenizer).prompt(question, reasoning)
 
 
 def answer_text(answer: int) -> str:
     return f"The answer is {answer}."
 
 
-def generate_world(cfg: WorldConfig) -> World:
+def generate_world(cfg: WorldConfig, fmt: ChatFormat | None = None) -> World:
     """Generate problems, traces with labelled steps, and the documents of both training mixes.
 
     Each problem appears in exactly one split and yields a trace document (``kind='trace'``) and a
@@ -105,6 +107,8 @@ def generate_world(cfg: WorldConfig) -> World:
 
     Args:
         cfg: the world's parameters.
+        fmt: how exchanges are written (default ``ChatFormat.toy()``; a pretrained model's
+            ``ChatFormat.from_tokenizer``). The problems and steps do not depend on it.
 
     Returns:
         A ``World`` of three DataFrames.
@@ -112,6 +116,7 @@ def generate_world(cfg: WorldConfig) -> World:
     Raises:
         ValueError: when the families cannot yield ``n_problems`` distinct problems.
     """
+    fmt = fmt or ChatFormat.toy()
     problems = _sample_problems(cfg)
     problem_rows, step_rows, doc_rows = [], [], []
     for pid, (split, problem) in enumerate(problems):
@@ -128,9 +133,9 @@ def generate_world(cfg: WorldConfig) -> World:
             step_rows.append(dict(problem_id=pid, split=split, family=problem.family,
                                   step_idx=idx, **dataclasses.asdict(step)))
         reasoning = "\n".join(s.text for s in steps)
-        trace = (prompt(problem.question, reasoning=True) + reasoning
-                 + f"\n{K.THINK_CLOSE}\n{answer_text(stated)}{K.EOS}")
-        plain = prompt(problem.question, reasoning=False) + answer_text(problem.answer) + K.EOS
+        trace = fmt.exchange(problem.question, f"{K.THINK_OPEN}\n{reasoning}\n{K.THINK_CLOSE}\n"
+                                               f"{answer_text(stated)}")
+        plain = fmt.exchange(problem.question, answer_text(problem.answer))
         doc_rows.append(dict(problem_id=pid, split=split, kind="trace", text=trace))
         doc_rows.append(dict(problem_id=pid, split=split, kind="plain", text=plain))
     n_chat = round(cfg.chat_fraction * cfg.n_problems)
@@ -139,7 +144,7 @@ def generate_world(cfg: WorldConfig) -> World:
         user, assistant = sample_chat(rng)
         split = _split_of(i, n_chat, cfg.split_fractions)
         doc_rows.append(dict(problem_id=-1, split=split, kind="chat",
-                             text=f"{K.BOS}{K.USER}{user}{K.ASSISTANT}{assistant}{K.EOS}"))
+                             text=fmt.exchange(user, assistant)))
     documents = pd.DataFrame(doc_rows)
     documents.insert(0, "doc_id", range(len(documents)))
     return World(pd.DataFrame(problem_rows), pd.DataFrame(step_rows), documents)
