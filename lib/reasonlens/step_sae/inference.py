@@ -1,15 +1,22 @@
-"""Running a trained step-level SAE: latents, reconstruction quality, latent density."""
+"""Running a trained step-level SAE: latents, reconstruction quality, latent density, and
+decoding a step from a latent (its own, a phase-2 sample, or an edited one).
+
+The decoding functions follow the reference code's generation (Miaow-Lab/SSAE,
+model_qwen.py:159-410): the decoder reads the soft prefix and ``context <sep>`` (in the layout of
+``cfg.prefix_position``) and continues greedily until ``<eos>``; a phase-2 sample is
+``mean + eps * exp(log_var / 2)`` clamped at 0 (model_qwen.py:273-278), not renormalised.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from reasonlens.step_sae.data import StepExamples, collate
+from reasonlens.step_sae.data import StepBatch, StepExamples, collate
 from reasonlens.step_sae.model import StepSAE
 
 
@@ -71,3 +78,111 @@ def reconstruction_metrics(model: StepSAE, examples: StepExamples, batch_size: i
 def latent_density(latents: np.ndarray) -> np.ndarray:
     """Fraction of steps on which each latent is active (> 0): ``[n_latents]``."""
     return (np.asarray(latents) > 0).mean(axis=0)
+
+
+def greedy_decode(model: StepSAE, context_ids: Sequence[Sequence[int]], latents: torch.Tensor,
+                  max_new_tokens: int = 32) -> list[list[int]]:
+    """Greedy decoding of one step per latent, given its context (R's ``temperature=0``).
+
+    The decoder reads ``PREFIX context <sep>`` (``prefix_position="start"``) or ``context <sep>
+    PREFIX`` (``"step"``) and the tokens generated so far, as in training; each example is
+    decoded alone (no padding), so this is for a handful of steps, not a data set.
+
+    Args:
+        model: a trained ``StepSAE``.
+        context_ids: one context's token ids per latent (``<sep>`` is added here).
+        latents: ``[n, n_latents]``, e.g. ``model.encode(batch)``.
+        max_new_tokens: the most tokens generated per step.
+
+    Returns:
+        The generated ids of each step, ``<eos>`` excluded.
+
+    Used by ``step_decodings`` (notebook 08).
+    """
+    if len(context_ids) != len(latents):
+        raise ValueError(f"{len(context_ids)} contexts but {len(latents)} latents; give one "
+                         "context per latent.")
+    model.eval()
+    device = next(model.parameters()).device
+    embed = model.decoder.get_input_embeddings()
+    start = model.cfg.prefix_position == "start"
+    out = []
+    with torch.no_grad():
+        prefixes = model.prefix(latents.to(device))
+        for context, prefix in zip(context_ids, prefixes):
+            head = list(context) + [model.sep_id]
+            generated: list[int] = []
+            for _ in range(max_new_tokens):
+                embeds = embed(torch.tensor(head + generated, device=device))
+                prefix = prefix.to(embeds.dtype)
+                inputs = (torch.cat([prefix, embeds]) if start else
+                          torch.cat([embeds[:len(head)], prefix, embeds[len(head):]]))
+                token = int(model.decoder(inputs_embeds=inputs[None]).logits[0, -1].argmax())
+                if token == model.eos_id:
+                    break
+                generated.append(token)
+            out.append(generated)
+    return out
+
+
+def sample_context_latents(model: StepSAE, batch: StepBatch, seed: int = 0) -> torch.Tensor:
+    """One phase-2 sample of each step's latent from its context alone ``[batch, n_latents]``.
+
+    ``mean + eps * exp(log_var / 2)``, ``eps ~ N(0, 1)`` from ``seed``, clamped at 0 as R does
+    (model_qwen.py:273-278); not L2-normalised.
+    """
+    model.eval()
+    with torch.no_grad():
+        mean, log_var = model.context_distribution(batch)
+    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed))
+    return (mean + eps.to(mean.device) * (0.5 * log_var).exp()).clamp_min(0.0)
+
+
+def edit_latents(latents: torch.Tensor, edits: Mapping[int, float]) -> torch.Tensor:
+    """A copy of ``latents`` ``[n, n_latents]`` with latent ``i`` set to ``value`` for each edit."""
+    edited = latents.clone()
+    for latent_idx, value in edits.items():
+        edited[:, latent_idx] = value
+    return edited
+
+
+def step_decodings(model: StepSAE, examples: StepExamples, tokenizer, n_examples: int = 3,
+                   up_latent: int | None = None, max_new_tokens: int = 32,
+                   seed: int = 0) -> pd.DataFrame:
+    """Each of the first ``n_examples`` steps and its greedy decodings from four latents.
+
+    ``own``: the step's latent. ``sampled``: a phase-2 sample from its context
+    (``sample_context_latents``). ``top_off``: its own latent with its most active latent set
+    to 0 (edited down). ``up``: its own latent with latent ``up_latent`` set to the value of its
+    most active latent (edited up; None: the latent most often active over ``examples``, or the
+    next most often when it is this step's top latent).
+
+    Returns:
+        One row per step: step, own, sampled, top_latent, top_off, up_latent, up (texts).
+
+    Used by notebook 08 ("Decoding from a latent").
+    """
+    shown = examples.subset(range(min(n_examples, len(examples))))
+    batch = collate(shown.context_ids, shown.step_ids, model.sep_id, model.eos_id, model.pad_id)
+    model.eval()
+    with torch.no_grad():
+        latents = model.encode(batch)
+    sampled = sample_context_latents(model, batch, seed)
+    if up_latent is None:
+        frequent = np.argsort(-(encode_steps(model, examples) > 0).mean(0), kind="stable")
+    top = latents.argmax(-1).tolist()
+    rows = []
+    for i, top_idx in enumerate(top):
+        up = up_latent if up_latent is not None else int(
+            next(j for j in frequent if j != top_idx))
+        one = latents[i: i + 1]
+        variants = {"own": one, "sampled": sampled[i: i + 1],
+                    "top_off": edit_latents(one, {top_idx: 0.0}),
+                    "up": edit_latents(one, {up: float(one[0, top_idx])})}
+        texts = {name: tokenizer.decode(greedy_decode(model, shown.context_ids[i: i + 1], z,
+                                                      max_new_tokens)[0])
+                 for name, z in variants.items()}
+        rows.append({"step": tokenizer.decode(shown.step_ids[i]), "own": texts["own"],
+                     "sampled": texts["sampled"], "top_latent": top_idx,
+                     "top_off": texts["top_off"], "up_latent": up, "up": texts["up"]})
+    return pd.DataFrame(rows)
