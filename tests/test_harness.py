@@ -1,4 +1,5 @@
-"""The lm-evaluation-harness path: ``reasonlens-steered`` through the real ``lm_eval`` command line."""
+"""The lm-evaluation-harness path: ``reasonlens-steered`` through the real ``lm_eval`` command
+line."""
 
 import json
 import subprocess
@@ -187,3 +188,14 @@ def test_every_generation_carries_its_counts_as_our_greedy_generation_gives_them
         assert (text.n_tokens, text.n_reasoning_tokens, text.is_think_closed) == (
             len(row), expected, close in row)
     assert lm._recorded is None
+
+
+def test_results_table_puts_the_models_side_by_side_per_task_and_metric():
+    results = {"unsteered": {"math-500": {"accuracy,none": 0.5, "reasoning_length,none": 10.0,
+                                          "accuracy_stderr,none": 0.1}},
+               "f3 x2": {"math-500": {"accuracy,none": 0.75, "reasoning_length,none": 12.0}}}
+    table = harness.results_table(results)
+    assert list(table.columns) == ["unsteered", "f3 x2"]
+    assert table.loc["math-500: accuracy"].tolist() == [0.5, 0.75]
+    assert table.loc["math-500: reasoning_length"].tolist() == [10.0, 12.0]
+    assert "math-500: accuracy_stderr" not in table.index

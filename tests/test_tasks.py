@@ -256,3 +256,95 @@ def test_the_package_ships_the_three_task_yamls():
     assert set(TASK_NAMES) <= set(manager.all_tasks)
     assert "reasonlens_paper" in manager.all_tags  # --tasks reasonlens_paper runs all three
     assert {p.stem for p in TASKS_DIR.glob("*.yaml")} == set(TASK_NAMES)
+
+
+# --- the tasks' documents as problems for notebooks 06 and 07 (reasonlens.tasks.problems) ------
+def _task_args(task_files):
+    return {"aime24_path": task_files["REASONLENS_AIME24_PATH"],
+            "math500_path": task_files["REASONLENS_MATH500_PATH"],
+            "gpqa_path": task_files["REASONLENS_GPQA_PATH"]}
+
+
+def test_task_problems_are_the_tasks_documents_with_their_prompts_and_answers(task_files,
+                                                                              chat_model):
+    from transformers import AutoTokenizer
+
+    from reasonlens.tasks import problems
+
+    table = problems.task_problems("reasonlens_paper", n_problems=2,
+                                   task_args=_task_args(task_files))
+    assert list(table.task) == [t for t in TASK_NAMES for _ in range(2)]
+    assert list(table.doc_id) == [0, 1] * 3
+    assert list(table.question[:4]) == [AIME[0]["problem"], AIME[1]["problem"],
+                                        MATH[0]["problem"], MATH[1]["problem"]]
+    assert list(table.answer[:4]) == ["7", "24", "\\frac{1}{2}", "2"]
+    gpqa = table[table.task == "openai_gpqa_diamond"]
+    for _, row in gpqa.iterrows():  # the letter of the right choice after the shuffle
+        assert row.doc[f"choice{'ABCD'.index(row.answer) + 1}"] == row.doc["Correct Answer"]
+        assert "'Answer: $LETTER'" in row.prompt
+    assert table.stop[0] == ["Problem:", "<｜end▁of▁sentence｜>"]
+    # no chat template: the toy's markers around the task's text
+    assert table.prompt[2].endswith("Problem: What is half of one?\nAnswer:<|assistant|><think>\n")
+    # a chat template: the user turn and the generation prompt, as --apply_chat_template
+    templated = problems.task_problems(["math-500"], 1, _task_args(task_files),
+                                       AutoTokenizer.from_pretrained(chat_model))
+    assert templated.prompt[0].startswith("<|user|>Please reason step by step")
+    assert templated.prompt[0].endswith("Answer:<|assistant|><think>\n")
+
+
+def test_task_problems_errors_name_the_parameter(task_files):
+    from reasonlens.tasks import problems
+
+    with pytest.raises(ValueError, match=r"tasks=\['math_500'\].*math-500"):
+        problems.task_problems(["math_500"])
+    with pytest.raises(ValueError, match="n_problems=0 must be at least 1"):
+        problems.task_problems(["math-500"], 0, _task_args(task_files))
+
+
+def test_task_completions_are_scored_by_the_tasks_own_checks(task_files, tokenizer):
+    from reasonlens.tasks import problems
+
+    table = problems.task_problems(["math-500", "openai_gpqa_diamond"], 1,
+                                   _task_args(task_files))
+    gpqa_letter = table.answer[1]
+    wrong_letter = next(c for c in "ABCD" if c != gpqa_letter)
+    close = tokenizer.convert_tokens_to_ids("</think>")
+    frame = pd.DataFrame([
+        # math-verify: 0.5 is 1/2; the exact match of the reference is not
+        {"prompt_idx": 0, "completion": "hmm</think> so \\boxed{0.5}", "generated_ids": [1, 2,
+                                                                                      close, 3]},
+        # a box after the stop string does not count
+        {"prompt_idx": 0, "completion": "wait \\boxed{3} Problem: \\boxed{\\frac12}",
+         "generated_ids": [1, 2, 3]},
+        {"prompt_idx": 1, "completion": f"Answer: {gpqa_letter}", "generated_ids": [close, 4]},
+        {"prompt_idx": 1, "completion": f"Answer: {wrong_letter}", "generated_ids": [5]},
+    ])
+    scored = problems.score_task_completions(frame, table, tokenizer)
+    assert list(scored.is_correct) == [True, False, True, False]
+    assert list(scored.exact_match) == [False, False, True, False]
+    assert list(scored.reasoning_tokens) == [2, 3, 0, 1]
+    assert list(scored.unclosed_think) == [False, True, False, True]
+    assert list(scored.task) == ["math-500", "math-500", "openai_gpqa_diamond",
+                                 "openai_gpqa_diamond"]
+    assert list(scored.reasoning_words) == [1, 1, 0, 0]  # "hmm", "wait" before </think>
+    with pytest.raises(ValueError, match=r"prompt_idx \[7\] are outside problems \(2 rows\)"):
+        problems.score_task_completions(frame.assign(prompt_idx=7), table, tokenizer)
+    # the world's problems go to the world's scorer
+    world = pd.DataFrame({"question": ["q"], "answer": [12]})
+    toy = problems.score_problems(pd.DataFrame([{"prompt_idx": 0, "completion": "The answer is "
+                                                 "12.", "generated_ids": [1]}]), world, tokenizer)
+    assert toy.is_correct.tolist() == [True]
+
+
+def test_tasks_for_run_uses_the_world_when_it_exists(tmp_path):
+    from reasonlens import artifacts
+    from reasonlens import constants as K
+    from reasonlens.tasks import problems
+
+    run = artifacts.RunDir("x", root=tmp_path)
+    assert problems.tasks_for_run(run, None, "math-500") == "math-500"  # no world: the fallback
+    assert problems.tasks_for_run(run, ["aime2024_nofigures"], "math-500") == [
+        "aime2024_nofigures"]
+    run.path(K.PROBLEMS).parent.mkdir(parents=True)
+    run.path(K.PROBLEMS).write_text("")
+    assert problems.tasks_for_run(run, None, "math-500") is None

@@ -362,6 +362,31 @@ def run_harness(pretrained, tasks: Sequence[str], include_path=None, builtin_tas
             for task, metrics in out["results"].items()}
 
 
+# the shipped tasks' metrics a summary shows (lm-eval's "<metric>,<filter>" keys)
+SUMMARY_METRICS = ("accuracy,none", "exact_match,none", "reasoning_length,none",
+                   "unclosed_think,none")
+
+
+def results_table(results: dict[str, dict[str, dict[str, float]]],
+                  metrics: Sequence[str] = SUMMARY_METRICS) -> pd.DataFrame:
+    """``run_harness`` results of several models side by side (notebook 07).
+
+    Args:
+        results: condition (e.g. ``unsteered``) -> ``run_harness``'s task -> metric -> value.
+        metrics: the metric keys to show, those a task reports.
+
+    Returns:
+        One row per ``"<task>: <metric>"`` (the filter dropped), one column per condition.
+    """
+    rows: dict[str, dict[str, float]] = {}
+    for condition, by_task in results.items():
+        for task, values in by_task.items():
+            for key in metrics:
+                if key in values:
+                    rows.setdefault(f"{task}: {key.split(',')[0]}", {})[condition] = values[key]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=list(results))
+
+
 class ShippedTaskManager(TaskManager):
     """lm-eval's ``TaskManager`` with the package's tasks on its path, before any other."""
 
