@@ -25,6 +25,12 @@
 # published numbers come from its evaluation code, which steers the MLP output of that layer
 # (`steer_site = "reference"`); the last section compares the two.
 #
+# On real profiles the prompts are the first `n_steer_prompts` problems of one of the paper's
+# lm-eval tasks (`steer_task`: `math-500`, `aime2024_nofigures` or `openai_gpqa_diamond`, with the
+# reference's prompt in the model's chat template), scored by the task's own answer check
+# (math-verify on the last `\boxed{}`, the letter for GPQA); the toy steers the world's test
+# problems.
+#
 # Reads: the model (02), the SAE (03), ReasonScores (04) and max activations (05; 04 for the rest).
 # Writes: `steering/completions.parquet`.
 
@@ -44,14 +50,19 @@ n_site_contexts = 64
 n_steer_prompts = 48
 steer_max_new_tokens = 160
 n_side_by_side = 3
+steer_task = None  # a paper task, e.g. "math-500"; None: the world (a real run: math-500)
+aime24_path = None  # local task files (JSON Lines/Parquet); None: the hub or REASONLENS_*_PATH
+math500_path = None
+gpqa_path = None
 
 # %%
 import pandas as pd
 from IPython.display import display
 from sae_lens import SAE
 
-from reasonlens import artifacts, data, evaluation, models, plotting, steering
+from reasonlens import artifacts, data, models, plotting, steering
 from reasonlens import constants as K
+from reasonlens.tasks import problems as task_problems
 from reasonlens.world import prompt
 
 run = artifacts.RunDir(profile)
@@ -61,8 +72,15 @@ sae = SAE.load_from_disk(str(run.require(K.SAE_DIR)), device=model_device)
 scores = run.read_parquet(K.REASON_SCORES)
 features = steer_features or scores.nlargest(n_steer_features, "reason_score").feature_idx.tolist()
 max_activations = steering.max_activations_of(run)
-problems = run.read_parquet(K.PROBLEMS)
-test = problems[problems.split == "test"].head(n_steer_prompts)
+steer_task = task_problems.tasks_for_run(run, steer_task, "math-500")
+if steer_task is None:
+    problems = run.read_parquet(K.PROBLEMS)
+    test = problems[problems.split == "test"].head(n_steer_prompts).reset_index(drop=True)
+    test["prompt"] = [prompt(q, reasoning=True, tokenizer=model.tokenizer) for q in test.question]
+else:
+    test = task_problems.task_problems(steer_task, n_steer_prompts, dict(
+        aime24_path=aime24_path, math500_path=math500_path, gpqa_path=gpqa_path), model.tokenizer)
+    print(f"{len(test)} problems of {steer_task}")
 scores.set_index("feature_idx").loc[features, ["reason_score", "max_activation", "density"]]
 
 # %% [markdown]
@@ -70,15 +88,11 @@ scores.set_index("feature_idx").loc[features, ["reason_score", "max_activation",
 # Greedy decoding with a KV cache; the steering hook acts on every position.
 
 # %%
-prompts = [prompt(q, reasoning=True, tokenizer=model.tokenizer) for q in test.question]
-frame = steering.steered_completions(model, sae, prompts, features, steer_strengths,
+frame = steering.steered_completions(model, sae, test.prompt.tolist(), features, steer_strengths,
                                      max_activations, mode=steer_mode,
                                      max_new_tokens=steer_max_new_tokens, site=steer_site,
                                      units=steer_units)
-frame["is_correct"] = [evaluation.parse_answer(c) == a for c, a in
-                       zip(frame.completion, test.answer.tolist() * (len(frame) // len(test)))]
-frame["reasoning_tokens"] = [evaluation.reasoning_length(ids, model.tokenizer)
-                             for ids in frame.generated_ids]
+frame = task_problems.score_problems(frame, test, model.tokenizer)
 frame["condition"] = ["unsteered" if f < 0 else f"f{f} x{s:g}"
                       for f, s in zip(frame.feature_idx, frame.strength)]
 
@@ -137,4 +151,4 @@ plotting.grouped_histogram({site: group.activation.to_numpy()
 # %%
 run.write(K.STEERED_COMPLETIONS, frame.drop(columns="generated_ids"),
           config={"features": features, "strengths": steer_strengths, "mode": steer_mode,
-                  "site": steer_site, "units": steer_units})
+                  "site": steer_site, "units": steer_units, "task": steer_task})

@@ -37,6 +37,11 @@
 # that layer (`eval_site = "reference"`, with the maximum in the SAE's raw units); the section
 # "Two steering sites" measures both.
 #
+# On real profiles the problems are the first `n_eval_problems` of each of the paper's lm-eval
+# tasks (`lm_eval_tasks`; all three when a real profile names none), in the model's chat template,
+# each scored by its task's answer check; the sections that need the synthetic world (the
+# token-injection control) or a base model the run lacks (model diffing) say so and are skipped.
+#
 # Reads: both models (02), the SAE (03), ReasonScores (04), max activations (05), problems (01).
 # Writes: `evaluation/` (completions, condition table, model diff, injection, harness results).
 
@@ -66,6 +71,10 @@ n_injection = 200  # problems per text kind in the injection control
 n_injected_words = 3  # reasoning words put into each plain answer (traces have about 3)
 lm_eval_tasks = None  # real profiles: the paper's tasks; None: a task built from the world
 n_lm_eval = 100  # documents per harness task (None: all)
+lm_eval_gen_kwargs = None  # harness overrides, lm-eval's --gen_kwargs string; None: the tasks' own
+aime24_path = None  # local task files (JSON Lines/Parquet); None: the hub or REASONLENS_*_PATH
+math500_path = None
+gpqa_path = None
 
 # %%
 import json
@@ -80,6 +89,8 @@ from reasonlens import (artifacts, data, diffing, evaluation, harness, injection
                         plotting, scoring, steering)
 from reasonlens import constants as K
 from reasonlens.sae import evaluate_sae
+from reasonlens.tasks import TASK_NAMES
+from reasonlens.tasks import problems as task_problems
 from reasonlens.world import chat_format, prompt
 
 run = artifacts.RunDir(profile)
@@ -92,8 +103,15 @@ top = eval_features or scores.nlargest(n_eval_features, "reason_score").feature_
 controls = steering.density_matched_controls(scores, top, seed=seed,
                                              exclude=scores.nlargest(control_exclude_top,
                                                                      "reason_score").feature_idx.tolist())
-problems = run.read_parquet(K.PROBLEMS)
-test = problems[problems.split == "test"].head(n_eval_problems).reset_index(drop=True)
+eval_tasks = task_problems.tasks_for_run(run, lm_eval_tasks, list(TASK_NAMES))
+task_args = dict(aime24_path=aime24_path, math500_path=math500_path, gpqa_path=gpqa_path)
+if eval_tasks is None:
+    problems = run.read_parquet(K.PROBLEMS)
+    test = problems[problems.split == "test"].head(n_eval_problems).reset_index(drop=True)
+    test["prompt"] = [prompt(q, reasoning=True, tokenizer=model.tokenizer) for q in test.question]
+else:
+    test = task_problems.task_problems(eval_tasks, n_eval_problems, task_args, model.tokenizer)
+    print(f"problems per task: {test.task.value_counts().to_dict()}")
 display(scores.set_index("feature_idx").loc[top + controls,
                                             ["reason_score", "density", "max_activation"]]
         .assign(role=["top"] * len(top) + ["random control"] * len(controls)).round(4))
@@ -114,11 +132,10 @@ conditions |= {name(f, eval_strength): {f: eval_strength} for f in top}
 conditions |= {f"random {name(c, eval_strength)}": {c: eval_strength} for c in controls}
 conditions |= {f"ablate top {len(top)}": {f: 0.0 for f in top},
                f"ablate random {len(controls)}": {c: 0.0 for c in controls}}
-prompts = [prompt(q, reasoning=True, tokenizer=model.tokenizer) for q in test.question]
-frame = steering.run_conditions(model, sae, prompts, conditions, max_activations, eval_mode,
-                                eval_max_new_tokens, eval_batch_size, site=eval_site,
+frame = steering.run_conditions(model, sae, test.prompt.tolist(), conditions, max_activations,
+                                eval_mode, eval_max_new_tokens, eval_batch_size, site=eval_site,
                                 units=eval_units)
-frame = evaluation.score_completions(frame, test.answer.tolist(), model.tokenizer)
+frame = task_problems.score_problems(frame, test, model.tokenizer)
 table = evaluation.condition_table(frame, n_boot=n_boot, seed=seed)
 strength_of = {c: (next(iter(f.values())) if f and len(f) == 1 and top[0] in f else np.nan)
                for c, f in conditions.items()}
@@ -176,23 +193,29 @@ for i in range(min(2, len(test))):
 # confound.
 
 # %%
-base = models.load_hooked(run.model_path(base_model_name, base=True), backend="transformer_lens",
-                          device=model_device, dtype=model_dtype)
-reasoning_tl = models.load_hooked(run.model_path(model_name), backend="transformer_lens",
-                                  device=model_device, dtype=model_dtype)
-tokens = data.contexts_tensor(run.read_parquet(K.CONTEXTS.format(split=score_split)))
-tokens = tokens[:n_score_contexts]
 cfg = scoring.ReasonScoreConfig()
-base_scores, _ = scoring.reason_score(base, sae, tokens, cfg)
-diff = diffing.feature_diff(scores, base_scores, top)
-reconstruction = pd.DataFrame({label: evaluate_sae(m, sae, tokens[:32]).metrics()
-                               for label, m in (("reasoning", reasoning_tl), ("base", base))})
-display(diff.set_index("feature_idx").round(4))
-display(reconstruction.loc[["explained_variance", "mean_l0", "ce_loss_recovered"]].round(3))
-plotting.paired_bars(diff.set_index("feature_idx"), ("mu_pos_reasoning", "mu_pos_base"),
-                     "mean activation on reasoning words",
-                     "Top features on the reasoning vs the base model",
-                     save_to=run.figure("07_model_diff"));
+has_base = base_model_name is not None or run.path(K.BASE_MODEL_DIR).exists()
+if not has_base:
+    diff = None
+    print("Skipped: this run has no base model (real profiles: set base_model_name, e.g. "
+          "meta-llama/Llama-3.1-8B for R1-Distill-Llama-8B).")
+else:
+    base = models.load_hooked(run.model_path(base_model_name, base=True),
+                              backend="transformer_lens", device=model_device, dtype=model_dtype)
+    reasoning_tl = models.load_hooked(run.model_path(model_name), backend="transformer_lens",
+                                      device=model_device, dtype=model_dtype)
+    tokens = data.contexts_tensor(run.read_parquet(K.CONTEXTS.format(split=score_split)))
+    tokens = tokens[:n_score_contexts]
+    base_scores, _ = scoring.reason_score(base, sae, tokens, cfg)
+    diff = diffing.feature_diff(scores, base_scores, top)
+    reconstruction = pd.DataFrame({label: evaluate_sae(m, sae, tokens[:32]).metrics()
+                                   for label, m in (("reasoning", reasoning_tl), ("base", base))})
+    display(diff.set_index("feature_idx").round(4))
+    display(reconstruction.loc[["explained_variance", "mean_l0", "ce_loss_recovered"]].round(3))
+    plotting.paired_bars(diff.set_index("feature_idx"), ("mu_pos_reasoning", "mu_pos_base"),
+                         "mean activation on reasoning words",
+                         "Top features on the reasoning vs the base model",
+                         save_to=run.figure("07_model_diff"))
 
 # %% [markdown]
 # ## Token-injection control: the word or the reasoning?
@@ -204,21 +227,29 @@ plotting.paired_bars(diff.set_index("feature_idx"), ("mu_pos_reasoning", "mu_pos
 # with its interval.
 
 # %%
-documents = run.read_parquet(K.DOCUMENTS)
-test_docs = documents[documents.split == "test"]
-traces = test_docs[test_docs.kind == "trace"].head(n_injection)
-plains = test_docs[test_docs.kind == "plain"].set_index("problem_id").loc[traces.problem_id]
-texts = injection.injection_texts(traces.text.tolist(), plains.text.tolist(), n_injected_words,
-                                  seed, chat_format(model.tokenizer).assistant_prefix)
-measured = injection.measure_conditions(model, sae, texts, traces.problem_id.to_numpy(), top, cfg)
-effects = injection.effect_sizes(measured, [("trace", "trace, words removed"),
-                                            ("plain, words injected", "plain"),
-                                            ("trace", "plain, words injected")], seed=seed)
-display(effects.round(3).set_index(["feature_idx", "contrast"]))
-summary = pd.DataFrame([dict(feature_idx=f, condition=c, **dict(zip(
-    ("mean", "ci_low", "ci_high"), evaluation.bootstrap_interval(g.doc_mean, n_boot, seed))))
-    for (f, c), g in measured.groupby(["feature_idx", "condition"], sort=False)])
-plotting.injection_bars(summary, save_to=run.figure("07_injection"));
+has_world = run.path(K.PROBLEMS).exists()
+if not has_world:
+    measured = None
+    print("Skipped: the injection control needs the synthetic world's paired traces and plain "
+          "answers (world/documents.parquet of notebook 01); real runs have neither.")
+else:
+    documents = run.read_parquet(K.DOCUMENTS)
+    test_docs = documents[documents.split == "test"]
+    traces = test_docs[test_docs.kind == "trace"].head(n_injection)
+    plains = test_docs[test_docs.kind == "plain"].set_index("problem_id").loc[traces.problem_id]
+    texts = injection.injection_texts(traces.text.tolist(), plains.text.tolist(),
+                                      n_injected_words, seed,
+                                      chat_format(model.tokenizer).assistant_prefix)
+    measured = injection.measure_conditions(model, sae, texts, traces.problem_id.to_numpy(), top,
+                                            cfg)
+    effects = injection.effect_sizes(measured, [("trace", "trace, words removed"),
+                                                ("plain, words injected", "plain"),
+                                                ("trace", "plain, words injected")], seed=seed)
+    display(effects.round(3).set_index(["feature_idx", "contrast"]))
+    summary = pd.DataFrame([dict(feature_idx=f, condition=c, **dict(zip(
+        ("mean", "ci_low", "ci_high"), evaluation.bootstrap_interval(g.doc_mean, n_boot, seed))))
+        for (f, c), g in measured.groupby(["feature_idx", "condition"], sort=False)])
+    plotting.injection_bars(summary, save_to=run.figure("07_injection"))
 
 # %% [markdown]
 # ## The lm-evaluation-harness path
@@ -230,27 +261,30 @@ plotting.injection_bars(summary, save_to=run.figure("07_injection"));
 
 # %%
 with tempfile.TemporaryDirectory() as task_dir:
-    if lm_eval_tasks is None:
+    if eval_tasks is None:
         harness.world_task(test, task_dir, max_gen_toks=eval_max_new_tokens,
                            tokenizer=model.tokenizer)  # prompts already in its chat template
         tasks = ["reasonlens_world"]
     else:
-        tasks = list(lm_eval_tasks)
+        tasks = [eval_tasks] if isinstance(eval_tasks, str) else list(eval_tasks)
     steer_args = dict(sae=str(run.require(K.SAE_DIR)), features=top[0], strength=eval_strength,
                       mode=eval_mode, max_activations=str(run.require(K.MAX_ACTIVATIONS)),
                       site=eval_site, units=eval_units)
     evaluate = lambda **steer: harness.run_harness(  # noqa: E731
-        run.model_path(model_name), tasks, task_dir, builtin_tasks=lm_eval_tasks is not None,
-        limit=n_lm_eval, batch_size=eval_batch_size, device=model_device, dtype=model_dtype,
-        apply_chat_template=False if lm_eval_tasks is None else None, **steer)
+        run.model_path(model_name), tasks, task_dir, builtin_tasks=False, limit=n_lm_eval,
+        batch_size=eval_batch_size, device=model_device, dtype=model_dtype,
+        apply_chat_template=False if eval_tasks is None else None, gen_kwargs=lm_eval_gen_kwargs,
+        task_args=task_args, **steer)
     harness_results = {"unsteered": evaluate(),
                        name(top[0], eval_strength): evaluate(**steer_args)}
-harness_table = pd.DataFrame({c: {t: r[t].get("exact_match,answer", np.nan) for t in r}
-                              for c, r in harness_results.items()})
-if lm_eval_tasks is None:
+if eval_tasks is None:
+    harness_table = pd.DataFrame({c: {t: r[t].get("exact_match,answer", np.nan) for t in r}
+                                  for c, r in harness_results.items()})
     first = frame[frame.prompt_idx < (n_lm_eval or len(test))]
     ours = first.groupby("condition").is_correct.mean()
     harness_table.loc["ours (same problems)"] = [ours[c] for c in harness_table.columns]
+else:
+    harness_table = harness.results_table(harness_results)
 display(harness_table.round(3))
 
 # %% [markdown]
@@ -283,12 +317,11 @@ display(headlines)
 
 # %%
 site_test = test.head(n_site_problems)
-site_prompts = [prompt(q, reasoning=True, tokenizer=model.tokenizer)
-                for q in site_test.question]
-site_frame = steering.compare_sites(model, sae, site_prompts, {top[0]: 2.0}, max_activations,
-                                    eval_mode, max_new_tokens=eval_max_new_tokens,
+site_frame = steering.compare_sites(model, sae, site_test.prompt.tolist(), {top[0]: 2.0},
+                                    max_activations, eval_mode,
+                                    max_new_tokens=eval_max_new_tokens,
                                     batch_size=eval_batch_size)
-site_frame = evaluation.score_completions(site_frame, site_test.answer.tolist(), model.tokenizer)
+site_frame = task_problems.score_problems(site_frame, site_test, model.tokenizer)
 site_table = evaluation.condition_table(site_frame, n_boot=n_boot, seed=seed)
 print(f"feature {top[0]}: decoder norm {float(sae.W_dec[top[0]].detach().norm()):.3f}, "
       f"max activation {float(max_activations[top[0]]):.3f} (ReasonScore units)")
@@ -301,12 +334,14 @@ display(pd.DataFrame({c: evaluation.headline(site_table, c) for c in steering.SI
 # %%
 config = {"features": top, "controls": controls, "strengths": eval_strengths,
           "strength": eval_strength, "mode": eval_mode, "site": eval_site, "units": eval_units,
-          "n_problems": len(test)}
+          "n_problems": len(test), "eval_tasks": eval_tasks}
 run.write(K.EVAL_COMPLETIONS, frame.drop(columns="generated_ids"), config=config)
 run.write(K.EVAL_CONDITIONS, table, config=config)
 run.write(K.EVAL_SITES, site_table, config=config | {"site_strength": 2.0,
                                                       "n_site_problems": len(site_test)})
-run.write(K.MODEL_DIFF, diff, config=config | {"sae_reconstruction": reconstruction.to_dict()})
-run.write(K.INJECTION, measured, config=config | {"n_injected_words": n_injected_words})
-run.write(K.INJECTION_EFFECTS, effects, config=config)
+if diff is not None:
+    run.write(K.MODEL_DIFF, diff, config=config | {"sae_reconstruction": reconstruction.to_dict()})
+if measured is not None:
+    run.write(K.INJECTION, measured, config=config | {"n_injected_words": n_injected_words})
+    run.write(K.INJECTION_EFFECTS, effects, config=config)
 run.write(K.HARNESS_RESULTS, json.loads(harness_table.to_json()), config=config | {"tasks": tasks})
