@@ -7,6 +7,7 @@ passes only under a lucky global RNG state is a bug to fix, not to hide.
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -69,3 +70,16 @@ def browser():
     if reason is not None:
         pytest.skip(f"headless Chromium is not available: {reason}")
     return chromium
+
+
+@pytest.fixture(scope="session")
+def step_table(world):
+    """The world's training steps as a step-SAE step table."""
+    from reasonlens.step_sae import data as step_data
+
+    return step_data.world_step_table(world.steps, world.problems, splits=("train",))
+
+
+@pytest.fixture()
+def step_tokenizer(tokenizer):
+    return copy.deepcopy(tokenizer)  # StepSAE.build adds <sep> to it

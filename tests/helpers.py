@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pandas as pd
 import torch
 
 from reasonlens.data import ContextConfig, TokenizerConfig
@@ -43,3 +44,22 @@ def scramble_global_rngs(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed + 1)
     torch.manual_seed(seed + 2)
+
+
+def examples_of(table, tokenizer, cfg):
+    """``step_sae.data.tokenize_steps`` of a step table at a step-SAE config's token limits."""
+    from reasonlens.step_sae import data as step_data
+
+    return step_data.tokenize_steps(table, tokenizer, cfg.max_context_tokens, cfg.max_step_tokens)
+
+
+def write_tiny_real_sources(folder) -> None:
+    """Tiny OpenThoughts-114k and LMSYS-Chat-1M files (their schemas): ot.jsonl, chat.jsonl."""
+    ot = [{"problem": f"What is {i} + {i}?", "deepseek_reasoning": f"Hmm, {i} + {i} = {2 * i}.",
+           "deepseek_solution": f"The answer is {2 * i}.", "domain": "math", "test_cases": "",
+           "starter_code": ""} for i in range(40)]
+    chat = [{"conversation": [{"role": "user", "content": f"Name a colour {i}."},
+                              {"role": "assistant", "content": "Blue, but maybe red."}],
+             "language": "English", "model": "toy"} for i in range(40)]
+    pd.DataFrame(ot).to_json(folder / "ot.jsonl", orient="records", lines=True)
+    pd.DataFrame(chat).to_json(folder / "chat.jsonl", orient="records", lines=True)

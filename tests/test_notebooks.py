@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import pytest
+from helpers import write_tiny_real_sources
 
 from reasonlens import artifacts, runner
 from reasonlens import constants as K
@@ -120,19 +120,8 @@ def test_a_missing_upstream_artifact_names_the_notebook_to_run(tmp_path, monkeyp
         runner.run("smoke", only="02", build=False)
 
 
-def _tiny_real_sources(tmp_path):
-    ot = [{"problem": f"What is {i} + {i}?", "deepseek_reasoning": f"Hmm, {i} + {i} = {2 * i}.",
-           "deepseek_solution": f"The answer is {2 * i}.", "domain": "math", "test_cases": "",
-           "starter_code": ""} for i in range(40)]
-    chat = [{"conversation": [{"role": "user", "content": f"Name a colour {i}."},
-                              {"role": "assistant", "content": "Blue, but maybe red."}],
-             "language": "English", "model": "toy"} for i in range(40)]
-    pd.DataFrame(ot).to_json(tmp_path / "ot.jsonl", orient="records", lines=True)
-    pd.DataFrame(chat).to_json(tmp_path / "chat.jsonl", orient="records", lines=True)
-
-
 def test_the_real_model_path_runs_on_local_checkpoints(tmp_path, monkeypatch, saved_toy_model):
-    _tiny_real_sources(tmp_path)
+    write_tiny_real_sources(tmp_path)
     profile = tmp_path / "tinyreal.yaml"
     profile.write_text(json.dumps({
         "data_source": "openthoughts_lmsys", "model_name": str(saved_toy_model),

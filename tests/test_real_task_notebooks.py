@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import pytest
+from helpers import write_tiny_real_sources
 
 from reasonlens import artifacts, runner
 from reasonlens import constants as K
@@ -36,22 +36,11 @@ SMOKE_BUDGETS = {
 }
 
 
-def _sources(folder):
-    ot = [{"problem": f"What is {i} + {i}?", "deepseek_reasoning": f"Hmm, {i} + {i} = {2 * i}.",
-           "deepseek_solution": f"The answer is {2 * i}.", "domain": "math", "test_cases": "",
-           "starter_code": ""} for i in range(40)]
-    chat = [{"conversation": [{"role": "user", "content": f"Name a colour {i}."},
-                              {"role": "assistant", "content": "Blue, but maybe red."}],
-             "language": "English", "model": "toy"} for i in range(40)]
-    pd.DataFrame(ot).to_json(folder / "ot.jsonl", orient="records", lines=True)
-    pd.DataFrame(chat).to_json(folder / "chat.jsonl", orient="records", lines=True)
-    for name, rows in (("aime", AIME), ("math", MATH), ("gpqa", GPQA)):
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 def test_notebooks_06_and_07_take_their_problems_from_the_real_tasks(tmp_path, monkeypatch,
                                                                       saved_toy_model):
-    _sources(tmp_path)
+    write_tiny_real_sources(tmp_path)
+    for name, rows in (("aime", AIME), ("math", MATH), ("gpqa", GPQA)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     profile = tmp_path / "realtasks.yaml"
     profile.write_text(json.dumps({
         "data_source": "openthoughts_lmsys", "model_name": str(saved_toy_model),

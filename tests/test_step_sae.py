@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import examples_of
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from reasonlens import constants as K
@@ -38,23 +39,9 @@ def build_train_config(**overrides) -> training.StepSAETrainConfig:
                                           "warmup_steps": 2, "head_n_steps": 5, **overrides})
 
 
-@pytest.fixture(scope="module")
-def step_table(world):
-    return data.world_step_table(world.steps, world.problems, splits=("train",))
-
-
-@pytest.fixture()
-def step_tokenizer(tokenizer):
-    return copy.deepcopy(tokenizer)  # build() adds <sep>; keep the session tokenizer intact
-
-
 def build_sae(toy_model, tokenizer, seed=0, **overrides) -> step_model.StepSAE:
     return step_model.StepSAE.build(toy_model, tokenizer, build_step_sae_config(**overrides),
                                     seed=seed)
-
-
-def examples_of(table, tokenizer, cfg) -> data.StepExamples:
-    return data.tokenize_steps(table, tokenizer, cfg.max_context_tokens, cfg.max_step_tokens)
 
 
 # --- data ------------------------------------------------------------------------------------

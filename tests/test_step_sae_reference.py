@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import examples_of
 
 from reasonlens.step_sae import data, inference, training
 from reasonlens.step_sae import model as step_model
@@ -34,23 +35,9 @@ def quiet_train_config(**overrides) -> training.StepSAETrainConfig:
         **overrides})
 
 
-@pytest.fixture(scope="module")
-def step_table(world):
-    return data.world_step_table(world.steps, world.problems, splits=("train",))
-
-
-@pytest.fixture()
-def step_tokenizer(tokenizer):
-    return copy.deepcopy(tokenizer)  # build() adds <sep>; keep the session tokenizer intact
-
-
 def build(toy_model, tokenizer, seed=0, **overrides) -> step_model.StepSAE:
     return step_model.StepSAE.build(toy_model, tokenizer, reference_config(**overrides),
                                     seed=seed)
-
-
-def examples_of(table, tokenizer, cfg) -> data.StepExamples:
-    return data.tokenize_steps(table, tokenizer, cfg.max_context_tokens, cfg.max_step_tokens)
 
 
 def batch_of(sae, examples) -> data.StepBatch:
