@@ -92,7 +92,8 @@ def test_unknown_sources_name_the_fix(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"model source '.*/nothing' does not exist"):
         pretrained.load_pretrained(tmp_path / "nothing")
     monkeypatch.setitem(pretrained.PACKAGED, "absent",
-                        pretrained.PackagedGGUF("no_such_package_here", "x.gguf", "no-such==1"))
+                        pretrained.PackagedGGUF("no_such_package_here", "x.gguf", "no-such==1",
+                                                "a model that is not installed"))
     with pytest.raises(FileNotFoundError, match=r"x.gguf of model 'absent' is not installed "
                                                 r"\(package no_such_package_here\); install "
                                                 r"no-such==1"):
