@@ -51,6 +51,8 @@ sae_lr = 1e-3  # paper: 5e-5
 sae_lr_decay_steps = 50  # linear decay to 0 over the last steps (reference code: 40000)
 l1_warm_up_steps = 0  # steps over which the L1 coefficient ramps up from 0 (reference code: 10000)
 normalize_activations = "none"  # or "expected_average_only_in" (the reference code's)
+n_batches_for_norm_estimate = 1000  # batches of sae_batch_size tokens whose mean norm sets that
+#                                     scale (SAELens default; read before training starts)
 apply_b_dec_to_input = True  # subtract b_dec before encoding (SAELens default; reference: False)
 sae_batch_size = 4096  # tokens per step
 context_size = 256  # paper: 1024
@@ -92,7 +94,7 @@ cfg = sae_lib.SAETrainConfig(
     l1_coefficient=l1_coefficient, k=sae_k, training_tokens=training_tokens, lr=sae_lr,
     lr_decay_steps=min(sae_lr_decay_steps, training_tokens // sae_batch_size),
     l1_warm_up_steps=l1_warm_up_steps, normalize_activations=normalize_activations,
-    apply_b_dec_to_input=apply_b_dec_to_input,
+    n_batches_for_norm_estimate=n_batches_for_norm_estimate, apply_b_dec_to_input=apply_b_dec_to_input,
     batch_size=sae_batch_size, context_size=min(context_size, len(train_frame.tokens.iloc[0])),
     n_checkpoints=n_checkpoints, seed=seed, device=sae_device)
 if sae_release is None:
