@@ -186,3 +186,52 @@ def step_decodings(model: StepSAE, examples: StepExamples, tokenizer, n_examples
                      "sampled": texts["sampled"], "top_latent": top_idx,
                      "top_off": texts["top_off"], "up_latent": up, "up": texts["up"]})
     return pd.DataFrame(rows)
+
+
+def context_only_states(model: StepSAE, examples: StepExamples, batch_size: int = 64
+                        ) -> np.ndarray:
+    """R's "hints" baseline: an LM's last-layer state at the last token of the context alone.
+
+    R (classifier/classifier_data.py:189-220; model_qwen.py:126-130, 413-419) removes ``<sep>``
+    from ``context <sep>`` and runs its ``hints_encoder`` (the phase-2 context encoder, a copy of
+    the base LM) on the context, right-padded, reading the state at the last real token. The
+    step is never read. With R's phase-2 head (``cfg.context_head="reference"``) this reads
+    ``model.context_encoder``; with ours, which has no context encoder, the SAE's encoder LM
+    (causal, so the same as its state at that token of ``context <sep> step``). The context is
+    ``examples.context_ids`` as tokenised (R's GSM8K reader keeps its first 256 tokens,
+    dataloader.py:56).
+
+    Args:
+        model: a ``StepSAE``.
+        examples: the steps (only their contexts are read).
+        batch_size: contexts per pass.
+
+    Returns:
+        ``[n_steps, d_model]``.
+
+    Raises:
+        ValueError: an empty context (there is no last context token; R's always hold the
+            question).
+    """
+    empty = [i for i, c in enumerate(examples.context_ids) if not c]
+    if empty:
+        raise ValueError(f"step {empty[0]} has an empty context: there is no last context token "
+                         "to read. Use max_context_tokens > 0.")
+    lm = model.context_encoder if model.context_encoder is not None else model.encoder
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            contexts = examples.context_ids[start: start + batch_size]
+            ids = torch.full((len(contexts), max(map(len, contexts))), model.pad_id,
+                             dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, c in enumerate(contexts):
+                ids[i, : len(c)] = torch.tensor(c)
+                mask[i, : len(c)] = 1
+            hidden = lm.base_model(input_ids=ids.to(device),
+                                   attention_mask=mask.to(device)).last_hidden_state
+            last = (mask.sum(1) - 1).to(device)
+            out.append(hidden[torch.arange(len(hidden), device=device), last].float().cpu())
+    return torch.cat(out).numpy()

@@ -7,11 +7,20 @@ from the step-level SAE's latents, from a token-level SAE's features mean-pooled
 tokens, and by the *statistics baseline*: the training set's class frequencies (the class ratio,
 the length distribution, the first-token frequencies) predicted for every step. Reported per
 target and feature set: accuracy, AUC (one-vs-rest, macro over classes present) and log loss.
+
+The second half of this module is the authors' probing as their code defines it (Miaow-Lab/SSAE,
+*R*; audit section 3): correctness as whether the SSAE's greedy reconstruction of a step ends in
+the step's last number (``reconstruction_correctness``), length as a token count and the first
+token as an id over the whole vocabulary (``reference_step_labels``), R's MLP per task
+(``step_sae.classifier``), its statistics baseline (``reference_statistics``), and the
+context-only baselines (``inference.context_only_states``; ``context_end_features`` with its
+labels ``continuation_correctness``), in one long table (``reference_probe_table``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pandas as pd
@@ -25,6 +34,8 @@ from tqdm.auto import tqdm
 from reasonlens import scoring
 from reasonlens.config import Config, check_range
 from reasonlens.models import device_of, sae_hook_name, sae_on_model_device
+from reasonlens.step_sae import classifier as step_classifier
+from reasonlens.step_sae import inference
 from reasonlens.step_sae.data import StepExamples
 
 STATISTICS = "statistics"
@@ -207,3 +218,346 @@ def pooled_token_features(model, sae, examples: StepExamples, hook_name: str | N
         mask = mask.to(acts)
         out.append(((acts * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).cpu())
     return torch.cat(out).numpy()
+
+
+# --- the reference's probes (Miaow-Lab/SSAE, "R"; audit section 3) -----------------------------
+# R's targets, labels and baselines; its MLP and training are in ``step_sae.classifier``. Our
+# logistic probes above stay as they are ("ours"); ``reference_probe_table`` is R's table.
+
+NUMBER = re.compile(r"[-+]?\d*\.\d+|\d+")  # classifier_data.py:40 (the rule, rewritten)
+NUMBER_TOLERANCE = 1e-3  # classifier_data.py:47
+REFERENCE_MAX_STEP_TOKENS = 128  # classifier_data.py:208: steps counted up to 128 tokens
+
+
+def last_number(text: str) -> str | None:
+    """The last number in ``text`` as R reads numbers, or None when there is none.
+
+    R's pattern (classifier_data.py:40) is ``[-+]?\\d*\\.\\d+|\\d+``. Its quirks, kept: a sign
+    belongs only to a number with a decimal point (``"-5"`` reads ``"5"``, ``"-0.5"`` reads
+    ``"-0.5"``); a thousands comma splits a number (``"1,000"`` reads ``"000"``); a trailing dot
+    is dropped (``"3."`` reads ``"3"``); ``".5"`` is a number.
+    """
+    numbers_found = NUMBER.findall(text)
+    return numbers_found[-1] if numbers_found else None
+
+
+def last_number_matches(reference_step: str, decoded: str,
+                        tolerance: float = NUMBER_TOLERANCE) -> bool:
+    """R's GSM8K correctness judge (classifier_data.py:39-51): do the last numbers agree?
+
+    True when both texts hold a number and their last numbers (``last_number``) differ by less
+    than ``tolerance`` as floats. A step without a number is *incorrect* (R returns 0, not
+    "undefined"), and so is a decoding without one.
+    """
+    want, got = last_number(reference_step), last_number(decoded)
+    if want is None or got is None:
+        return False
+    return abs(float(want) - float(got)) < tolerance
+
+
+def reconstruction_correctness(model, examples: StepExamples, tokenizer,
+                               max_new_tokens: int = 256, batch_size: int = 64,
+                               return_texts: bool = False):
+    """R's correctness label: does the SSAE's greedy decoding of a step from its own latent end
+    in the step's last number? (classifier_data.py:222-241; model_qwen.py:159-254)
+
+    Each step is encoded (``context <sep> step <eos>``, the latent at ``<eos>``), then decoded
+    greedily from that latent and its context (``inference.greedy_decode``, R's
+    ``temperature=0``), detokenised without special tokens (R: ``skip_special_tokens=True``),
+    and judged by ``last_number_matches`` against the step's *text* (``examples.table["step"]``,
+    untruncated, as R compares its ``steps`` strings). R prefixes each decoding with a newline
+    token (model_qwen.py:182-183), which holds no number; we leave it out. R decodes in bf16 in
+    batches; we decode each step alone in the model's dtype. Math data other than GSM8K is
+    labelled by an LLM judge in R (classifier_data.py:54-115, 243-247): not reproduced.
+
+    Args:
+        model: a trained ``StepSAE``.
+        examples: the steps.
+        tokenizer: the SSAE's tokenizer (for detokenising).
+        max_new_tokens: the most tokens decoded per step (R: 256, configs/classifier.yaml:15).
+        batch_size: steps encoded per pass.
+        return_texts: also return the decoded texts.
+
+    Returns:
+        ``[n_steps]`` booleans (R's 1/0; a step without a number is False), and the decoded
+        texts when ``return_texts``.
+
+    Raises:
+        ValueError: ``examples.table`` has no ``step`` column.
+    """
+    if "step" not in examples.table.columns:
+        raise ValueError("examples.table lacks the 'step' column (the step texts R compares "
+                         "with); tokenize a step table (data.tokenize_steps).")
+    model.eval()
+    texts = []
+    start = 0
+    with torch.no_grad():
+        for batch in inference.batches(model, examples.context_ids, examples.step_ids,
+                                       batch_size, "decode"):
+            latents = model.encode(batch)
+            contexts = examples.context_ids[start: start + len(latents)]
+            start += len(latents)
+            texts += tokenizer.batch_decode(inference.greedy_decode(model, contexts, latents,
+                                                                    max_new_tokens),
+                                            skip_special_tokens=True)
+    correct = np.array([last_number_matches(s, t) for s, t in zip(examples.table["step"], texts)],
+                       dtype=bool)
+    return (correct, texts) if return_texts else correct
+
+
+def reference_step_labels(steps, tokenizer, max_tokens: int = REFERENCE_MAX_STEP_TOKENS
+                          ) -> pd.DataFrame:
+    """R's length and first-token labels of each step text (classifier_data.py:206-215).
+
+    ``step_length``: the step's token count, at most ``max_tokens`` (R truncates at 128);
+    ``begin_token_id``: its first token's id. Tokenised without special tokens, as R's Qwen
+    path does; for Llama/Gemma R's ``encode`` adds a BOS, which R counts in the length (+1) and
+    skips for the first token (line 211-212): only the constant shift of the length differs.
+    R's token-SAE script always takes index 0 (token-sae/baselines_classifier_data.py:256), so
+    for those models its first-token label is the BOS of every step; we do not copy that.
+
+    Args:
+        steps: the step texts (a sequence or Series).
+        tokenizer: the LM's tokenizer.
+        max_tokens: R's truncation.
+
+    Returns:
+        Columns ``step_length`` and ``begin_token_id``, one row per step.
+
+    Raises:
+        ValueError: a step that tokenises to nothing (R skips blank steps when reading,
+            dataloader.py:15).
+    """
+    ids = tokenizer(list(steps), add_special_tokens=False)["input_ids"]
+    empty = [i for i, s in enumerate(ids) if not s]
+    if empty:
+        raise ValueError(f"{len(empty)} step(s) tokenize to nothing (row {empty[0]}); drop "
+                         "blank steps first, as R's reader does.")
+    return pd.DataFrame({"step_length": [min(len(s), max_tokens) for s in ids],
+                         "begin_token_id": [s[0] for s in ids]})
+
+
+def reference_targets(train_labels: pd.DataFrame, test_labels: pd.DataFrame,
+                      correctness: tuple[np.ndarray, np.ndarray] | None = None
+                      ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """R's probe targets for the training and evaluation steps.
+
+    Args:
+        train_labels, test_labels: ``reference_step_labels`` of each split.
+        correctness: ``(train, test)`` 0/1 labels (``reconstruction_correctness``), or None.
+
+    Returns:
+        task -> (train, test): ``length`` (float counts), ``first_token`` (int ids) and, when
+        given, ``correctness`` (0/1 floats).
+    """
+    targets = {
+        "length": tuple(t["step_length"].to_numpy(float) for t in (train_labels, test_labels)),
+        "first_token": tuple(t["begin_token_id"].to_numpy(int)
+                             for t in (train_labels, test_labels))}
+    if correctness is not None:
+        targets["correctness"] = tuple(np.asarray(c, dtype=float) for c in correctness)
+    return targets
+
+
+def reference_statistics(targets: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """R's statistics baseline (classifier/statistic_baseline.py:13-71), in the probes' metrics.
+
+    * ``length``: ``mse`` = the variance of the *training* lengths (R prints their std, lines
+      56-59; its square is the MSE of predicting their mean, which Fig. 1 compares with the
+      probes' MSE, plotting/figure_1.py:24-35).
+    * ``first_token``: ``cross_entropy`` = the entropy (nats) of the training first tokens'
+      unigram distribution and ``perplexity`` = exp of it (lines 13-30, 50-54); ``accuracy`` =
+      the share of evaluation steps starting with the most frequent training token (ours).
+    * ``correctness``: ``positive_ratio`` = the mean label of the *evaluation* steps (R's
+      ``val_npz``, lines 62-66); ``accuracy`` = that of predicting the training majority class
+      on them (ours; R reports only the ratio).
+
+    Args:
+        targets: task -> (train, test) labels (``reference_targets``).
+
+    Returns:
+        Long format: features (``"statistics"``), task, metric, value.
+    """
+    rows = []
+    for task, (train, test) in targets.items():
+        train, test = np.asarray(train), np.asarray(test)
+        if task == "length":
+            metrics = {"mse": float(np.var(train.astype(float)))}
+        elif task == "first_token":
+            classes, counts = np.unique(train, return_counts=True)
+            p = counts / counts.sum()
+            entropy = float(-(p * np.log(p)).sum())
+            metrics = {"cross_entropy": entropy, "perplexity": float(np.exp(entropy)),
+                       "accuracy": float((test == classes[counts.argmax()]).mean())}
+        elif task == "correctness":
+            majority = float(np.mean(train) > 0.5)
+            metrics = {"accuracy": float((test == majority).mean()),
+                       "positive_ratio": float(np.mean(test))}
+        else:
+            raise ValueError(f"task={task!r} is unknown; use one of "
+                             f"{list(step_classifier.TASKS)}.")
+        rows += [{"features": STATISTICS, "task": task, "metric": m, "value": v}
+                 for m, v in metrics.items()]
+    return pd.DataFrame(rows, columns=["features", "task", "metric", "value"])
+
+
+def reference_probe_table(feature_sets: dict[str, tuple[np.ndarray, np.ndarray]],
+                          targets: dict[str, tuple[np.ndarray, np.ndarray]],
+                          cfg: step_classifier.ReferenceClassifierConfig,
+                          n_classes: int | None = None,
+                          feature_targets: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+                          | None = None, device: str = "cpu") -> pd.DataFrame:
+    """R's probes: one MLP per (feature set, task), the statistics baseline beside them.
+
+    Each probe is ``classifier.fit_classifier`` on the training features, its checkpoint chosen
+    on a ``cfg.validation_fraction`` split of them (0: on the evaluation set, R's rule), and is
+    scored on the evaluation features with ``classifier.prediction_metrics``.
+
+    Args:
+        feature_sets: name -> (train features ``[n_train, d]``, test features ``[n_test, d]``),
+            e.g. the SSAE latents (``inference.encode_steps``), the context-only state
+            (``inference.context_only_states``), the token SAE or layer at the last context
+            token (``context_end_features``).
+        targets: task -> (train labels ``[n_train]``, test labels ``[n_test]``), from
+            ``reference_targets``.
+        cfg: the MLP and its training.
+        n_classes: outputs of ``first_token`` (R: ``tokenizer.vocab_size``).
+        feature_targets: per feature set, tasks whose labels differ from ``targets`` (R labels
+            the token-SAE baseline's correctness by the base model's continuation,
+            ``continuation_correctness``); the statistics rows use ``targets``.
+        device: where to train.
+
+    Returns:
+        Long format, one row per number: features, task, metric, value (``mse``;
+        ``cross_entropy``, ``perplexity``, ``accuracy``; ``accuracy``, ``bce``,
+        ``positive_ratio``). Pivot with ``table.pivot_table(index="features",
+        columns=["task", "metric"], values="value")``.
+
+    Raises:
+        ValueError: a feature set whose rows do not match its labels (named).
+    """
+    rows = [reference_statistics(targets)]
+    for name, (x_train, x_test) in feature_sets.items():
+        own = {**targets, **(feature_targets or {}).get(name, {})}
+        for task, (y_train, y_test) in own.items():
+            if len(x_train) != len(y_train) or len(x_test) != len(y_test):
+                raise ValueError(f"feature set {name!r} has {len(x_train)}/{len(x_test)} "
+                                 f"train/test rows but task {task!r} has {len(y_train)}/"
+                                 f"{len(y_test)} labels; compute both from the same steps.")
+            validation = (x_test, y_test) if cfg.validation_fraction == 0 else None
+            fitted = step_classifier.fit_classifier(x_train, y_train, task, cfg, n_classes,
+                                                    validation, device)
+            metrics = step_classifier.prediction_metrics(task, fitted.outputs(x_test), y_test,
+                                                         cfg.batch_size, cfg.threshold)
+            rows.append(pd.DataFrame([{"features": name, "task": task, "metric": m,
+                                       "value": v} for m, v in metrics.items()]))
+    return pd.concat(rows, ignore_index=True)
+
+
+def _last_context_batch(examples: StepExamples, start: int, batch_size: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded contexts ``[batch, pos]`` (pad 0) and their last positions ``[batch]``."""
+    contexts = examples.context_ids[start: start + batch_size]
+    empty = [start + i for i, c in enumerate(contexts) if not c]
+    if empty:
+        raise ValueError(f"step {empty[0]} has an empty context: there is no last context token "
+                         "to read (R's contexts always hold the question). Use "
+                         "max_context_tokens > 0.")
+    tokens = torch.zeros((len(contexts), max(map(len, contexts))), dtype=torch.long)
+    for i, c in enumerate(contexts):
+        tokens[i, : len(c)] = torch.tensor(c)
+    return tokens, torch.tensor([len(c) - 1 for c in contexts])
+
+
+def context_end_features(model, sae, examples: StepExamples, hook_name: str | None = None,
+                         batch_size: int = 32) -> dict[str, np.ndarray]:
+    """R's token-level baselines: the layer and its SAE at the last *context* token.
+
+    R (token-sae/baselines_classifier_data.py:185-224) runs the base LM on each step's context
+    alone (``hints``, no ``<sep>``, right-padded) and reads, at the context's last token, the
+    residual stream at the SAE's hook point (``layer_acts``) and the SAE's post-activation
+    features (``sae_acts``, ``hook_sae_acts_post``). Neither has seen the step; compare
+    ``pooled_token_features`` (ours), which averages over the step's tokens. The context is
+    ``examples.context_ids`` as tokenised (R's GSM8K reader keeps the *first* 256 context tokens,
+    dataloader.py:56, so for a longer context R's "last" token is the 256th).
+
+    R labels this baseline's correctness by the base LM's own greedy continuation
+    (``continuation_correctness``), not by the SSAE's reconstruction: the probe then asks whether
+    the features predict the base model getting the step's number. Pass those labels to
+    ``reference_probe_table`` as ``feature_targets`` to reproduce R; with the shared SSAE labels
+    every feature set answers the same question (ours).
+
+    Args:
+        model: a ``reasonlens.models`` hooked model (either backend).
+        sae: a SAELens SAE for one of its hook points.
+        examples: the steps (only their contexts are read).
+        hook_name: default: the SAE's own.
+        batch_size: contexts per model pass.
+
+    Returns:
+        ``{"layer_acts": [n_steps, d_model], "sae_acts": [n_steps, d_sae]}``.
+
+    Raises:
+        ValueError: an empty context, or an SAE on the meta device.
+    """
+    hook_name = sae_hook_name(sae, hook_name)
+    sae = sae_on_model_device(sae, model)
+    device = device_of(model)
+    layer, feats = [], []
+    for start in tqdm(range(0, len(examples), batch_size), desc="context end",
+                      mininterval=2.0, disable=len(examples) <= batch_size):
+        tokens, last = _last_context_batch(examples, start, batch_size)
+        acts = scoring.capture_activations(model, tokens.to(device), hook_name)
+        acts = acts[torch.arange(len(last)), last.to(acts.device)]
+        with torch.no_grad():
+            layer.append(acts.float().cpu())
+            feats.append(sae.encode(acts).float().cpu())
+    return {"layer_acts": torch.cat(layer).numpy(), "sae_acts": torch.cat(feats).numpy()}
+
+
+def continuation_correctness(model, tokenizer, examples: StepExamples,
+                             max_new_tokens: int = 256, return_texts: bool = False):
+    """R's correctness label of the token-level baselines: the base LM's greedy continuation
+    of the context, judged by ``last_number_matches`` against the step's text.
+
+    token-sae/baselines_classifier_data.py:236-268: ``generate(do_sample=False)`` for up to 256
+    tokens from the context alone (no ``<sep>``), detokenised without special tokens. The
+    continuation is not cut at the end of the next step, so its last number is usually that of
+    a later step or the final answer; R compares it with this step's last number anyway. We
+    decode each context alone (R left-pads a batch), stopping at ``<eos>`` or at the model's
+    context length (TransformerLens ``n_ctx``).
+
+    Args:
+        model: a ``reasonlens.models`` hooked model (either backend).
+        tokenizer: its tokenizer.
+        examples: the steps.
+        max_new_tokens: R: 256 (configs/classifier.yaml:85).
+        return_texts: also return the continuations.
+
+    Returns:
+        ``[n_steps]`` booleans, and the texts when ``return_texts``.
+
+    Raises:
+        ValueError: an empty context.
+    """
+    device = device_of(model)
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    eos = tokenizer.eos_token_id
+    texts = []
+    for i in tqdm(range(len(examples)), desc="continue", mininterval=2.0,
+                  disable=len(examples) <= 1):
+        tokens, _ = _last_context_batch(examples, i, 1)
+        generated: list[int] = []
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                if n_ctx is not None and tokens.shape[1] >= n_ctx:
+                    break
+                token = int(model(tokens.to(device))[0, -1].argmax())
+                if token == eos:
+                    break
+                generated.append(token)
+                tokens = torch.cat([tokens, torch.tensor([[token]])], 1)
+        texts.append(tokenizer.decode(generated, skip_special_tokens=True))
+    correct = np.array([last_number_matches(s, t) for s, t in zip(examples.table["step"], texts)],
+                       dtype=bool)
+    return (correct, texts) if return_texts else correct
