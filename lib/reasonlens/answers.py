@@ -14,14 +14,10 @@ equivalence with ``math-verify`` (Hugging Face's checker, made for exactly this:
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import re
-import time
-import urllib.request
 
-log = logging.getLogger(__name__)
+from reasonlens.chat import ChatClient
 
 # The reference's pattern (from openai/simple-evals, made greedy across lines by re.DOTALL):
 # everything after the first "Answer:", to the end of the text; case-insensitive.
@@ -347,8 +343,11 @@ class LLMVerifier:
         if not base_url or not model:
             raise ValueError(f"base_url={base_url!r} and model={model!r} must both be set; set "
                              f"{ENV_URL} and {ENV_MODEL} to use the LLM verifier.")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.api_key = model, api_key
+        self.client = ChatClient(base_url, model, api_key, temperature=temperature,
+                                 max_tokens=max_tokens, max_retries=max_retries,
+                                 timeout_s=timeout_s, name="LLM verifier",
+                                 hint=f"; unset {ENV_URL} to score without it.")
+        self.url, self.model, self.api_key = self.client.url, model, api_key
         self.temperature, self.max_tokens = temperature, max_tokens
         self.max_retries, self.timeout_s = max_retries, timeout_s
 
@@ -362,31 +361,12 @@ class LLMVerifier:
         return cls(url, os.environ.get(ENV_MODEL, ""), os.environ.get(ENV_KEY) or None)
 
     def ask(self, prompt: str) -> str:
-        """The judge's reply to one user message.
+        """The judge's reply to one user message (``chat.ChatClient.ask``).
 
         Raises:
             RuntimeError: no answer after ``max_retries`` attempts.
         """
-        body = json.dumps({"model": self.model, "temperature": self.temperature,
-                           "max_tokens": self.max_tokens,
-                           "messages": [{"role": "user", "content": prompt}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        error = None
-        for attempt in range(self.max_retries):
-            try:
-                request = urllib.request.Request(self.url, data=body, headers=headers)
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    reply = json.loads(response.read())
-                return str(reply["choices"][0]["message"]["content"]).strip()
-            except (OSError, KeyError, ValueError) as err:  # HTTP, network, malformed reply
-                error = err
-                log.warning("LLM verifier attempt %d at %s failed: %s", attempt + 1, self.url, err)
-                time.sleep(min(2 ** attempt, 30))
-        raise RuntimeError(f"the LLM verifier at {self.url} did not answer after "
-                           f"{self.max_retries} attempts ({error}); unset {ENV_URL} to score "
-                           "without it.")
+        return self.client.ask(prompt)
 
     def math_match(self, answer: str | None, gold) -> bool:
         """The reference's judged math score: exact (integers as integers), else the judge says

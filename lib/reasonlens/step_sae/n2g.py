@@ -1,5 +1,8 @@
 """N2G pattern mining for step-level latents (Foote et al., 2023, as used by Yang et al., 2026).
 
+This is our effect-based N2G (the default). The reference code's N2G, with F1, micro-averages
+and LLM labels, is ``n2g_reference`` (``N2GConfig.reference()``) and ``n2g_labels``.
+
 A step latent is read with its context, and the context alone (an empty step, ``context <sep>
 <eos>``) already drives the densest latents to most of their value. So a latent's response to a
 step is measured as its *step effect*: the un-normalised activation with the step minus that with
@@ -71,6 +74,22 @@ class N2GConfig(Config):
         if self.anchor not in (*ANCHORS, "both"):
             raise ValueError(f"anchor={self.anchor!r} is unknown; use 'end' (suffix patterns), "
                              "'start' (prefix patterns) or 'both'.")
+
+    @classmethod
+    def reference(cls, **overrides):
+        """The reference code's N2G instead of ours: a ``n2g_reference.ReferenceN2GConfig``.
+
+        R's settings (50 latents, 20 patterns each, ratio 0.5, active above 0, the first 500
+        validation steps; experiment.yaml:6-21), with ``overrides`` (e.g. smaller budgets for
+        the CPU toy). Mine and evaluate with ``n2g_reference.reference_n2g``; this module's
+        functions are the effect-based mode and do not take it.
+
+        Raises:
+            ValueError: an override that is not a field or is out of range.
+        """
+        from reasonlens.step_sae.n2g_reference import ReferenceN2GConfig
+
+        return ReferenceN2GConfig.from_dict(overrides)
 
 
 def most_active_latents(latents: np.ndarray, n: int) -> np.ndarray:
