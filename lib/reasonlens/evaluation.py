@@ -24,7 +24,8 @@ NUMBER_RE = re.compile(r"-?\d+")
 
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 160,
              batch_size: int = 64, temperature: float = 0.0, seed: int = 0,
-             desc: str = "generate", return_ids: bool = False):
+             desc: str = "generate", return_ids: bool = False,
+             generate_kwargs: dict | None = None):
     """Complete each prompt with a transformers causal LM (KV cache, left padding).
 
     Args:
@@ -39,6 +40,8 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 160
         desc: progress-bar label.
 
         return_ids: also return the new token ids of each completion (up to its EOS).
+        generate_kwargs: more Hugging Face ``generate`` arguments (e.g. ``top_p``, ``top_k``,
+            ``repetition_penalty``); they override the sampling defaults above.
 
     Returns:
         The completions (new tokens only, up to EOS), decoded with special tokens kept; with
@@ -63,7 +66,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 160
                                      attention_mask=batch["attention_mask"],
                                      max_new_tokens=max_new_tokens, use_cache=True,
                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_id,
-                                     **sampling)
+                                     **sampling | (generate_kwargs or {}))
                 for row in ids[:, batch["input_ids"].shape[1]:].tolist():
                     out.append(row[:row.index(eos_id)] if eos_id in row else row)
         finally:

@@ -141,20 +141,6 @@ def _check_rules(rules: str) -> str:
     return rules
 
 
-class _GenerateWith:
-    """A causal LM whose ``generate`` also gets ``settings`` (overriding what the caller passes).
-
-    ``evaluation.generate`` passes no top-p or repetition penalty and fixes ``top_k=0``; this
-    hands Hugging Face's own processors the config's values without copying its loop.
-    """
-
-    def __init__(self, lm, settings: dict):
-        self.lm, self.settings = lm, settings
-
-    def generate(self, **kwargs):
-        return self.lm.generate(**kwargs | self.settings)
-
-
 def generation_settings(cfg: VotingConfig, temperature: float) -> dict:
     """The Hugging Face ``generate`` arguments of ``cfg`` that are not off.
 
@@ -265,10 +251,11 @@ def _solutions(lm, tokenizer, problems: pd.DataFrame, cfg: VotingConfig, n_sampl
     repeated = problems.iloc[np.repeat(np.arange(len(problems)), n_samples)].reset_index(drop=True)
     settings = generation_settings(cfg, temperature)
     completions, ids = evaluation.generate(
-        _GenerateWith(lm, settings) if settings else lm, tokenizer,
+        lm, tokenizer,
         solution_prompts(repeated["question"], tokenizer, cfg.rules),
         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-        temperature=temperature, seed=cfg.seed, desc=desc, return_ids=True)
+        temperature=temperature, seed=cfg.seed, desc=desc, return_ids=True,
+        generate_kwargs=settings)
     if cfg.rules == "reference":  # probing_exp.py:182
         completions = tokenizer.batch_decode(ids, skip_special_tokens=True)
     predicted, is_correct = read_answers(completions, repeated["answer"], cfg.rules)
