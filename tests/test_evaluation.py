@@ -60,6 +60,17 @@ def test_generation_and_evaluation_run_on_a_real_model(toy_model, tokenizer, wor
     assert tokenizer.padding_side == "right"
 
 
+def test_generate_kwargs_reach_hugging_face_generate(toy_model, tokenizer):
+    prompts = [K.BOS + K.USER] * 4
+    greedy = evaluation.generate(toy_model, tokenizer, prompts, max_new_tokens=6)
+    # top_k=1 makes sampling at a high temperature greedy; without it the samples differ
+    top1 = evaluation.generate(toy_model, tokenizer, prompts, max_new_tokens=6, temperature=5.0,
+                               generate_kwargs={"top_k": 1})
+    hot = evaluation.generate(toy_model, tokenizer, prompts, max_new_tokens=6, temperature=5.0)
+    assert top1 == greedy
+    assert hot != greedy
+
+
 def test_bad_generation_input_is_a_clear_error(toy_model, tokenizer, world):
     with pytest.raises(ValueError, match="temperature"):
         evaluation.generate(toy_model, tokenizer, ["x"], temperature=float("nan"))
