@@ -18,7 +18,7 @@ from sae_lens import StandardSAE, StandardSAEConfig
 
 from helpers import examples_of
 from reasonlens import models, scoring
-from reasonlens.step_sae import classifier, inference, probes
+from reasonlens.step_sae import answers_reference, classifier, inference, probes
 from reasonlens.step_sae.model import StepSAE, StepSAEConfig
 
 
@@ -35,7 +35,7 @@ from reasonlens.step_sae.model import StepSAE, StepSAEConfig
     ("So we add them.", None),
 ])
 def test_last_number_reads_numbers_as_r_does(text, number):
-    assert probes.last_number(text) == number
+    assert answers_reference.last_number(text) == number
 
 
 @pytest.mark.parametrize("reference, decoded, expected", [

@@ -20,7 +20,6 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-import torch
 import torch.distributed as dist
 from transformers import AutoTokenizer
 

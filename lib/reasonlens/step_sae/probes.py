@@ -20,7 +20,6 @@ labels ``continuation_correctness``), in one long table (``reference_probe_table
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 import pandas as pd
@@ -34,8 +33,8 @@ from tqdm.auto import tqdm
 from reasonlens import scoring
 from reasonlens.config import Config, check_range
 from reasonlens.models import device_of, sae_hook_name, sae_on_model_device
+from reasonlens.step_sae import answers_reference, inference
 from reasonlens.step_sae import classifier as step_classifier
-from reasonlens.step_sae import inference
 from reasonlens.step_sae.data import StepExamples
 
 STATISTICS = "statistics"
@@ -224,35 +223,22 @@ def pooled_token_features(model, sae, examples: StepExamples, hook_name: str | N
 # R's targets, labels and baselines; its MLP and training are in ``step_sae.classifier``. Our
 # logistic probes above stay as they are ("ours"); ``reference_probe_table`` is R's table.
 
-NUMBER = re.compile(r"[-+]?\d*\.\d+|\d+")  # classifier_data.py:40 (the rule, rewritten)
-NUMBER_TOLERANCE = 1e-3  # classifier_data.py:47
 REFERENCE_MAX_STEP_TOKENS = 128  # classifier_data.py:208: steps counted up to 128 tokens
 
 
-def last_number(text: str) -> str | None:
-    """The last number in ``text`` as R reads numbers, or None when there is none.
-
-    R's pattern (classifier_data.py:40) is ``[-+]?\\d*\\.\\d+|\\d+``. Its quirks, kept: a sign
-    belongs only to a number with a decimal point (``"-5"`` reads ``"5"``, ``"-0.5"`` reads
-    ``"-0.5"``); a thousands comma splits a number (``"1,000"`` reads ``"000"``); a trailing dot
-    is dropped (``"3."`` reads ``"3"``); ``".5"`` is a number.
-    """
-    numbers_found = NUMBER.findall(text)
-    return numbers_found[-1] if numbers_found else None
-
-
 def last_number_matches(reference_step: str, decoded: str,
-                        tolerance: float = NUMBER_TOLERANCE) -> bool:
+                        tolerance: float = answers_reference.TOLERANCE) -> bool:
     """R's GSM8K correctness judge (classifier_data.py:39-51): do the last numbers agree?
 
-    True when both texts hold a number and their last numbers (``last_number``) differ by less
-    than ``tolerance`` as floats. A step without a number is *incorrect* (R returns 0, not
-    "undefined"), and so is a decoding without one.
+    True when both texts hold a number and their last numbers differ by less than ``tolerance``
+    as floats: the same reading and comparison as R's voting (classifier_data.py:40, 47 repeat
+    probing_exp.py's rule), hence ``answers_reference.last_number`` and ``numbers_match``. A
+    step without a number is *incorrect* (R returns 0, not "undefined"), and so is a decoding
+    without one.
     """
-    want, got = last_number(reference_step), last_number(decoded)
-    if want is None or got is None:
-        return False
-    return abs(float(want) - float(got)) < tolerance
+    return answers_reference.numbers_match(answers_reference.last_number(decoded),
+                                           answers_reference.last_number(reference_step),
+                                           tolerance)
 
 
 def reconstruction_correctness(model, examples: StepExamples, tokenizer,
