@@ -83,3 +83,15 @@ def step_table(world):
 @pytest.fixture()
 def step_tokenizer(tokenizer):
     return copy.deepcopy(tokenizer)  # StepSAE.build adds <sep> to it
+
+
+@pytest.fixture(scope="module")
+def tiny_step_sae(toy_model, tokenizer):
+    """An untrained step SAE on the toy LM (8 latents) and its tokenizer (with ``<sep>``); one per
+    test module."""
+    from reasonlens.step_sae.model import StepSAE, StepSAEConfig
+
+    cfg = StepSAEConfig(n_latents=8, l1_target=1.5, d_projection=16, max_context_tokens=24,
+                        max_step_tokens=12)
+    tok = copy.deepcopy(tokenizer)
+    return StepSAE.build(toy_model, tok, cfg, seed=0).eval(), tok

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import threading
@@ -18,7 +17,6 @@ from reasonlens.step_sae import data, n2g
 from reasonlens.step_sae import n2g_labels as labels
 from reasonlens.step_sae import n2g_reference as ref
 from reasonlens.step_sae.inference import encode_steps
-from reasonlens.step_sae.model import StepSAE, StepSAEConfig
 
 W = ref.WILDCARD_ID
 
@@ -217,16 +215,8 @@ def test_evaluate_patterns_counts_per_latent_and_micro_averages(tokenizer):
 
 
 # --- the real path on a tiny step SAE ----------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_sae(toy_model, tokenizer):
-    cfg = StepSAEConfig(n_latents=8, l1_target=1.5, d_projection=16, max_context_tokens=12,
-                        max_step_tokens=12)
-    tok = copy.deepcopy(tokenizer)
-    return StepSAE.build(toy_model, tok, cfg, seed=0).eval(), tok
-
-
-def test_reference_n2g_on_a_step_sae_follows_the_rules(tiny_sae, step_table):
-    sae, tok = tiny_sae
+def test_reference_n2g_on_a_step_sae_follows_the_rules(tiny_step_sae, step_table):
+    sae, tok = tiny_step_sae
     examples = data.tokenize_steps(step_table.head(40), tok, 12, 12)
     train, valid = examples.subset(range(30)), examples.subset(range(30, 40))
     sequences = ref.full_sequences(sae, train)

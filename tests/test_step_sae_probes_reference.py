@@ -215,14 +215,6 @@ def test_fit_errors_name_the_problem():
 
 
 # --- context-only baselines ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_step_sae(toy_model, tokenizer):
-    cfg = StepSAEConfig(n_latents=8, l1_target=1.5, d_projection=16, max_context_tokens=24,
-                        max_step_tokens=12)
-    tok = copy.deepcopy(tokenizer)
-    return StepSAE.build(toy_model, tok, cfg, seed=0).eval(), tok
-
-
 def same_context_pair(examples):
     """Steps 0 and 1 of a copy of ``examples`` given step 0's context, different steps."""
     pair = examples.subset([0, 1])

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pandas as pd
@@ -14,7 +13,6 @@ from reasonlens import evaluation
 from reasonlens.step_sae import answers_reference as ref
 from reasonlens.step_sae import voting
 from reasonlens.step_sae.inference import encode_steps
-from reasonlens.step_sae.model import StepSAE, StepSAEConfig
 
 
 # --- config ----------------------------------------------------------------------------------
@@ -208,14 +206,6 @@ def test_solution_step_examples_keep_the_first_256_tokens_and_empty_steps(tokeni
 
 
 # --- sampling from the step SAE's decoder ------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_step_sae(toy_model, tokenizer):
-    cfg = StepSAEConfig(n_latents=8, l1_target=1.5, d_projection=16, max_context_tokens=12,
-                        max_step_tokens=12)
-    tok = copy.deepcopy(tokenizer)
-    return StepSAE.build(toy_model, tok, cfg, seed=0).eval(), tok
-
-
 def spy_on_generate(monkeypatch, lm):
     calls = []
     original = lm.generate
