@@ -469,6 +469,22 @@ def test_greedy_decoding_follows_the_decoders_argmax(mode, toy_model, step_token
         inference.greedy_decode(sae, examples.context_ids, z[:1])
 
 
+@pytest.mark.parametrize("mode", ["reference", "ours"])
+def test_batched_greedy_decoding_equals_one_step_at_a_time(mode, toy_model, step_tokenizer,
+                                                          step_table):
+    cfg = (reference_config() if mode == "reference" else
+           step_model.StepSAEConfig(n_latents=16, d_projection=32, max_context_tokens=24,
+                                    max_step_tokens=16))
+    sae = step_model.StepSAE.build(toy_model, step_tokenizer, cfg, seed=0).eval()
+    examples = examples_of(step_table.head(7), step_tokenizer, sae.cfg)
+    with torch.no_grad():
+        z = sae.encode(batch_of(sae, examples))
+    contexts = [c[-(6 + 3 * i):] for i, c in enumerate(examples.context_ids)]  # left padding
+    alone = inference.greedy_decode(sae, contexts, z, max_new_tokens=6, batch_size=1)
+    together = inference.greedy_decode(sae, contexts, z, max_new_tokens=6, batch_size=4)
+    assert any(alone) and together == alone
+
+
 def test_sampled_and_edited_latents(toy_model, step_tokenizer, step_table):
     sae = build(toy_model, step_tokenizer).eval()
     examples = examples_of(step_table.head(3), step_tokenizer, sae.cfg)

@@ -81,23 +81,29 @@ def latent_density(latents: np.ndarray) -> np.ndarray:
 
 
 def greedy_decode(model: StepSAE, context_ids: Sequence[Sequence[int]], latents: torch.Tensor,
-                  max_new_tokens: int = 32) -> list[list[int]]:
+                  max_new_tokens: int = 32, batch_size: int = 64) -> list[list[int]]:
     """Greedy decoding of one step per latent, given its context (R's ``temperature=0``).
 
     The decoder reads ``PREFIX context <sep>`` (``prefix_position="start"``) or ``context <sep>
-    PREFIX`` (``"step"``) and the tokens generated so far, as in training; each example is
-    decoded alone (no padding), so this is for a handful of steps, not a data set.
+    PREFIX`` (``"step"``) and the tokens generated so far, as in training. Steps are decoded in
+    left-padded batches by Hugging Face ``generate`` from input embeddings (KV cache, no
+    repetition penalty), so labelling a data set (``probes.reconstruction_correctness``) is
+    fast; batching changes no token beyond float rounding.
 
     Args:
         model: a trained ``StepSAE``.
         context_ids: one context's token ids per latent (``<sep>`` is added here).
         latents: ``[n, n_latents]``, e.g. ``model.encode(batch)``.
         max_new_tokens: the most tokens generated per step.
+        batch_size: steps decoded together.
 
     Returns:
         The generated ids of each step, ``<eos>`` excluded.
 
-    Used by ``step_decodings`` (notebook 08).
+    Raises:
+        ValueError: not one context per latent.
+
+    Used by ``step_decodings`` (notebook 08) and ``probes.reconstruction_correctness``.
     """
     if len(context_ids) != len(latents):
         raise ValueError(f"{len(context_ids)} contexts but {len(latents)} latents; give one "
@@ -105,23 +111,28 @@ def greedy_decode(model: StepSAE, context_ids: Sequence[Sequence[int]], latents:
     model.eval()
     device = next(model.parameters()).device
     embed = model.decoder.get_input_embeddings()
-    start = model.cfg.prefix_position == "start"
-    out = []
+    start_prefix = model.cfg.prefix_position == "start"
+    out: list[list[int]] = []
     with torch.no_grad():
         prefixes = model.prefix(latents.to(device))
-        for context, prefix in zip(context_ids, prefixes):
-            head = list(context) + [model.sep_id]
-            generated: list[int] = []
-            for _ in range(max_new_tokens):
-                embeds = embed(torch.tensor(head + generated, device=device))
-                prefix = prefix.to(embeds.dtype)
-                inputs = (torch.cat([prefix, embeds]) if start else
-                          torch.cat([embeds[:len(head)], prefix, embeds[len(head):]]))
-                token = int(model.decoder(inputs_embeds=inputs[None]).logits[0, -1].argmax())
-                if token == model.eos_id:
-                    break
-                generated.append(token)
-            out.append(generated)
+        for start in range(0, len(context_ids), batch_size):
+            rows = []
+            for context, prefix in zip(context_ids[start: start + batch_size],
+                                       prefixes[start: start + batch_size]):
+                head = embed(torch.tensor(list(context) + [model.sep_id], device=device))
+                prefix = prefix.to(head.dtype)
+                rows.append(torch.cat([prefix, head] if start_prefix else [head, prefix]))
+            width = max(len(r) for r in rows)
+            inputs = rows[0].new_zeros(len(rows), width, rows[0].shape[-1])
+            mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+            for i, row in enumerate(rows):  # left padding
+                inputs[i, width - len(row):], mask[i, width - len(row):] = row, 1
+            ids = model.decoder.generate(
+                inputs_embeds=inputs, attention_mask=mask, max_new_tokens=max_new_tokens,
+                do_sample=False, repetition_penalty=1.0, eos_token_id=model.eos_id,
+                pad_token_id=model.pad_id, use_cache=True)
+            for row in ids.tolist():
+                out.append(row[:row.index(model.eos_id)] if model.eos_id in row else row)
     return out
 
 

@@ -253,7 +253,7 @@ def reconstruction_correctness(model, examples: StepExamples, tokenizer,
     and judged by ``last_number_matches`` against the step's *text* (``examples.table["step"]``,
     untruncated, as R compares its ``steps`` strings). R prefixes each decoding with a newline
     token (model_qwen.py:182-183), which holds no number; we leave it out. R decodes in bf16 in
-    batches; we decode each step alone in the model's dtype. Math data other than GSM8K is
+    batches; we decode in batches in the model's dtype. Math data other than GSM8K is
     labelled by an LLM judge in R (classifier_data.py:54-115, 243-247): not reproduced.
 
     Args:
@@ -261,7 +261,7 @@ def reconstruction_correctness(model, examples: StepExamples, tokenizer,
         examples: the steps.
         tokenizer: the SSAE's tokenizer (for detokenising).
         max_new_tokens: the most tokens decoded per step (R: 256, configs/classifier.yaml:15).
-        batch_size: steps encoded per pass.
+        batch_size: steps encoded and decoded per pass.
         return_texts: also return the decoded texts.
 
     Returns:
