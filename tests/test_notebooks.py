@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from helpers import write_tiny_real_sources
 
 from reasonlens import artifacts, runner
@@ -39,9 +40,11 @@ def test_every_notebook_runs_on_the_smoke_profile(smoke_run):
                  K.REASON_SCORES, K.WINDOW_SHARES, K.MAX_ACTIVATIONS, K.FEATURE_MAP,
                  K.DASHBOARDS_DIR, K.STEERED_COMPLETIONS,
                  K.EVAL_COMPLETIONS, K.EVAL_CONDITIONS, K.MODEL_DIFF, K.INJECTION,
-                 K.INJECTION_EFFECTS, K.HARNESS_RESULTS, K.STEP_SAE_DIR, K.STEP_SAE_HISTORY,
-                 K.STEP_SAE_EVAL, K.STEP_PROBES, K.STEP_PATTERNS, K.STEP_PATTERN_EVAL,
-                 K.STEP_VOTING):
+                 K.INJECTION_EFFECTS, K.HARNESS_RESULTS, K.STEP_PROBES,
+                 *(name.format(mode=mode) for mode in ("ours", "reference")
+                   for name in (K.STEP_SAE_DIR, K.STEP_SAE_HISTORY, K.STEP_SAE_EVAL,
+                                K.STEP_PATTERNS, K.STEP_PATTERN_EVAL, K.STEP_VOTING)),
+                 K.STEP_LABELS.format(mode="reference")):
         assert run.path(name).exists(), name
         assert run.manifest(name)["profile"] == "smoke"
     steps = run.read_parquet(K.STEPS)
@@ -57,12 +60,25 @@ def test_every_notebook_runs_on_the_smoke_profile(smoke_run):
     assert table.condition.iloc[0] == "unsteered" and (table.n == table.n.iloc[0]).all()
     assert {"ablate top 2", "ablate random 2"} <= set(table.condition)
     step_probes = run.read_parquet(K.STEP_PROBES)
-    assert set(step_probes.features) == {"statistics", "step_sae", "encoder_state", "token_sae"}
-    assert set(step_probes.task) == {"correctness", "length", "first_token"}
-    step_voting = run.read_json(K.STEP_VOTING)
-    assert [row["method"] for row in step_voting["table"]] == ["greedy", "majority", "weighted"]
-    assert 0 <= step_voting["sample_accuracy"] <= step_voting["pass_at_k"] <= 1
-    assert set(run.read_parquet(K.STEP_PATTERNS).anchor) <= {"end", "start"}
+    ours, reference = (step_probes[step_probes.rules == rules] for rules in ("ours", "reference"))
+    assert set(ours.features) == {"statistics", "step_sae[ours]", "step_sae[reference]",
+                                  "encoder_state[ours]", "encoder_state[reference]", "token_sae"}
+    assert set(reference.features) == {"statistics", "step_sae[reference]", "context_only",
+                                       "token_sae (context end)", "layer (context end)"}
+    for probes in (ours, reference):
+        assert set(probes.task) == {"correctness", "length", "first_token"}
+    assert {"mse", "perplexity", "accuracy"} <= set(reference.metric)
+    for mode in ("ours", "reference"):
+        step_voting = run.read_json(K.STEP_VOTING.format(mode=mode))
+        assert [row["method"] for row in step_voting["table"]] == ["greedy", "majority",
+                                                                   "weighted"]
+        assert 0 <= step_voting["sample_accuracy"] <= step_voting["pass_at_k"] <= 1
+    assert set(run.read_parquet(K.STEP_PATTERNS.format(mode="ours")).anchor) <= {"end", "start"}
+    micro = run.read_parquet(K.STEP_PATTERN_EVAL.format(mode="reference")).query(
+        "scope == 'micro'")
+    assert len(micro) == 1 and 0 <= micro.f1.iloc[0] <= 1
+    labels = run.read_parquet(K.STEP_LABELS.format(mode="reference"))
+    assert (labels.labeller == "offline heuristic").all()
     harness_results = run.read_json(K.HARNESS_RESULTS)
     assert harness_results["unsteered"]["ours (same problems)"] == \
         harness_results["unsteered"]["reasonlens_world"]
@@ -163,4 +179,37 @@ def test_every_notebook_runs_on_the_real_smollm2_weights(tmp_path, monkeypatch):
     scores = run.read_parquet(K.REASON_SCORES)
     assert len(scores) == 2 * 576 and scores.reason_score.notna().all()  # expansion_factor 2
     assert run.read_parquet(K.EVAL_CONDITIONS).condition.iloc[0] == "unsteered"
-    assert {"step_sae", "token_sae"} <= set(run.read_parquet(K.STEP_PROBES).features)
+    assert {"step_sae[ours]", "token_sae"} <= set(run.read_parquet(K.STEP_PROBES).features)
+
+
+def test_notebook_08_reads_a_gsm8k_file_by_the_reference_rules(smoke_run, tmp_path, monkeypatch):
+    """A GSM8K JSON Lines file with the reference's field names (and a key it ignores) goes
+    through the reference's reader, training, probes, N2G and voting, beside our mode."""
+    home, _ = smoke_run
+    records = [{"question": f"Tom has {i} apples and buys {i + 2} more. How many now?",
+                "answer": f"Tom buys {i + 2} more.\nHe has {i} + {i + 2} = {2 * i + 2} apples."
+                          f"\n#### {2 * i + 2}", "source": "test"} for i in range(40)]
+    data_file = tmp_path / "gsm8k_385K_train.json"
+    data_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    model = home / "data" / "runs" / "smoke" / K.REASONING_MODEL_DIR
+    smoke = yaml.safe_load((repo_root() / "profiles" / "smoke.yaml").read_text())
+    params = {key: value for key, value in smoke.items() if key.startswith("step_")} | {
+        "step_data_source": "gsm8k", "step_jsonl_path": str(data_file),
+        "step_model_name": str(model), "model_name": str(model),
+        "step_token_sae_baseline": False, "step_n_train": 60, "step_vote_problems": 3}
+    profile = tmp_path / "gsm8k.yaml"
+    profile.write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("REASONLENS_HOME", str(tmp_path / "home"))
+    report = runner.run(str(profile), only="08", build=False)
+    assert report.ran == ["08_step_sae"]
+    run = artifacts.RunDir("gsm8k", root=tmp_path / "home" / "data" / "runs" / "gsm8k")
+    probes = run.read_parquet(K.STEP_PROBES)
+    reference = probes[probes.rules == "reference"]
+    assert set(reference.task) == {"correctness", "length", "first_token"}
+    assert set(reference.features) == {"statistics", "step_sae[reference]", "context_only"}
+    assert "correctness" not in set(probes[probes.rules == "ours"].task)  # no ground truth
+    voting = run.read_json(K.STEP_VOTING.format(mode="reference"))
+    assert [row["method"] for row in voting["table"]] == ["greedy", "majority", "weighted"]
+    assert [row["n"] for row in voting["table"]] == [3, 3, 3]
+    assert not run.path(K.STEP_VOTING.format(mode="ours")).exists()  # needs the world's verifier
+    assert len(run.read_parquet(K.STEP_LABELS.format(mode="reference"))) > 0

@@ -64,6 +64,7 @@ PRODUCED_BY = {
     constants.STEP_PROBES: "08_step_sae",
     constants.STEP_PATTERNS: "08_step_sae",
     constants.STEP_PATTERN_EVAL: "08_step_sae",
+    constants.STEP_LABELS: "08_step_sae",
     constants.STEP_VOTING: "08_step_sae",
 }
 

@@ -30,14 +30,15 @@ MODEL_DIFF = "evaluation/model_diff.parquet"  # top features on the base vs the 
 INJECTION = "evaluation/injection.parquet"  # token-injection control: activations per text
 INJECTION_EFFECTS = "evaluation/injection_effects.parquet"  # its effect sizes
 HARNESS_RESULTS = "evaluation/lm_eval.json"  # lm-evaluation-harness accuracy, steered and not
-STEP_SAE_DIR = "step_sae/model"  # notebook 08: the step-level SAE (StepSAE.save, safetensors)
-STEP_SAE_CHECKPOINTS_DIR = "step_sae/checkpoints"  # its phase-1 checkpoints, for resuming
-STEP_SAE_HISTORY = "step_sae/history.parquet"  # phase-1 and phase-2 training curves
-STEP_SAE_EVAL = "step_sae/eval.json"  # held-out reconstruction under own/shuffled/zero/predicted
-STEP_PROBES = "step_sae/probes.parquet"  # probe accuracy/AUC/loss per task and feature set
-STEP_PATTERNS = "step_sae/patterns.parquet"  # N2G patterns of the most active latents
-STEP_PATTERN_EVAL = "step_sae/pattern_eval.parquet"  # their held-out precision and recall
-STEP_VOTING = "step_sae/voting.json"  # greedy, majority and probe-weighted voting accuracy
+STEP_SAE_DIR = "step_sae/{mode}/model"  # notebook 08, per mode (ours/reference): StepSAE.save
+STEP_SAE_CHECKPOINTS_DIR = "step_sae/{mode}/checkpoints"  # phase-1 checkpoints, for resuming
+STEP_SAE_HISTORY = "step_sae/{mode}/history.parquet"  # phase-1 and phase-2 training curves
+STEP_SAE_EVAL = "step_sae/{mode}/eval.json"  # held-out reconstruction, sparsity, decodings
+STEP_PROBES = "step_sae/probes.parquet"  # both modes' probes: features, task, metric, value
+STEP_PATTERNS = "step_sae/{mode}/patterns.parquet"  # N2G patterns of the chosen latents
+STEP_PATTERN_EVAL = "step_sae/{mode}/pattern_eval.parquet"  # their held-out precision/recall
+STEP_LABELS = "step_sae/{mode}/labels.parquet"  # reference mode: a label per latent (LLM/offline)
+STEP_VOTING = "step_sae/{mode}/voting.json"  # greedy, majority and probe-weighted voting
 MANIFEST_SUFFIX = ".manifest.json"  # beside every artifact: the config that made it
 
 # --- Special tokens of the synthetic world's tokenizer -------------------------------------------

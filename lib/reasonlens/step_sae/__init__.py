@@ -6,7 +6,11 @@ splits and token limits, ``model`` is the SAE (encoder LM, sparse bottleneck, so
 decoder LM, and the phase-2 Gaussian context head; ``StepSAEConfig.reference`` gives the reference
 code's rules), ``training`` trains it (checkpoints, resume, DDP; ``StepSAETrainConfig.reference``
 is the reference optimiser and schedule), ``inference`` runs it (latents, reconstruction, greedy
-decoding from own, sampled or edited latents), ``probes`` reads step properties off its latents,
-``n2g`` mines token patterns that explain latents, ``voting`` weights sampled solutions by
-probe-predicted step correctness, and ``distributed`` is the ``torchrun`` entry point.
+decoding from own, sampled or edited latents), ``probes`` reads step properties off its latents
+(ours: logistic probes on ground truth; the reference's: its labels and baselines, trained by
+``classifier``, the reference's MLP), ``n2g`` mines token patterns that explain latents
+(``n2g_reference`` as the reference mines them, ``n2g_labels`` labels them through an LLM or an
+offline stand-in), ``voting`` weights sampled solutions by probe-predicted step correctness
+(``answers_reference`` reads answers and steps as the reference's voting does), and
+``distributed`` is the ``torchrun`` entry point.
 """
