@@ -82,10 +82,11 @@ def test_read_jsonl_steps_reads_gsm8k_records(tmp_path):
 
 @pytest.mark.parametrize("record, message", [
     ("{not json", r"gsm8k.jsonl:2 is not valid JSON"),
-    ('["a list"]', r"gsm8k.jsonl:2 is a list, not a JSON object"),
-    ({"question": "q"}, r"gsm8k.jsonl:2 lacks the field 'answer'"),
-    ({"question": "q", "answer": 5}, r"gsm8k.jsonl:2: field 'answer' must be a non-empty string"),
-    ({"question": "  ", "answer": "a"}, r"field 'question' must be a non-empty string"),
+    ('["a list"]', r"gsm8k.jsonl:2 is a JSON list, not an object"),
+    ({"question": "q"}, r"gsm8k.jsonl:2 lacks the field 'answer' .*set question_key/answer_key"),
+    ({"question": "q", "answer": 5}, r"gsm8k.jsonl:2: the field 'answer' is a int \(5\); it "
+                                     r"must be a non-empty string"),
+    ({"question": "  ", "answer": "a"}, r"the field 'question' is empty"),
     ({"question": "q", "answer": "#### 5"}, r"gsm8k.jsonl:2: the 'answer' field has no reasoning"),
 ])
 def test_read_jsonl_steps_rejects_malformed_records_naming_the_line(tmp_path, record, message):

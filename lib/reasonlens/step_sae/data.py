@@ -16,7 +16,6 @@ The paper's step data (GSM8K, Numina, OpenCodeInstruct) is JSONL with a ``questi
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pandas as pd
 import torch
 
 from reasonlens import constants as K
+from reasonlens.step_sae import readers
 from reasonlens.world import ChatFormat
 
 SEP = "<sep>"
@@ -93,38 +93,19 @@ def read_jsonl_steps(path: str | Path, question_key: str = "question",
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: a record that is not a JSON object, lacks a field, has a non-string or empty
-            field, or has no step; the message names the line.
+            field (``readers.read_records``), or has no step; the message names file and line.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"step_jsonl_path={str(path)!r} does not exist. Point it at a "
-                                "GSM8K-style JSONL file (one {question, answer} object per line).")
     rows = []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
+    fields = {question_key: readers.TEXT, answer_key: readers.TEXT}
+    fix = ("Fix or delete that line, or set question_key/answer_key to the file's field names; "
+           "each line is one {question, answer} object.")
+    for pid, (line_no, record) in enumerate(readers.read_records(path, "gsm8k", fields, fix)):
         where = f"{path}:{line_no}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where} is not valid JSON ({error.msg}). Each line must be one "
-                             f"object with {question_key!r} and {answer_key!r}.") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{where} is a {type(record).__name__}, not a JSON object with "
-                             f"{question_key!r} and {answer_key!r}.")
-        for key in (question_key, answer_key):
-            if key not in record:
-                raise ValueError(f"{where} lacks the field {key!r} (it has {sorted(record)}). "
-                                 "Set question_key/answer_key to the file's field names.")
-            if not isinstance(record[key], str) or not record[key].strip():
-                raise ValueError(f"{where}: field {key!r} must be a non-empty string, got "
-                                 f"{record[key]!r}.")
         steps, final = solution_steps(record[answer_key])
         if not steps:
             raise ValueError(f"{where}: the {answer_key!r} field has no reasoning step (steps are "
                              "its non-empty lines before '#### <final answer>').")
         head = record[question_key].strip() + "\n"
-        pid = len({r["problem_id"] for r in rows})
         for idx, step in enumerate(steps):
             rows.append(dict(problem_id=pid, step_idx=idx, context=head, step=step,
                              final_answer=final))

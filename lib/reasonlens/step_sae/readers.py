@@ -49,11 +49,11 @@ FORMATS = ("gsm8k", "numina", "opencode")
 TABLE_COLUMNS = ("problem_id", "solution_idx", "step_idx", "context", "step", "final_answer")
 
 # The fields each format needs, and what a record of it looks like (for error messages).
-_TEXT, _TEXTS = "a non-empty string", "a non-empty list of non-empty strings"
+TEXT, _TEXTS = "a non-empty string", "a non-empty list of non-empty strings"
 _FIELDS = MappingProxyType({
-    "gsm8k": MappingProxyType({"question": _TEXT, "answer": _TEXT}),
-    "numina": MappingProxyType({"question": _TEXT, "answer": _TEXTS}),
-    "opencode": MappingProxyType({"input": _TEXT, "output": _TEXT}),
+    "gsm8k": MappingProxyType({"question": TEXT, "answer": TEXT}),
+    "numina": MappingProxyType({"question": TEXT, "answer": _TEXTS}),
+    "opencode": MappingProxyType({"input": TEXT, "output": TEXT}),
 })
 _RECORD_SHAPES = MappingProxyType({
     "gsm8k": '{"question": str, "answer": str}',
@@ -164,8 +164,8 @@ def _short(value) -> str:
 
 
 def _field_problem(value, kind: str) -> str | None:
-    """Why ``value`` is not ``kind`` (``_TEXT`` or ``_TEXTS``), or None when it is."""
-    if kind == _TEXT:
+    """Why ``value`` is not ``kind`` (``TEXT`` or ``_TEXTS``), or None when it is."""
+    if kind == TEXT:
         if not isinstance(value, str):
             return f"is a {type(value).__name__} ({_short(value)})"
         return None if value.strip() else f"is empty ({_short(value)})"
@@ -174,14 +174,19 @@ def _field_problem(value, kind: str) -> str | None:
     if not value:
         return "is an empty list"
     for k, item in enumerate(value):
-        problem = _field_problem(item, _TEXT)
+        problem = _field_problem(item, TEXT)
         if problem:
             return f"item {k} {problem}"
     return None
 
 
-def _read_records(path: str | Path, fmt: str) -> Iterator[tuple[int, dict]]:
+def read_records(path: str | Path, fmt: str, fields: Mapping[str, str] | None = None,
+                 fix: str | None = None) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_no, record)`` for each non-blank line of a JSON Lines file of ``fmt``.
+
+    ``fields`` (field -> ``TEXT``) replaces the format's fields, for files that name them
+    otherwise (``data.read_jsonl_steps``); ``fix`` replaces the advice a bad line's error ends
+    with.
 
     Lines are read as R reads them: text mode, UTF-8, universal newlines (dataloader.py:7-9), so
     a U+2028 inside a JSON string does not end a line. Blank lines are skipped (R would crash).
@@ -193,12 +198,14 @@ def _read_records(path: str | Path, fmt: str) -> Iterator[tuple[int, dict]]:
             ``path:line``, the field and the fix.
     """
     path = Path(path)
-    shape = _RECORD_SHAPES[fmt]
+    fields = _FIELDS[fmt] if fields is None else fields
+    shape = ("{" + ", ".join(f'"{field}": str' for field in fields) + "}"
+             if fields is not _FIELDS[fmt] else _RECORD_SHAPES[fmt])
     if not path.is_file():
         raise FileNotFoundError(f"step_jsonl_path={str(path)!r} does not exist or is not a file. "
                                 f"Point it at a JSON Lines file of {fmt} records, one {shape} "
                                 "object per line.")
-    fix = f"Fix or delete that line; each line of a {fmt} file is one {shape} object."
+    fix = fix or f"Fix or delete that line; each line of a {fmt} file is one {shape} object."
     line_no = 0
     with open(path, encoding="utf-8") as lines:
         try:
@@ -213,7 +220,7 @@ def _read_records(path: str | Path, fmt: str) -> Iterator[tuple[int, dict]]:
                 if not isinstance(record, dict):
                     raise ValueError(f"{where} is a JSON {type(record).__name__}, not an object. "
                                      f"{fix}")
-                for field, kind in _FIELDS[fmt].items():
+                for field, kind in fields.items():
                     if field not in record:
                         raise ValueError(f"{where} lacks the field {field!r} (it has "
                                          f"{sorted(record)}). {fix}")
@@ -293,7 +300,7 @@ def read_gsm8k_steps(path: str | Path) -> pd.DataFrame:
             ``question``/``answer``), naming file, line and field; or a file with no records.
     """
     rows = []
-    for problem_id, (_, record) in enumerate(_read_records(path, "gsm8k")):
+    for problem_id, (_, record) in enumerate(read_records(path, "gsm8k")):
         question, answer = record["question"], record["answer"]
         pieces = split_gsm8k_answer(answer)
         final_answer = _gsm8k_final_answer(answer)
@@ -445,7 +452,7 @@ def read_numina_steps(path: str | Path) -> pd.DataFrame:
             and field; or a file with no records.
     """
     rows = []
-    for problem_id, (_, record) in enumerate(_read_records(path, "numina")):
+    for problem_id, (_, record) in enumerate(read_records(path, "numina")):
         head = record["question"]
         for solution_idx, solution in enumerate(record["answer"]):
             steps = split_numina_solution(solution)
@@ -483,7 +490,7 @@ def read_opencode_steps(path: str | Path) -> pd.DataFrame:
             ``input``/``output``), naming file, line and field; or a file with no records.
     """
     rows = []
-    for problem_id, (_, record) in enumerate(_read_records(path, "opencode")):
+    for problem_id, (_, record) in enumerate(read_records(path, "opencode")):
         steps = [line for line in record["output"].split("\n") if line.strip()]
         for i, step in enumerate(steps):
             rows.append(dict(problem_id=problem_id, solution_idx=0, step_idx=i,
