@@ -200,7 +200,8 @@ class StepSAEConfig(Config):
         Raises:
             ValueError: an override out of range.
 
-        Used by notebook 08 (``step_modes`` with ``"reference"``) and profiles/step-sae-qwen2.5-0.5b.yaml.
+        Used by notebook 08 (``step_modes`` with ``"reference"``) and
+        profiles/step-sae-qwen2.5-0.5b.yaml.
         """
         n_latents = overrides.get("n_latents", d_model * n_prefix)  # model_qwen.py:21-22
         values = dict(

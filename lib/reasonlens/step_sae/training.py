@@ -156,7 +156,8 @@ class StepSAETrainConfig(Config):
         Returns:
             A validated ``StepSAETrainConfig``.
 
-        Used by notebook 08 (``step_modes`` with ``"reference"``) and profiles/step-sae-qwen2.5-0.5b.yaml.
+        Used by notebook 08 (``step_modes`` with ``"reference"``) and
+        profiles/step-sae-qwen2.5-0.5b.yaml.
         """
         values = dict(
             n_steps=30,  # train.yaml:18 (MAX_ITERS, epochs in R)
