@@ -8,7 +8,10 @@ passes only under a lucky global RNG state is a bug to fix, not to hide.
 from __future__ import annotations
 
 import copy
+import json
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -95,3 +98,41 @@ def tiny_step_sae(toy_model, tokenizer):
                         max_step_tokens=12)
     tok = copy.deepcopy(tokenizer)
     return StepSAE.build(toy_model, tok, cfg, seed=0).eval(), tok
+
+
+class ChatEndpoint(BaseHTTPRequestHandler):
+    """An OpenAI-compatible ``/chat/completions`` endpoint on localhost: it replies with the next
+    of ``replies`` (an int: that HTTP error), then with ``default``, and keeps what it was sent as
+    ``(path, Authorization header, body)``."""
+
+    seen: list = []
+    replies: list = []
+    default = ""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append((self.path, self.headers.get("Authorization"), body))
+        content = self.replies.pop(0) if self.replies else self.default
+        if isinstance(content, int):
+            self.send_error(content)
+            return
+        reply = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def chat_endpoint():
+    """``(base URL, ChatEndpoint)`` of a fresh local endpoint; set ``replies``/``default``."""
+    ChatEndpoint.seen, ChatEndpoint.replies, ChatEndpoint.default = [], [], ""
+    server = HTTPServer(("127.0.0.1", 0), ChatEndpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/v1", ChatEndpoint
+    server.shutdown()
+    server.server_close()

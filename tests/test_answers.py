@@ -1,8 +1,5 @@
 """Answer extraction and checking on hand-made completions; expected values written by hand."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
@@ -101,45 +98,25 @@ def test_generation_keeps_its_counts_through_pickle():
         == (9, 4, True)
 
 
-class _Judge(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint that answers "1" and keeps what it was sent."""
-    seen: list = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.seen.append((self.path, self.headers.get("Authorization"), body))
-        reply = json.dumps({"choices": [{"message": {"content": " 1\n"}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, *args):
-        pass
-
-
-def test_the_llm_verifier_is_off_by_default_and_asks_an_openai_compatible_endpoint(monkeypatch):
+def test_the_llm_verifier_is_off_by_default_and_asks_an_openai_compatible_endpoint(
+        monkeypatch, chat_endpoint):
+    url, judge = chat_endpoint
+    judge.default = " 1\n"
     monkeypatch.delenv(answers.ENV_URL, raising=False)
     assert answers.LLMVerifier.from_env() is None
-    server = HTTPServer(("127.0.0.1", 0), _Judge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv(answers.ENV_URL, f"http://127.0.0.1:{server.server_port}/v1")
-        monkeypatch.setenv(answers.ENV_MODEL, "judge-model")
-        monkeypatch.setenv(answers.ENV_KEY, "k123")
-        scored = task_utils.process_math({"answer": "\\text{Navin}"}, ["\\boxed{navin}"])
-        assert scored["llm_match"] == 1.0 and scored["exact_match"] == 0.0
-        path, auth, body = _Judge.seen[-1]
-        assert path == "/v1/chat/completions" and auth == "Bearer k123"
-        assert body["model"] == "judge-model" and body["temperature"] == 0.5
-        assert "Options: ['\\text{Navin}']\n    Attempt: navin" in body["messages"][0]["content"]
-        n_asked = len(_Judge.seen)
-        # integers are compared directly, without asking
-        assert answers.LLMVerifier.from_env().math_match("023", "23") is True
-        assert len(_Judge.seen) == n_asked
-    finally:
-        server.shutdown()
+    monkeypatch.setenv(answers.ENV_URL, url)
+    monkeypatch.setenv(answers.ENV_MODEL, "judge-model")
+    monkeypatch.setenv(answers.ENV_KEY, "k123")
+    scored = task_utils.process_math({"answer": "\\text{Navin}"}, ["\\boxed{navin}"])
+    assert scored["llm_match"] == 1.0 and scored["exact_match"] == 0.0
+    path, auth, body = judge.seen[-1]
+    assert path == "/v1/chat/completions" and auth == "Bearer k123"
+    assert body["model"] == "judge-model" and body["temperature"] == 0.5
+    assert "Options: ['\\text{Navin}']\n    Attempt: navin" in body["messages"][0]["content"]
+    n_asked = len(judge.seen)
+    # integers are compared directly, without asking
+    assert answers.LLMVerifier.from_env().math_match("023", "23") is True
+    assert len(judge.seen) == n_asked
     with pytest.raises(ValueError, match="REASONLENS_VERIFIER_MODEL"):
         answers.LLMVerifier("http://x", "")
 

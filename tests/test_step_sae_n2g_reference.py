@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 import pandas as pd
@@ -334,43 +332,9 @@ def test_offline_labeller_is_deterministic_and_says_what_it_is():
     assert set(one) == {*labels.LABEL_KEYS, "labeller"} and one["feature_index"] == 4
 
 
-class _Endpoint(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint that replies with the next of ``replies`` (an int: that
-    HTTP error) and keeps what it was sent."""
-
-    seen: list = []
-    replies: list = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.seen.append((self.path, self.headers.get("Authorization"), body))
-        content = self.replies.pop(0) if self.replies else json.dumps(GOOD)
-        if isinstance(content, int):
-            self.send_error(content)
-            return
-        reply = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture()
-def endpoint():
-    _Endpoint.seen, _Endpoint.replies = [], []
-    server = HTTPServer(("127.0.0.1", 0), _Endpoint)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/v1", _Endpoint
-    server.shutdown()
-    server.server_close()
-
-
-def test_llm_labeller_round_trip_through_a_local_endpoint(endpoint, monkeypatch):
-    url, handler = endpoint
+def test_llm_labeller_round_trip_through_a_local_endpoint(chat_endpoint, monkeypatch):
+    url, handler = chat_endpoint
+    handler.default = json.dumps(GOOD)
     monkeypatch.setenv("N2G_TEST_KEY", "k-test")
     labeller = labels.LLMLabeller(url, "stub-model", key_env="N2G_TEST_KEY", backoff_s=0.0)
     pats = _patterns()
@@ -412,8 +376,9 @@ def test_llm_labeller_round_trip_through_a_local_endpoint(endpoint, monkeypatch)
         labels.label_latents(pats, None, labeller, errors="skip")
 
 
-def test_chat_client_retries_http_errors_then_names_the_endpoint(endpoint):
-    url, handler = endpoint
+def test_chat_client_retries_http_errors_then_names_the_endpoint(chat_endpoint):
+    url, handler = chat_endpoint
+    handler.default = json.dumps(GOOD)
     client = ChatClient(url, "m", max_retries=2, backoff_s=0.0, name="test client",
                         hint="; do X instead.")
     handler.replies = [500, "fine"]
