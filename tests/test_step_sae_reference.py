@@ -443,13 +443,18 @@ def test_a_reference_sae_saves_and_loads_with_its_context_encoder(tmp_path, toy_
 
 
 # --- decoding from a latent ------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["reference", "ours"])
-def test_greedy_decoding_follows_the_decoders_argmax(mode, toy_model, step_tokenizer,
-                                                     step_table):
+def decoding_sae(mode, toy_model, step_tokenizer):
+    """An untrained step SAE of ``mode`` ("reference" or "ours") for the decoding tests."""
     cfg = (reference_config() if mode == "reference" else
            step_model.StepSAEConfig(n_latents=16, d_projection=32, max_context_tokens=24,
                                     max_step_tokens=16))
-    sae = step_model.StepSAE.build(toy_model, step_tokenizer, cfg, seed=0).eval()
+    return step_model.StepSAE.build(toy_model, step_tokenizer, cfg, seed=0).eval()
+
+
+@pytest.mark.parametrize("mode", ["reference", "ours"])
+def test_greedy_decoding_follows_the_decoders_argmax(mode, toy_model, step_tokenizer,
+                                                     step_table):
+    sae = decoding_sae(mode, toy_model, step_tokenizer)
     examples = examples_of(step_table.head(2), step_tokenizer, sae.cfg)
     with torch.no_grad():
         z = sae.encode(batch_of(sae, examples))
@@ -472,10 +477,7 @@ def test_greedy_decoding_follows_the_decoders_argmax(mode, toy_model, step_token
 @pytest.mark.parametrize("mode", ["reference", "ours"])
 def test_batched_greedy_decoding_equals_one_step_at_a_time(mode, toy_model, step_tokenizer,
                                                           step_table):
-    cfg = (reference_config() if mode == "reference" else
-           step_model.StepSAEConfig(n_latents=16, d_projection=32, max_context_tokens=24,
-                                    max_step_tokens=16))
-    sae = step_model.StepSAE.build(toy_model, step_tokenizer, cfg, seed=0).eval()
+    sae = decoding_sae(mode, toy_model, step_tokenizer)
     examples = examples_of(step_table.head(7), step_tokenizer, sae.cfg)
     with torch.no_grad():
         z = sae.encode(batch_of(sae, examples))
