@@ -443,21 +443,22 @@ def test_a_reference_sae_saves_and_loads_with_its_context_encoder(tmp_path, toy_
 
 
 # --- decoding from a latent ------------------------------------------------------------------
-def decoding_sae(mode, toy_model, step_tokenizer):
-    """An untrained step SAE of ``mode`` ("reference" or "ours") for the decoding tests."""
+def decoding_setup(mode, toy_model, step_tokenizer, step_table, n_steps):
+    """An untrained step SAE of ``mode`` ("reference" or "ours"), the first ``n_steps`` steps as
+    its examples, and their latents, for the decoding tests."""
     cfg = (reference_config() if mode == "reference" else
            step_model.StepSAEConfig(n_latents=16, d_projection=32, max_context_tokens=24,
                                     max_step_tokens=16))
-    return step_model.StepSAE.build(toy_model, step_tokenizer, cfg, seed=0).eval()
+    sae = step_model.StepSAE.build(toy_model, step_tokenizer, cfg, seed=0).eval()
+    examples = examples_of(step_table.head(n_steps), step_tokenizer, sae.cfg)
+    with torch.no_grad():
+        return sae, examples, sae.encode(batch_of(sae, examples))
 
 
 @pytest.mark.parametrize("mode", ["reference", "ours"])
 def test_greedy_decoding_follows_the_decoders_argmax(mode, toy_model, step_tokenizer,
                                                      step_table):
-    sae = decoding_sae(mode, toy_model, step_tokenizer)
-    examples = examples_of(step_table.head(2), step_tokenizer, sae.cfg)
-    with torch.no_grad():
-        z = sae.encode(batch_of(sae, examples))
+    sae, examples, z = decoding_setup(mode, toy_model, step_tokenizer, step_table, 2)
     decoded = inference.greedy_decode(sae, examples.context_ids, z, max_new_tokens=5)
     assert len(decoded) == 2
     for i, tokens in enumerate(decoded):
@@ -477,10 +478,7 @@ def test_greedy_decoding_follows_the_decoders_argmax(mode, toy_model, step_token
 @pytest.mark.parametrize("mode", ["reference", "ours"])
 def test_batched_greedy_decoding_equals_one_step_at_a_time(mode, toy_model, step_tokenizer,
                                                           step_table):
-    sae = decoding_sae(mode, toy_model, step_tokenizer)
-    examples = examples_of(step_table.head(7), step_tokenizer, sae.cfg)
-    with torch.no_grad():
-        z = sae.encode(batch_of(sae, examples))
+    sae, examples, z = decoding_setup(mode, toy_model, step_tokenizer, step_table, 7)
     contexts = [c[-(6 + 3 * i):] for i, c in enumerate(examples.context_ids)]  # left padding
     alone = inference.greedy_decode(sae, contexts, z, max_new_tokens=6, batch_size=1)
     together = inference.greedy_decode(sae, contexts, z, max_new_tokens=6, batch_size=4)
