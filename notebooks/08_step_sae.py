@@ -70,7 +70,8 @@ step_n_test = 2000  # held-out steps (test split)
 step_n_latents = 256  # the reference's is d_model * step_n_prefix (896 for Qwen2.5-0.5B)
 step_n_prefix = 1  # soft-prefix vectors: the paper's sparsity factor
 step_l1_target = 3.0  # nine equally active latents have an L1 norm of 3
-step_l1_coefficient = 0.01  # ours: weight of (L1 - target)^2; reference: the adaptive start
+step_l1_coefficient = 0.01  # ours: weight of (L1 - target)^2
+step_ref_l1_coefficient = 1e-4  # reference: the adaptive L1 weight's start (R: train.yaml:11)
 step_l1_warmup_steps = 300  # ours: the penalty ramps up over these steps
 step_max_context_tokens = 48  # the reference's data sources use the reference's own limits
 step_max_step_tokens = 32
@@ -181,12 +182,11 @@ print(f"{len(train_table):,} training steps, {len(test_table):,} held-out steps;
 
 # %%
 sizes = dict(n_latents=step_n_latents, n_prefix=step_n_prefix, l1_target=step_l1_target,
-             l1_coefficient=step_l1_coefficient, max_context_tokens=step_max_context_tokens,
-             max_step_tokens=step_max_step_tokens)
+             max_context_tokens=step_max_context_tokens, max_step_tokens=step_max_step_tokens)
 d_model = AutoConfig.from_pretrained(lm_path).hidden_size
-configs = {"ours": StepSAEConfig(**sizes),
+configs = {"ours": StepSAEConfig(l1_coefficient=step_l1_coefficient, **sizes),
            "reference": StepSAEConfig.reference(d_model, mask_index_shift=step_mask_index_shift,
-                                                **sizes)}
+                                                l1_coefficient=step_ref_l1_coefficient, **sizes)}
 saes = {mode: StepSAE.build(lm_path, tokenizer, configs[mode], seed=0) for mode in step_modes}
 limits = ((10**9, 10**9) if step_data_source in readers.FORMATS
           else (step_max_context_tokens, step_max_step_tokens))
