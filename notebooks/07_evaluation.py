@@ -288,7 +288,7 @@ else:
 display(harness_table.round(3))
 
 # %% [markdown]
-# ## The paper's headline beside the toy's
+# ## The paper's headline beside this profile's
 # Accuracy change in points and reasoning-length change in percent of the unsteered length (the
 # interval is the paired interval of the length difference divided by the unsteered mean). The
 # "best in sweep" row picks its strength on these same problems, so it is optimistic.
@@ -296,9 +296,9 @@ display(harness_table.round(3))
 # %%
 best = sweep.dropna(subset=["strength"]).nlargest(1, "is_correct").condition.iloc[0]
 paper_strength = name(top[0], 2.0) if 2.0 in eval_strengths else name(top[0], max(eval_strengths))
-rows = {paper_strength: "toy: top feature at the paper's strength",
-        name(top[0], eval_strength): "toy: top feature at eval_strength",
-        best: "toy: best strength in the sweep"}
+rows = {paper_strength: f"{profile}: top feature at the paper's strength",
+        name(top[0], eval_strength): f"{profile}: top feature at eval_strength",
+        best: f"{profile}: best strength in the sweep"}
 headlines = pd.DataFrame([{"": "paper: R1-Distill-Llama-8B, feature 46379 x2 (AIME/MATH/GPQA)",
                            "accuracy change (points)": "+2.2", "length change (%)": "+20.5"}]
                          + [{"": f"{label} ({c})", **evaluation.headline(table, c)}
