@@ -36,7 +36,7 @@ from reasonlens.world import chat_format
 
 # notebook 08's defaults for the toy
 SIZES = dict(n_latents=256, n_prefix=1, l1_target=3.0, max_context_tokens=48, max_step_tokens=32)
-RATES = dict(batch_size=32, lr=3e-3, lm_lr=3e-4, warmup_steps=50, checkpoint_every=0)
+RATES = dict(batch_size=32, grad_accum_steps=1, lr=3e-3, lm_lr=3e-4, warmup_steps=50, checkpoint_every=0)
 OURS_L1 = 0.01  # notebook 08's step_l1_coefficient (weight of (L1 - target)^2)
 
 # each variant: (overrides of StepSAEConfig.reference, or None for our mode)
@@ -75,7 +75,8 @@ def run_variant(name: str, lm_path: str, tokenizer, train, test, n_steps: int) -
         train_cfg = training.StepSAETrainConfig(n_steps=n_steps, l1_warmup_steps=300, **RATES)
     else:
         cfg = StepSAEConfig.reference(d_model, **SIZES | overrides)
-        train_cfg = training.StepSAETrainConfig.reference(n_steps=n_steps, **RATES)
+        train_cfg = training.StepSAETrainConfig.reference(n_steps=n_steps, min_lr=0.0,
+                                                            lr_decay_steps=None, **RATES)
     started = time.perf_counter()
     sae = StepSAE.build(lm_path, tokenizer, cfg, seed=0)
     history = training.train_step_sae(sae, train, train_cfg, progress=True)
