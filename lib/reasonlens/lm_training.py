@@ -33,8 +33,8 @@ class LMTrainConfig(Config):
             stopping without stopping: the base model, with little data, overfits).
         autocast_dtype: run forward passes under ``torch.autocast`` in this dtype (``"bfloat16"``);
             weights, gradients and AdamW stay float32. Fine-tuning SmolLM2-135M on 2 CPU cores
-            (``benchmarks/bench_finetune.py``): 461 tokens/s under bfloat16 autocast against
-            63 in float32, and as fast as LoRA; None: float32 throughout (the toy's default).
+            (``benchmarks/bench_finetune.py``, idle): 334 tokens/s under bfloat16 autocast
+            against 195 in float32; None: float32 throughout (the toy's default).
     """
 
     n_steps: int = 1000
