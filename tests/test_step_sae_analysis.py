@@ -698,8 +698,8 @@ def test_sample_solutions_returns_k_sampled_reasoning_completions_per_problem(
     cfg = voting.VotingConfig(n_samples=3, max_new_tokens=6, temperature=0.7, seed=3,
                               batch_size=4)
     solutions = voting.sample_solutions(toy_model, tokenizer, problems, cfg)
-    assert list(solutions.columns) == ["problem_id", "sample_idx", "question", "answer",
-                                       "completion", "predicted", "is_correct"]
+    assert list(solutions.columns) == ["problem_id", "family", "sample_idx", "question",
+                                       "answer", "completion", "predicted", "is_correct"]
     assert solutions.sample_idx.tolist() == [0, 1, 2] * 2
     assert solutions.problem_id.tolist() == np.repeat(problems.problem_id, 3).tolist()
     assert solutions.answer.tolist() == np.repeat(problems.answer, 3).tolist()
@@ -774,6 +774,24 @@ def test_trace_step_table_splits_generated_reasoning_into_steps():
     assert table.step.tolist() == ["a = 1.", "b = 2."]
     assert table.context.iloc[1].endswith("<think>\na = 1.\n")
     assert table.problem_id.tolist() == [4, 4]
+    assert "is_claim_correct" not in table  # no family: nothing to check the claims by
+
+
+def test_trace_step_table_checks_the_models_own_claims_by_its_family():
+    problems = pd.DataFrame({"problem_id": [4], "question": ["Start at 35 and add 9, two times."],
+                             "family": ["arithmetic"]})
+    table = data.trace_step_table(problems, ["Let me keep a running total.\n35 + 9 = 44, one "
+                                             "to go.\n44 + 9 = 54, done.\n</think>\nThe answer "
+                                             "is 54."])
+    assert table.is_claim_correct.tolist() == [pd.NA, True, False]
+    assert str(table.is_claim_correct.dtype) == "boolean"
+
+
+def test_step_auc_scores_the_probe_on_the_models_own_steps():
+    labels = pd.array([True, False, pd.NA, True, False], dtype="boolean")
+    # the NA step is left out; of the rest, right steps 0.9, 0.5 and wrong 0.2, 0.6: 3 of 4 pairs
+    assert voting.step_auc([0.9, 0.2, 0.0, 0.5, 0.6], labels) == 0.75
+    assert np.isnan(voting.step_auc([0.9, 0.1], pd.array([True, pd.NA], dtype="boolean")))
 
 
 def test_weight_auc_and_tau_sweep_follow_the_weights():

@@ -226,9 +226,9 @@ def test_reference_sampling_prompts_the_decoder_with_the_raw_question(monkeypatc
     cfg = voting.VotingConfig.reference(n_samples=2, max_new_tokens=4, batch_size=4, seed=5)
     calls = spy_on_generate(monkeypatch, sae.decoder)
     solutions = voting.sample_solutions(sae, tok, problems, cfg)
-    # the frame of sample_solutions
-    assert list(solutions.columns) == ["problem_id", "sample_idx", "question", "answer",
-                                       "completion", "predicted", "is_correct"]
+    # the frame of sample_solutions (the world's problems carry their family through)
+    assert list(solutions.columns) == ["problem_id", "family", "sample_idx", "question",
+                                       "answer", "completion", "predicted", "is_correct"]
     assert solutions.problem_id.tolist() == np.repeat(problems.problem_id, 2).tolist()
     assert solutions.sample_idx.tolist() == [0, 1] * 3
     assert solutions.answer.tolist() == np.repeat(problems.answer, 2).tolist()

@@ -236,3 +236,30 @@ def test_world_tables_have_the_expected_columns_and_sizes(world):
     assert world.documents.kind.value_counts().to_dict() == {"trace": 150, "plain": 150,
                                                              "chat": 45}
     assert list(world.documents.doc_id) == list(range(345))
+
+
+def test_check_claims_reads_a_models_own_steps():
+    """Hand-computed: the truth of each claim a step states; None when it states none."""
+    arithmetic, clock = get_family("arithmetic"), get_family("clock")
+    assert arithmetic.check_claims("Maybe 35 + 9 = 44, three to go.") is True
+    assert arithmetic.check_claims("35 + 9 = 45, three to go.") is False
+    assert arithmetic.check_claims("Wait. But 54 - 8 = 46, not 47.") is True  # the fix's claim
+    assert arithmetic.check_claims("Let me keep a running total.") is None
+    assert arithmetic.check_claims("Therefore the answer is 93.") is None
+    assert clock.check_claims("9 and 5 hours make 2, done.") is True
+    assert clock.check_claims("9 and 5 hours make 14, done.") is False
+    assert get_family("maximum").check_claims("47 or 82: 47 is larger.") is False
+    assert get_family("counting").check_claims("7 is even, so 3.") is False  # parity only
+    assert get_family("counting").check_claims("12 is even, so 3.") is True
+
+
+def test_check_claims_agrees_with_the_generators_labels(every_family_world):
+    """On generated traces the check reproduces ``is_correct`` of every claiming step (counting:
+    its parity claims are always right, the count it cannot check alone)."""
+    steps = every_family_world.steps
+    for row in steps.itertuples():
+        found = get_family(row.family).check_claims(row.text)
+        if row.kind in ("compute", "check", "correct"):
+            assert found == (True if row.family == "counting" else bool(row.is_correct)), row.text
+        else:
+            assert found is None, row.text

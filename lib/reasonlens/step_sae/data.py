@@ -25,6 +25,7 @@ import torch
 from reasonlens import constants as K
 from reasonlens.step_sae import readers
 from reasonlens.world import ChatFormat
+from reasonlens.world.families import get_family
 
 SEP = "<sep>"
 STEP_COLUMNS = ("problem_id", "step_idx", "context", "step")
@@ -215,15 +216,22 @@ def trace_step_table(problems: pd.DataFrame, completions: Sequence[str],
 
     A completion continues the reasoning prompt; its steps are the non-empty lines before
     ``</think>``. The column ``solution_idx`` gives the completion each step came from; ``fmt``
-    is the prompt's format (default the toy's).
+    is the prompt's format (default the toy's). When ``problems`` has the synthetic world's
+    ``family`` column, ``is_claim_correct`` (nullable boolean) says whether the model's own step
+    states only true claims (``Family.check_claims``; NA for a step with no claim, e.g. a plan).
     """
     rows = []
-    pairs = zip(problems["problem_id"], problems["question"], completions)
-    for solution_idx, (pid, question, completion) in enumerate(pairs):
+    families = problems["family"] if "family" in problems else [None] * len(problems)
+    pairs = zip(problems["problem_id"], problems["question"], families, completions)
+    for solution_idx, (pid, question, family, completion) in enumerate(pairs):
         head = (fmt or ChatFormat.toy()).prompt(question, reasoning=True)
         lines = [s for s in completion.split(K.THINK_CLOSE)[0].split("\n") if s.strip()]
         for idx, step in enumerate(lines):
             rows.append(dict(solution_idx=solution_idx, problem_id=pid, step_idx=idx,
-                             context=head, step=step))
+                             context=head, step=step,
+                             is_claim_correct=family and get_family(family).check_claims(step)))
             head += step + "\n"
-    return pd.DataFrame(rows, columns=["solution_idx", *STEP_COLUMNS])
+    table = pd.DataFrame(rows, columns=["solution_idx", *STEP_COLUMNS, "is_claim_correct"])
+    if "family" not in problems:
+        return table.drop(columns="is_claim_correct")
+    return table.astype({"is_claim_correct": "boolean"})

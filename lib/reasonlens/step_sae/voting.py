@@ -221,8 +221,9 @@ def sample_solutions(lm, tokenizer, problems: pd.DataFrame, cfg: VotingConfig) -
         cfg: the settings; ``cfg.rules`` picks prompt and answer reading.
 
     Returns:
-        One row per solution: problem_id, sample_idx, question, answer, completion, predicted
-        (``Int64`` under our rules, a string or None under R's), is_correct. Seeded by
+        One row per solution: problem_id, (family, when ``problems`` has it), sample_idx,
+        question, answer, completion, predicted (``Int64`` under our rules, a string or None
+        under R's), is_correct. Seeded by
         ``cfg.seed`` alone; a progress bar named "sample".
 
     Raises:
@@ -261,6 +262,7 @@ def _solutions(lm, tokenizer, problems: pd.DataFrame, cfg: VotingConfig, n_sampl
     predicted, is_correct = read_answers(completions, repeated["answer"], cfg.rules)
     return pd.DataFrame({
         "problem_id": repeated["problem_id"].to_numpy(),
+        **({"family": repeated["family"].to_numpy()} if "family" in repeated else {}),
         "sample_idx": np.tile(np.arange(n_samples), len(problems)),
         "question": repeated["question"].to_numpy(),
         "answer": repeated["answer"].to_numpy(),
@@ -305,6 +307,23 @@ def weight_auc(solutions: pd.DataFrame, weights: np.ndarray) -> float:
     if correct.all() or not correct.any():
         return float("nan")
     return float(roc_auc_score(correct, np.asarray(weights, dtype=float)))
+
+
+def step_auc(p_correct: np.ndarray, is_correct) -> float:
+    """ROC AUC of the probe's ``p_correct`` ``[n_steps]`` for telling a model's own right steps
+    from its wrong ones (``is_correct``: nullable booleans, NA steps left out; NaN if one class).
+
+    Where ``weight_auc`` asks whether the weights rank whole solutions, this asks whether the
+    probe recognises the model's own wrong *steps*, which weighted voting needs first.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    labels = pd.array(is_correct, dtype="boolean")
+    known = ~np.asarray(labels.isna())
+    correct = np.asarray(labels[known], dtype=bool)
+    if correct.all() or not correct.any():
+        return float("nan")
+    return float(roc_auc_score(correct, np.asarray(p_correct, dtype=float)[known]))
 
 
 def tau_sweep(problems: pd.DataFrame, solutions: pd.DataFrame, n_solutions: int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from typing import ClassVar
 
 
@@ -30,9 +31,25 @@ class Family:
     """A family of fold problems. Subclasses define sampling, the update rule and step phrasing."""
 
     name: ClassVar[str]
+    claim_re: ClassVar[re.Pattern]  # one claim as ``claim`` writes it (its numbers as groups)
 
     def sample(self, rng: random.Random, n_items: int) -> Problem:
         raise NotImplementedError
+
+    def claim_holds(self, match: re.Match) -> bool:
+        """Whether one claim matched by ``claim_re`` is true."""
+        raise NotImplementedError
+
+    def check_claims(self, text: str) -> bool | None:
+        """Whether every claim of this family's form in ``text`` (a step, e.g. one a model wrote)
+        is true; None when the text states none.
+
+        This labels a model's *own* steps, where the generator's labels do not exist. A
+        correction ("Wait. 54 + 8 = 62, not 61.") counts its first claim only: the refuted
+        number is not written as a claim.
+        """
+        found = [self.claim_holds(m) for m in self.claim_re.finditer(text)]
+        return all(found) if found else None
 
     def update(self, problem: Problem, state: int, item) -> int:
         raise NotImplementedError
@@ -94,8 +111,14 @@ class Arithmetic(Family):
         sign, d = item
         return state + d if sign == "+" else state - d
 
+    claim_re = re.compile(r"(\d+) ([+-]) (\d+) = (-?\d+)")
+
     def claim(self, problem, state, item, result):
         return f"{state} {item[0]} {item[1]} = {result}."
+
+    def claim_holds(self, match):
+        state, sign, d, result = match.groups()
+        return self.update(None, int(state), (sign, int(d))) == int(result)
 
     def wrong(self, rng, problem, state, item):
         right = self.update(problem, state, item)
@@ -156,8 +179,14 @@ class Clock(Family):
     def update(self, problem, state, item):
         return (state - 1 + item) % 12 + 1
 
+    claim_re = re.compile(r"(\d+) and (\d+) hours make (\d+)")
+
     def claim(self, problem, state, item, result):
         return f"{state} and {item} hours make {result}."
+
+    def claim_holds(self, match):
+        state, item, result = map(int, match.groups())
+        return self.update(None, state, item) == result
 
     def wrong(self, rng, problem, state, item):
         right = self.update(problem, state, item)
@@ -188,8 +217,14 @@ class Maximum(Family):
     def update(self, problem, state, item):
         return max(state, item)
 
+    claim_re = re.compile(r"(\d+) or (\d+): (\d+) is larger")
+
     def claim(self, problem, state, item, result):
         return f"{state} or {item}: {result} is larger."
+
+    def claim_holds(self, match):
+        state, item, result = map(int, match.groups())
+        return max(state, item) == result
 
     def wrong(self, rng, problem, state, item):
         return min(state, item)
@@ -217,8 +252,14 @@ class Counting(Family):
     def update(self, problem, state, item):
         return state + int(item % 2 == 0)
 
+    claim_re = re.compile(r"(\d+) is (even|odd)")
+
     def claim(self, problem, state, item, result):
         return f"{item} is {'even' if item % 2 == 0 else 'odd'}, so {result}."
+
+    def claim_holds(self, match):
+        """Only the parity: the count after "so" depends on the count before the step."""
+        return (int(match.group(1)) % 2 == 0) == (match.group(2) == "even")
 
     def wrong(self, rng, problem, state, item):
         right = self.update(problem, state, item)
