@@ -11,6 +11,9 @@ if bash "$ROOT/scripts/setup_venv.sh"; then
   # shellcheck disable=SC1091
   source "$VENV/bin/activate"
   export PYTHONHASHSEED=0
+  # This checkout's library first, also with a venv shared from another checkout
+  # (REASONLENS_VENV), whose editable install points there.
+  export PYTHONPATH="$ROOT/lib${PYTHONPATH:+:$PYTHONPATH}"
 else
   echo "error: setting up $VENV failed (see above)" >&2
   false
