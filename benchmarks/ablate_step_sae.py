@@ -10,7 +10,7 @@ the same micro-batches, and is scored on the same held-out steps:
 - gap = shuffled - own: what the latent carries about the step beyond its context (0: nothing);
 - L0 (mean active latents per step), the dead fraction and the adaptive L1 weight at the end.
 
-    python benchmarks/ablate_step_sae.py            # 300 steps of 32 per variant: about 13 min
+    python benchmarks/ablate_step_sae.py            # 300 steps of 32 per variant: about 15 min
     python benchmarks/ablate_step_sae.py --steps 200 --variants reference prefix-step ours
 
 Needs notebooks 01-02 of ``--profile`` (default: the default profile). The variants' sizes and
