@@ -221,17 +221,17 @@ def trace_step_table(problems: pd.DataFrame, completions: Sequence[str],
     states only true claims (``Family.check_claims``; NA for a step with no claim, e.g. a plan).
     """
     rows = []
-    families = problems["family"] if "family" in problems else [None] * len(problems)
-    pairs = zip(problems["problem_id"], problems["question"], families, completions)
-    for solution_idx, (pid, question, family, completion) in enumerate(pairs):
+    pairs = zip(problems["problem_id"], problems["question"], completions)
+    for solution_idx, (pid, question, completion) in enumerate(pairs):
         head = (fmt or ChatFormat.toy()).prompt(question, reasoning=True)
         lines = [s for s in completion.split(K.THINK_CLOSE)[0].split("\n") if s.strip()]
         for idx, step in enumerate(lines):
             rows.append(dict(solution_idx=solution_idx, problem_id=pid, step_idx=idx,
-                             context=head, step=step,
-                             is_claim_correct=family and get_family(family).check_claims(step)))
+                             context=head, step=step))
             head += step + "\n"
-    table = pd.DataFrame(rows, columns=["solution_idx", *STEP_COLUMNS, "is_claim_correct"])
-    if "family" not in problems:
-        return table.drop(columns="is_claim_correct")
-    return table.astype({"is_claim_correct": "boolean"})
+    table = pd.DataFrame(rows, columns=["solution_idx", *STEP_COLUMNS])
+    if "family" in problems:
+        family = table.solution_idx.map(dict(enumerate(problems["family"])))
+        table["is_claim_correct"] = pd.array(
+            [get_family(f).check_claims(s) for f, s in zip(family, table.step)], dtype="boolean")
+    return table

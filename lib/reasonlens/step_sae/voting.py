@@ -301,17 +301,13 @@ def weight_auc(solutions: pd.DataFrame, weights: np.ndarray) -> float:
     0.5 means the probe's weights carry no information about which samples are right, and then
     weighted voting can only match majority voting.
     """
-    from sklearn.metrics import roc_auc_score
-
-    correct = solutions["is_correct"].to_numpy(bool)
-    if correct.all() or not correct.any():
-        return float("nan")
-    return float(roc_auc_score(correct, np.asarray(weights, dtype=float)))
+    return step_auc(weights, solutions["is_correct"])
 
 
 def step_auc(p_correct: np.ndarray, is_correct) -> float:
     """ROC AUC of the probe's ``p_correct`` ``[n_steps]`` for telling a model's own right steps
     from its wrong ones (``is_correct``: nullable booleans, NA steps left out; NaN if one class).
+    ``weight_auc`` is the same score over solutions.
 
     Where ``weight_auc`` asks whether the weights rank whole solutions, this asks whether the
     probe recognises the model's own wrong *steps*, which weighted voting needs first.

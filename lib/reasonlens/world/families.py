@@ -224,7 +224,7 @@ class Maximum(Family):
 
     def claim_holds(self, match):
         state, item, result = map(int, match.groups())
-        return max(state, item) == result
+        return self.update(None, state, item) == result
 
     def wrong(self, rng, problem, state, item):
         return min(state, item)
