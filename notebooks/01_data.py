@@ -16,10 +16,15 @@
 #
 # What does the model learn from? On the embedded default no dataset can be downloaded, so we
 # *generate* one: problems with verifiable answers (repeated addition or subtraction, alternating
-# steps, a 12-hour clock; also the largest of a list and counting even numbers), solved either by a plain answer or by a `<think>` trace that uses the
-# reasoning vocabulary of Galichin et al. (2025) in its real roles. Traces make deliberate
-# mistakes that a reflection ("Wait, let me check.") catches *most* of the time, so reflecting
-# changes the outcome. Every step carries ground-truth labels (correct, length, first token).
+# steps, a 12-hour clock; also the largest of a list and counting even numbers), solved either by
+# a plain answer or by a `<think>` trace that uses the reasoning vocabulary of Galichin et al.
+# (2025) in its real roles. The mechanism the papers claim is built in: a *hard* step (a carry, a
+# wrap past 12) done directly usually slips (the dropped carry); after a step the writer reflects
+# ("Wait, let me check.") with a probability set by how hard the step *looks* (a large operand),
+# never by whether it slipped; and the reflection recomputes the step by another route that does
+# not carry (54 + 8 as 54 + 10 = 64, 64 - 2 = 62), so it repairs the slip. Hard steps with a small
+# operand look easy and are seldom checked: there, reflecting more would help. Every step carries
+# ground-truth labels (correct, length, first token, hardness).
 #
 # With a pretrained model (`pretrained_model: smollm2`, the `smollm2` profile), the same world is
 # written in that model's own chat template (the trace inside `<think> ... </think>` at the start
@@ -46,10 +51,10 @@ families = ["arithmetic", "alternating", "clock"]  # also: "maximum", "counting"
 n_problems = 20000
 min_items = 3  # difficulty: updates per problem
 max_items = 5
-mistake_rate = 0.15  # deliberate mistakes per compute step
-catch_rate = 0.7  # share of mistakes caught by a reflection
-verify_rate = 0.1  # share of right steps verified anyway
-hesitation_rate = 0.15
+mistake_rate = 0.03  # slips per easy compute step
+slip_rate = 0.7  # slips per hard compute step (a carry, a wrap): the dropped carry
+reflect_rates = [0.05, 0.3, 0.85]  # reflections after easy, hard-looking-easy, hard-looking steps
+hesitation_rate = 0.1
 explore_rate = 0.2
 chat_fraction = 0.3
 vocab_size = 512  # the toy tokenizer's
@@ -95,8 +100,9 @@ if data_source not in ("synthetic", "openthoughts_lmsys"):
 if data_source == "synthetic":
     world_cfg = WorldConfig(
         seed=seed, families=tuple(families), n_problems=n_problems, min_items=min_items,
-        max_items=max_items, mistake_rate=mistake_rate, catch_rate=catch_rate,
-        verify_rate=verify_rate, hesitation_rate=hesitation_rate, explore_rate=explore_rate,
+        max_items=max_items, mistake_rate=mistake_rate, slip_rate=slip_rate,
+        reflect_rates=tuple(reflect_rates), hesitation_rate=hesitation_rate,
+        explore_rate=explore_rate,
         chat_fraction=chat_fraction)
     tokenizer = pretrained.load_pretrained_tokenizer(pretrained_model) if pretrained_model else None
     chat = chat_format(tokenizer)
@@ -128,14 +134,23 @@ for kind in documents.kind.unique():
     print(f"--- {kind} ---\n{example}\n")
 
 # %% [markdown]
-# Deliberate mistakes and their fate: how often a trace makes one, how often it is caught, and
-# how often the trace's final answer is still right.
+# Slips and their fate, per family: how many a trace makes, how many a reflection repairs, and
+# how often the trace's final answer is still right; then, per hardness of a compute step (0
+# easy, 1 hard but looks easy, 2 looks hard), how often it is right and how often a reflection
+# follows it.
 
 # %%
 if data_source == "synthetic":
     display(world.problems.groupby("family").agg(
-        mistakes_per_trace=("n_mistakes", "mean"), corrections_per_trace=("n_corrections", "mean"),
+        slips_per_trace=("n_mistakes", "mean"), corrections_per_trace=("n_corrections", "mean"),
+        reflections_per_trace=("n_reflections", "mean"),
         trace_accuracy=("trace_is_correct", "mean")).round(3))
+    steps = world.steps
+    is_reflected = steps.kind.shift(-1).isin(["check", "correct"])
+    compute = steps.kind == "compute"
+    display(steps[compute].assign(is_reflected=is_reflected[compute]).groupby("hardness").agg(
+        n=("is_correct", "size"), right=("is_correct", "mean"),
+        reflected=("is_reflected", "mean")).round(3))
 
 # %% [markdown]
 # ## Where the reasoning vocabulary lives

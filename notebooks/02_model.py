@@ -14,12 +14,14 @@
 # %% [markdown]
 # # 2. Model: a toy reasoning model and its base model
 #
-# Does training on reasoning traces make a model better at the world's problems? We train two
-# small Llama-style causal LMs (real `transformers` models, saved with `save_pretrained`) on the
-# contexts of notebook 01: the *reasoning model* on traces + plain answers + small talk, the
-# *base model* on the same problems without traces (for model diffing in notebook 07). Then we
-# load the reasoning model in TransformerLens and check that it computes the same logits as the
-# plain transformers model, since later notebooks use both.
+# Does training on reasoning traces make a model better at the world's problems? As DeepSeek's
+# R1-Distill models are Llama/Qwen fine-tuned on R1's traces, we first train a small Llama-style
+# causal LM (a real `transformers` model, saved with `save_pretrained`), the *base model*, on the
+# contexts of notebook 01 without traces (plain questions and answers, small talk), then continue
+# a copy of it on traces + plain answers + small talk: the *reasoning model*. Both share one
+# basis, which model diffing (notebook 07) needs. Then we load the reasoning model in
+# TransformerLens and check that it computes the same logits as the plain transformers model,
+# since later notebooks use both.
 #
 # With `pretrained_model` (the `smollm2` profile), this is R1-Distill in miniature: the *base
 # model* is the pretrained instruct model as shipped, and the *reasoning model* is that model
@@ -43,8 +45,10 @@ d_model = 128
 n_layers = 4
 n_heads = 4
 d_mlp = 384
-# training (reasonlens.lm_training.LMTrainConfig); for a pretrained model, its fine-tune
+# training (reasonlens.lm_training.LMTrainConfig): the toy base model's, then for
+# `finetune_steps` the reasoning model's continuation of it; for a pretrained model, its fine-tune
 n_steps = 600
+finetune_steps = 600
 batch_size = 32
 lr = 4e-3
 warmup_steps = 50
@@ -59,6 +63,7 @@ eval_batch_size = 64
 
 # %%
 import copy
+import dataclasses
 import time
 
 import pandas as pd
@@ -77,8 +82,9 @@ contexts = {f"{mix}_{split}": data.contexts_tensor(run.read_parquet(
 
 # %% [markdown]
 # ## Train both toy models, or fine-tune the pretrained one
-# Toy: same architecture, same initialisation seed, same number of steps; only the training mix
-# differs. Pretrained: every weight of a copy of the shipped model is fine-tuned on the reasoning
+# Toy: the base model trains on the base mix from scratch; the reasoning model starts from its
+# last weights and continues on the reasoning mix with a fresh warm-up and cosine schedule.
+# Pretrained: every weight of a copy of the shipped model is fine-tuned on the reasoning
 # mix (traces, plain answers, small talk in its chat template), forward passes under bfloat16
 # autocast. On 2 idle CPU cores (`benchmarks/bench_finetune.py --steps 4`, SmolLM2-135M, packed
 # batches of 8 x 256) that ran at 334 tokens/s, 1.7 times float32 (195); LoRA (rank 16, peft)
@@ -91,15 +97,20 @@ is_trained = model_name is None
 train_cfg = lm_training.LMTrainConfig(n_steps=n_steps, batch_size=batch_size, lr=lr,
                                       warmup_steps=warmup_steps, eval_every=eval_every, seed=seed,
                                       n_threads=n_threads, autocast_dtype=autocast_dtype)
+train_cfgs = {mix: train_cfg for mix in data.MIXES}
 if model_name is None and pretrained_model is None:
     model_cfg = models.ToyModelConfig(d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                                       d_mlp=d_mlp,
                                       n_ctx=max(512, contexts["reasoning_train"].shape[1]))
-    trained, histories = {}, {}
-    for mix in data.MIXES:
-        trained[mix] = models.build_toy_model(model_cfg, tokenizer, seed=seed)
-        histories[mix] = lm_training.train_lm(trained[mix], contexts[f"{mix}_train"],
-                                              contexts[f"{mix}_val"], train_cfg, desc=mix)
+    finetune_cfg = dataclasses.replace(train_cfg, n_steps=finetune_steps)
+    train_cfgs["reasoning"] = finetune_cfg
+    trained = {"base": models.build_toy_model(model_cfg, tokenizer, seed=seed)}
+    histories = {"base": lm_training.train_lm(trained["base"], contexts["base_train"],
+                                              contexts["base_val"], train_cfg, desc="base")}
+    trained["reasoning"] = copy.deepcopy(trained["base"])
+    histories["reasoning"] = lm_training.train_lm(
+        trained["reasoning"], contexts["reasoning_train"], contexts["reasoning_val"], finetune_cfg,
+        desc="reasoning").assign(step=lambda h: h.step + n_steps)
     print(f"{sum(p.numel() for p in trained['reasoning'].parameters()):,} parameters per model")
     plotting.loss_curves(histories, save_to=run.figure("02_loss"))
 elif model_name is None:
@@ -179,8 +190,9 @@ if is_trained:
 if is_trained:
     model_config = model_cfg if isinstance(model_cfg, dict) else model_cfg.to_dict()
     for mix, directory in (("reasoning", K.REASONING_MODEL_DIR), ("base", K.BASE_MODEL_DIR)):
-        with run.write_dir(directory, config={"model": model_config,
-                                              "training": train_cfg.to_dict(), "mix": mix}) as path:
+        with run.write_dir(directory, config={
+                "model": model_config, "training": train_cfgs[mix].to_dict(), "mix": mix,
+                "continued_from": "base" if mix == "reasoning" else None}) as path:
             trained[mix].save_pretrained(path)
             tokenizer.save_pretrained(path)
     run.write(K.MODEL_HISTORY, pd.concat(histories, names=["model"]).reset_index(level=0),

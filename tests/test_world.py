@@ -106,8 +106,33 @@ def test_each_family_samples_solvable_problems_and_wrong_results_are_wrong(name)
         problem = family.sample(random.Random(i), 4)
         assert solve_question(name, problem.question) == (problem.answer, 4), problem.question
         for state, item in zip([problem.start] + family.states(problem)[:-1], problem.items):
-            assert family.wrong(random.Random(i), problem, state, item) != family.update(
-                problem, state, item)
+            right = family.update(problem, state, item)
+            assert family.wrong(random.Random(i), problem, state, item) != right
+            if family.is_hard(problem, state, item):
+                assert family.slip(problem, state, item) != right
+                assert family.hardness(problem, state, item) in (1, 2)
+            else:
+                assert family.hardness(problem, state, item) == 0
+            route = family.route(problem, state, item)
+            # a route's claims all hold, and the last one ends at the right result
+            assert all(family.check_claims(claim) for claim in route), route
+            assert not route or route[-1].endswith(f" {right}"), route
+
+
+def test_hardness_slip_and_route_worked_by_hand():
+    """54 + 8 carries (operand 8 looks hard), 57 + 3 carries (3 looks easy), 52 + 3 does not;
+    the slip drops the carry; the route goes through the next ten without carrying."""
+    arithmetic, clock = get_family("arithmetic"), get_family("clock")
+    assert [arithmetic.hardness(None, s, i) for s, i in
+            ((54, ("+", 8)), (57, ("+", 3)), (52, ("+", 3)), (54, ("-", 8)), (52, ("-", 3)),
+             (55, ("-", 3)))] == [2, 1, 0, 2, 1, 0]
+    assert arithmetic.slip(None, 54, ("+", 8)) == 52 and arithmetic.slip(None, 54, ("-", 8)) == 56
+    assert arithmetic.route(None, 54, ("+", 8)) == ("54 + 10 = 64", "64 - 2 = 62")
+    assert arithmetic.route(None, 54, ("-", 8)) == ("54 - 10 = 44", "44 + 2 = 46")
+    assert arithmetic.route(None, 52, ("+", 3)) == ()
+    assert [clock.hardness(None, s, i) for s, i in ((9, 5), (9, 7), (9, 2), (12, 5))] == [1, 2, 0, 0]
+    assert clock.slip(None, 9, 5) == 1  # one hour short of 2
+    assert clock.route(None, 9, 5) == ("9 and 3 hours make 12", "12 and 2 hours make 2")
 
 
 # What each compute step claims, parsed from its text, and the claim's truth worked out by hand.
@@ -175,14 +200,34 @@ def test_step_labels_are_consistent_with_answers(world):
     assert steps[corrections].is_correct.all()
 
 
-def test_mistake_and_catch_rates_shape_the_traces():
-    clean = generate_world(build_world_config(mistake_rate=0.0)).problems
+def test_slip_and_reflect_rates_shape_the_traces():
+    clean = generate_world(build_world_config(mistake_rate=0.0, slip_rate=0.0)).problems
     assert clean.trace_is_correct.all() and (clean.n_mistakes == 0).all()
-    uncaught = generate_world(build_world_config(mistake_rate=0.5, catch_rate=0.0)).problems
-    caught = generate_world(build_world_config(mistake_rate=0.5, catch_rate=1.0)).problems
-    assert uncaught.trace_is_correct.mean() < 0.6
-    assert caught.trace_is_correct.all()
-    assert caught.n_corrections.sum() == caught.n_mistakes.sum() > 0
+    never = generate_world(build_world_config(slip_rate=1.0, reflect_rates=(0, 0, 0))).problems
+    always = generate_world(build_world_config(slip_rate=1.0, reflect_rates=(1, 1, 1))).problems
+    assert never.trace_is_correct.mean() < 0.6 and never.n_reflections.sum() == 0
+    assert always.trace_is_correct.all()
+    assert always.n_corrections.sum() == always.n_mistakes.sum() > 0
+
+
+def test_reflection_follows_how_hard_a_step_looks_not_whether_it_slipped():
+    """Reflection rates per hardness match ``reflect_rates``; on hard steps they are the same
+    after a slip as after a right step (the writer cannot see its slip), and every reflection
+    after a hard step goes by the route and ends right."""
+    world = generate_world(build_world_config(n_problems=2000))
+    steps = world.steps
+    compute = steps[steps.kind == "compute"].assign(
+        is_reflected=steps.kind.shift(-1).isin(["check", "correct"])[steps.kind == "compute"])
+    rates = compute.groupby("hardness").is_reflected.mean()
+    for hardness, expected in enumerate(WorldConfig().reflect_rates):
+        assert abs(rates[hardness] - expected) < 0.05, rates
+    hard = compute[compute.hardness > 0]
+    by_slip = hard.groupby("is_correct").is_reflected.mean()
+    assert abs(by_slip[True] - by_slip[False]) < 0.06, by_slip
+    assert 0.6 < 1 - hard.is_correct.mean() < 0.8  # slip_rate 0.7
+    checks = steps[steps.kind.isin(["check", "correct"]) & (steps.hardness > 0)]
+    n_claims = [len(get_family(f).claim_re.findall(t)) for f, t in zip(checks.family, checks.text)]
+    assert min(n_claims) == 3  # two route claims and the restated one
 
 
 def test_reasoning_vocabulary_lives_in_traces(world):
@@ -203,6 +248,8 @@ def test_unknown_family_is_a_clear_error():
 
 @pytest.mark.parametrize("field,value,match", [
     ("mistake_rate", 1.5, "mistake_rate"),
+    ("reflect_rates", (0.1, 0.5), "reflect_rates"),
+    ("slip_rate", -0.1, "slip_rate"),
     ("max_items", 1, "max_items"),
     ("split_fractions", (0.5, 0.5, 0.5), "split_fractions"),
     ("families", (), "families"),

@@ -3,6 +3,11 @@
 Every family is a *fold*: a start state and a list of items, each item updating the state by one
 verifiable rule. A reasoning trace states one update per step, so a step can be right or wrong on
 its own, and an uncorrected wrong step carries into the final answer.
+
+Each update has a *hardness*: 0 (easy), 1 (hard, but it looks easy: a carry with a small operand)
+or 2 (hard and it looks hard). A hard update done directly is error-prone (a dropped carry, a
+missed wrap); a check recomputes it by a *route* that avoids the carry (54 + 8 as 54 + 10 = 64,
+64 - 2 = 62), so a check can repair the writer's own slip.
 """
 
 from __future__ import annotations
@@ -64,12 +69,26 @@ class Family:
         return f", {NUMBER_WORDS[remaining]} to go" if remaining else ", done"
 
     def wrong(self, rng: random.Random, problem: Problem, state: int, item) -> int:
-        """A plausible wrong result for one update (never the right one)."""
+        """A plausible wrong result for an easy update, e.g. off by one (never the right one)."""
         raise NotImplementedError
 
     def is_hard(self, problem: Problem, state: int, item) -> bool:
         """Whether the update is the error-prone kind (a carry, a close call)."""
         return False
+
+    def hardness(self, problem: Problem, state: int, item) -> int:
+        """0 for an easy update, 1 for a hard one that looks easy, 2 for one that looks hard.
+        By default every hard update looks hard."""
+        return 2 if self.is_hard(problem, state, item) else 0
+
+    def slip(self, problem: Problem, state: int, item) -> int:
+        """The typical wrong result of a hard update done directly (never the right one)."""
+        raise NotImplementedError
+
+    def route(self, problem: Problem, state: int, item) -> tuple[str, ...]:
+        """The claims of a check that recomputes a hard update by another route, in order; empty
+        when the family has none (its check restates the claim)."""
+        return ()
 
     def plan(self) -> tuple[str, ...]:
         """Opening lines that set out how the trace will proceed."""
@@ -121,12 +140,30 @@ class Arithmetic(Family):
         return self.update(None, int(state), (sign, int(d))) == int(result)
 
     def wrong(self, rng, problem, state, item):
-        right = self.update(problem, state, item)
-        # Typical slips: a dropped or doubled carry (off by 10) or an off-by-one.
-        return right + rng.choice((-10, 10, -1, 1) if self.is_hard(problem, state, item) else (-1, 1))
+        return self.update(problem, state, item) + rng.choice((-1, 1))
 
     def is_hard(self, problem, state, item):
         return (state // 10) != (self.update(problem, state, item) // 10)
+
+    def hardness(self, problem, state, item):
+        """A carry or borrow is hard; it looks hard when the operand is 6 or more."""
+        return 0 if not self.is_hard(problem, state, item) else 2 if item[1] >= 6 else 1
+
+    def slip(self, problem, state, item):
+        """The dropped carry (or borrow): the tens digit left as it was."""
+        sign, _ = item
+        return self.update(problem, state, item) + (-10 if sign == "+" else 10)
+
+    def route(self, problem, state, item):
+        """Compensation: 54 + 8 as 54 + 10 = 64, 64 - 2 = 62 (54 - 8 as 54 - 10 = 44,
+        44 + 2 = 46). Neither part carries."""
+        if not self.is_hard(problem, state, item):
+            return ()
+        sign, d = item
+        ten = state + 10 if sign == "+" else state - 10
+        back = "-" if sign == "+" else "+"
+        return (f"{state} {sign} 10 = {ten}",
+                f"{ten} {back} {10 - d} = {self.update(problem, state, item)}")
 
     def plan(self):
         return ("Let me do it one step at a time.", "Let me keep a running total.",
@@ -190,13 +227,27 @@ class Clock(Family):
 
     def wrong(self, rng, problem, state, item):
         right = self.update(problem, state, item)
-        # The typical slip is forgetting to wrap past 12; otherwise an off-by-one.
-        if self.is_hard(problem, state, item):
-            return state + item
         return right % 12 + 1 if rng.random() < 0.5 else (right - 2) % 12 + 1
 
     def is_hard(self, problem, state, item):
-        return state + item > 12
+        """Passing 12 (from 12 itself the result is just the hours: easy)."""
+        return state < 12 and state + item > 12
+
+    def hardness(self, problem, state, item):
+        """Passing 12 is hard; it looks hard when the hours are 6 or more."""
+        return 0 if not self.is_hard(problem, state, item) else 2 if item >= 6 else 1
+
+    def slip(self, problem, state, item):
+        """One hour short after passing 12 (12 counted as an hour of the move)."""
+        return (self.update(problem, state, item) - 2) % 12 + 1
+
+    def route(self, problem, state, item):
+        """Up to 12, then the rest: 9 and 5 as 9 and 3 hours make 12, 12 and 2 hours make 2."""
+        if not self.is_hard(problem, state, item):
+            return ()
+        up = 12 - state
+        return (f"{state} and {up} hours make 12",
+                f"12 and {item - up} hours make {self.update(problem, state, item)}")
 
     def plan(self):
         return ("Let me move the clock one step at a time.", "Let me keep track of the hour.",
@@ -227,6 +278,9 @@ class Maximum(Family):
         return self.update(None, state, item) == result
 
     def wrong(self, rng, problem, state, item):
+        return min(state, item)
+
+    def slip(self, problem, state, item):
         return min(state, item)
 
     def is_hard(self, problem, state, item):
@@ -264,6 +318,9 @@ class Counting(Family):
     def wrong(self, rng, problem, state, item):
         right = self.update(problem, state, item)
         return right - 1 if right > state else right + 1
+
+    def slip(self, problem, state, item):
+        return self.wrong(None, problem, state, item)
 
     def is_hard(self, problem, state, item):
         return item % 2 == 0

@@ -31,12 +31,15 @@ class WorldConfig(Config):
             learns slowly, so the default uses the three step-local ones).
         n_problems: distinct problems in all, split by ``split_fractions`` (train, val, test).
         min_items, max_items: difficulty, the number of updates (= compute steps) per problem.
-        mistake_rate: chance of a deliberate mistake per compute step (doubled on error-prone
-            steps, halved on easy ones).
-        catch_rate: chance that a mistake is caught by a reflection and corrected.
-        verify_rate: chance that a right step is verified by a reflection.
-        hesitation_rate: chance of an uncertainty word before a right step (tripled before a
-            mistake).
+        mistake_rate: chance of a slip (off by one) on an easy compute step.
+        slip_rate: chance that a hard compute step (a carry, a wrap) slips the typical way (the
+            dropped carry). Above 0.5 the slip is what a model imitating the traces writes.
+        reflect_rates: chance of a reflection after a compute step that is easy, hard but looks
+            easy, and looks hard (``Family.hardness``). A reflection recomputes the step by a
+            route without the carry and corrects a slip. Below 0.5 a greedy model seldom
+            reflects; above, it usually does.
+        hesitation_rate: chance of an uncertainty word before a compute step (tripled before one
+            that looks hard).
         explore_rate: chance of an exploration line after the plan.
         chat_fraction: small-talk exchanges per problem, as a fraction of ``n_problems``.
     """
@@ -47,10 +50,10 @@ class WorldConfig(Config):
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     min_items: int = 3
     max_items: int = 5
-    mistake_rate: float = 0.15
-    catch_rate: float = 0.7
-    verify_rate: float = 0.1
-    hesitation_rate: float = 0.15
+    mistake_rate: float = 0.03
+    slip_rate: float = 0.7
+    reflect_rates: tuple[float, float, float] = (0.05, 0.3, 0.85)
+    hesitation_rate: float = 0.1
     explore_rate: float = 0.2
     chat_fraction: float = 0.3
 
@@ -63,9 +66,11 @@ class WorldConfig(Config):
         check_range("min_items", self.min_items, 1)
         check_range("max_items", self.max_items, self.min_items,
                     hint="max_items must be at least min_items.")
-        for name in ("mistake_rate", "catch_rate", "verify_rate", "hesitation_rate",
-                     "explore_rate"):
+        for name in ("mistake_rate", "slip_rate", "hesitation_rate", "explore_rate"):
             check_range(name, getattr(self, name), 0.0, 1.0)
+        if len(self.reflect_rates) != 3 or not all(0 <= r <= 1 for r in self.reflect_rates):
+            raise ValueError(f"reflect_rates={self.reflect_rates!r} must be three probabilities "
+                             "(easy, hard but looks easy, looks hard), e.g. [0.05, 0.3, 0.85].")
         check_range("chat_fraction", self.chat_fraction, 0.0)
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-9 or min(
                 self.split_fractions) <= 0:
@@ -74,7 +79,7 @@ class WorldConfig(Config):
 
     @property
     def rates(self) -> TraceRates:
-        return TraceRates(self.mistake_rate, self.catch_rate, self.verify_rate,
+        return TraceRates(self.mistake_rate, self.slip_rate, tuple(self.reflect_rates),
                           self.hesitation_rate, self.explore_rate)
 
 
@@ -128,7 +133,8 @@ def generate_world(cfg: WorldConfig, fmt: ChatFormat | None = None) -> World:
             answer=problem.answer, n_items=len(problem.items), trace_answer=stated,
             trace_is_correct=stated == problem.answer,
             n_mistakes=sum(not s.is_correct for s in steps if s.kind == "compute"),
-            n_corrections=sum(s.kind == "correct" for s in steps)))
+            n_corrections=sum(s.kind == "correct" for s in steps),
+            n_reflections=sum(s.kind in ("check", "correct") for s in steps)))
         for idx, step in enumerate(steps):
             step_rows.append(dict(problem_id=pid, split=split, family=problem.family,
                                   step_idx=idx, **dataclasses.asdict(step)))
