@@ -47,7 +47,7 @@ profile = "default"
 data_source = "synthetic"  # or "openthoughts_lmsys" (real models)
 seed = 0
 # synthetic world (reasonlens.world.WorldConfig)
-families = ["arithmetic", "alternating", "clock"]  # also: "maximum", "counting"
+families = ["arithmetic", "alternating"]  # also: "clock", "maximum", "counting"
 n_problems = 20000
 min_items = 3  # difficulty: updates per problem
 max_items = 5

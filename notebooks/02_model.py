@@ -57,7 +57,7 @@ autocast_dtype = None  # "bfloat16": forward passes under autocast (pretrained f
 n_threads = None
 # evaluation on held-out problems
 n_eval = 300
-max_new_tokens = 160
+max_new_tokens = 256
 is_last_number_accepted = False  # also read a reply's last integer when it has no "answer is N"
 eval_batch_size = 64
 
@@ -71,7 +71,7 @@ import torch
 from IPython.display import display
 from transformers import AutoTokenizer
 
-from reasonlens import artifacts, data, evaluation, lm_training, models, plotting, pretrained
+from reasonlens import artifacts, data, evaluation, lm_training, models, plotting, pretrained, world
 from reasonlens import constants as K
 
 run = artifacts.RunDir(profile)
@@ -168,8 +168,8 @@ if is_trained:
     plotting.accuracy_bars(by_family, save_to=run.figure("02_accuracy"));
 
 # %% [markdown]
-# Sample completions: look for reflections that catch a slip, and for the base model's
-# direct guesses.
+# Sample completions: look for a hard step that slips, and for a reflection that recomputes it by
+# the carry-free route and repairs it; and for the base model's direct guesses.
 
 # %%
 if is_trained:
@@ -179,9 +179,26 @@ if is_trained:
             row = results[mix].iloc[i]
             print(f"--- {mix} ({'right' if row.is_correct else 'wrong'}):\n{row.completion}")
         print()
-    reflective = results["reasoning"].completion.str.contains("Wait|check", regex=True)
-    display(results["reasoning"].groupby(reflective).is_correct.agg(["mean", "size"])
-            .rename_axis("trace reflects"))
+
+# %% [markdown]
+# ## What the reasoning model does at each step of its own traces
+# Every compute line of the greedy traces, read back with the world's rules
+# (`world.compute_step_outcomes`): how hard the update is (0 easy, 1 a carry that looks easy, 2
+# one that looks hard), whether the model got it right, slipped the typical way (the dropped
+# carry) or erred otherwise, and whether it reflected next. A model that learned the traces'
+# mechanism slips on hard steps, reflects after those that look hard, and leaves those that look
+# easy unrepaired. Then the accuracy of traces that reflect at least once and of those that never
+# do.
+
+# %%
+if is_trained:
+    completions = results["reasoning"].completion
+    own = world.outcome_table(world.compute_step_outcomes(test.family.tolist(), completions.tolist()))
+    display(own.round(3))
+    reflects = completions.map(lambda text: any(map(world.is_reflection, text.split("\n"))))
+    by_reflection = results["reasoning"].groupby(reflects.to_numpy()).is_correct.agg(
+        ["mean", "size"]).rename_axis("trace reflects")
+    display(by_reflection)
 
 # %% [markdown]
 # ## Write the artifacts
@@ -202,10 +219,15 @@ if is_trained:
     run.write(K.MODEL_EVAL, {"overall": overall.to_dict("records"),
                              "by_family": by_family.to_dict("records"),
                              "reasoning_minus_base": dict(zip(("diff", "ci_low", "ci_high"), diff)),
-                             "tl_max_logit_diff": float(max_diff)}, config=train_cfg)
+                             "tl_max_logit_diff": float(max_diff),
+                             "own_steps": own.reset_index().to_dict("records"),
+                             "accuracy_by_reflection": {str(k): v for k, v in by_reflection[
+                                 "mean"].items()}}, config=train_cfg)
 
 # %% [markdown]
-# **Summary.** The toy reasoning model solves held-out problems by writing traces, and beats the
-# base model trained on the same problems without them; TransformerLens and transformers agree
-# on its logits to float32 precision. Notebook 03 trains a sparse autoencoder on its residual
+# **Summary.** The toy reasoning model, continued from the base model on traces, solves held-out
+# problems by writing them and beats the base model; in its own traces it slips on hard steps,
+# reflects after those that look hard and so repairs them, and leaves the carries that look easy
+# unrepaired: the mechanism notebooks 04-08 look for. TransformerLens and transformers agree on
+# its logits to float32 precision. Notebook 03 trains a sparse autoencoder on its residual
 # stream.

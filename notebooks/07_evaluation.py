@@ -20,6 +20,9 @@
 # reasoning model on held-out problems of the synthetic world, with intervals, and test whether the
 # features are really about reasoning:
 #
+# - the **feature and strength chosen on validation problems**: each of the top-N features at
+#   every strength of the sweep, the most accurate reported on the test problems beside random
+#   features of matched density chosen the same way (`evaluation/headline.json`);
 # - a **sweep of strengths** on the top feature, negative ones included;
 # - the **top-N features one at a time**, each beside a **random feature of matched density**;
 # - **zero-ablation** of the top features (and of their random controls);
@@ -43,7 +46,8 @@
 # token-injection control) or a base model the run lacks (model diffing) say so and are skipped.
 #
 # Reads: both models (02), the SAE (03), ReasonScores (04), max activations (05), problems (01).
-# Writes: `evaluation/` (completions, condition table, model diff, injection, harness results).
+# Writes: `evaluation/` (completions, condition table, validation table, headline, model diff,
+# injection, harness results).
 
 # %% tags=["parameters"]
 profile = "default"
@@ -59,9 +63,10 @@ eval_mode = "clamp"  # the paper's intervention
 eval_site = "resid_post"  # "resid_post": the SAE's hook point; "reference": its layer's MLP output
 eval_units = "folded"  # max activations in ReasonScore's units; "raw": the SAE's own
 n_site_problems = 200  # problems for the comparison of steering sites at the paper's strength 2
-n_eval_problems = 1000
+n_eval_problems = 500  # test problems
+n_val_problems = 300  # validation problems on which the feature and strength are chosen (0: none)
 control_exclude_top = 100  # controls are drawn outside this many top ReasonScore features
-eval_max_new_tokens = 160
+eval_max_new_tokens = 256
 eval_batch_size = 100
 n_boot = 2000
 seed = 0
@@ -117,6 +122,59 @@ display(scores.set_index("feature_idx").loc[top + controls,
         .assign(role=["top"] * len(top) + ["random control"] * len(controls)).round(4))
 
 # %% [markdown]
+# ## Choosing the feature and strength on validation problems
+# A strength picked on the problems it is reported on overstates its effect. So each of the top
+# `n_eval_features` features is steered at every strength of `eval_strengths` on `n_val_problems`
+# validation problems (split `val` of notebook 01, never the test problems), and the most accurate
+# (feature, strength) is chosen; the random controls are tried at the chosen strength on the same
+# problems, and the most accurate control is chosen the same way. Both are then reported on the
+# test problems below. Real task profiles have no validation split: there the choice is the top
+# feature at `eval_strength`, and the headline says so.
+
+# %%
+name = lambda f, s: f"f{f} x{s:g}"  # noqa: E731
+if eval_tasks is None and n_val_problems > 0:
+    val = problems[problems.split == "val"].head(n_val_problems).reset_index(drop=True)
+    val["prompt"] = [prompt(q, reasoning=True, tokenizer=model.tokenizer) for q in val.question]
+    candidates = {name(f, s): {f: s} for f in top for s in eval_strengths}
+    val_conditions = {"unsteered": None} | candidates
+    val_frame = steering.run_conditions(model, sae, val.prompt.tolist(), val_conditions,
+                                        max_activations, eval_mode, eval_max_new_tokens,
+                                        eval_batch_size, site=eval_site, units=eval_units)
+    val_table = evaluation.condition_table(task_problems.score_problems(val_frame, val,
+                                                                        model.tokenizer),
+                                           n_boot=n_boot, seed=seed)
+    chosen = evaluation.best_condition(val_table, list(candidates))
+    chosen_feature, chosen_strength = next(iter(candidates[chosen].items()))
+    control_candidates = {f"random {name(c, chosen_strength)}": {c: chosen_strength}
+                          for c in controls}
+    control_frame = steering.run_conditions(model, sae, val.prompt.tolist(), control_candidates,
+                                            max_activations, eval_mode, eval_max_new_tokens,
+                                            eval_batch_size, site=eval_site, units=eval_units)
+    val_frame = pd.concat([val_frame, control_frame], ignore_index=True)
+    val_table = evaluation.condition_table(task_problems.score_problems(val_frame, val,
+                                                                        model.tokenizer),
+                                           n_boot=n_boot, seed=seed)
+    chosen_control = evaluation.best_condition(val_table, list(control_candidates))
+    control_feature = next(iter(control_candidates[chosen_control]))
+    chosen_on = f"validation ({len(val)} problems)"
+    accuracy_grid = val_table[val_table.condition.isin(candidates)].assign(
+        feature=lambda t: t.condition.map(lambda c: next(iter(candidates[c]))),
+        strength=lambda t: t.condition.map(lambda c: next(iter(candidates[c].values()))))
+    display(accuracy_grid.pivot(index="feature", columns="strength", values="is_correct")
+            .round(3).rename_axis(index="feature (validation accuracy)"))
+    print(f"unsteered on validation: {val_table.set_index('condition').is_correct['unsteered']:.3f}"
+          f"; chosen: {chosen}; chosen control: {chosen_control}")
+else:
+    val_table = None
+    chosen_feature, chosen_strength = top[0], eval_strength
+    chosen = name(chosen_feature, chosen_strength)
+    control_feature = controls[0]
+    chosen_control = f"random {name(control_feature, chosen_strength)}"
+    chosen_on = "not chosen: no validation problems (the top feature at eval_strength)"
+    print(chosen_on)
+
+# %% [markdown]
 # ## The conditions
 # One greedy completion per problem and condition, with a KV cache; the steering hook acts on the
 # prompt and on every generated token. `f<i> x<s>` clamps feature i to s times its largest
@@ -125,8 +183,8 @@ display(scores.set_index("feature_idx").loc[top + controls,
 # chosen outside the top 100 by ReasonScore.
 
 # %%
-name = lambda f, s: f"f{f} x{s:g}"  # noqa: E731
-conditions = {"unsteered": None}
+conditions = {"unsteered": None, chosen: {chosen_feature: chosen_strength},
+              chosen_control: {control_feature: chosen_strength}}
 conditions |= {name(top[0], s): {top[0]: s} for s in eval_strengths}
 conditions |= {name(f, eval_strength): {f: eval_strength} for f in top}
 conditions |= {f"random {name(c, eval_strength)}": {c: eval_strength} for c in controls}
@@ -168,7 +226,7 @@ plotting.difference_bars(compared, save_to=run.figure("07_controls"));
 # zeroed.
 
 # %%
-shown = ["unsteered", name(top[0], eval_strength), name(top[0], max(eval_strengths)),
+shown = ["unsteered", chosen, name(top[0], eval_strength), name(top[0], max(eval_strengths)),
          f"ablate top {len(top)}"]
 for i in range(min(2, len(test))):
     print(f"Q: {test.question[i]}  (answer {test.answer[i]})")
@@ -257,7 +315,8 @@ else:
 # (`reasonlens-lm-eval --model reasonlens-steered --model_args pretrained=...,sae=...,features=...`),
 # which applies the same hook from model_args. For real profiles `lm_eval_tasks` names the paper's
 # tasks; here the harness runs a task written from the world's test problems, unsteered and
-# steered on the top feature, and must agree with our own evaluation above on the same problems.
+# steered at the chosen feature and strength, and must agree with our own evaluation above on the
+# same problems.
 
 # %%
 with tempfile.TemporaryDirectory() as task_dir:
@@ -267,7 +326,8 @@ with tempfile.TemporaryDirectory() as task_dir:
         tasks = ["reasonlens_world"]
     else:
         tasks = [eval_tasks] if isinstance(eval_tasks, str) else list(eval_tasks)
-    steer_args = dict(sae=str(run.require(K.SAE_DIR)), features=top[0], strength=eval_strength,
+    steer_args = dict(sae=str(run.require(K.SAE_DIR)), features=chosen_feature,
+                      strength=chosen_strength,
                       mode=eval_mode, max_activations=str(run.require(K.MAX_ACTIVATIONS)),
                       site=eval_site, units=eval_units)
     evaluate = lambda **steer: harness.run_harness(  # noqa: E731
@@ -276,7 +336,7 @@ with tempfile.TemporaryDirectory() as task_dir:
         apply_chat_template=False if eval_tasks is None else None, gen_kwargs=lm_eval_gen_kwargs,
         task_args=task_args, **steer)
     harness_results = {"unsteered": evaluate(),
-                       name(top[0], eval_strength): evaluate(**steer_args)}
+                       chosen: evaluate(**steer_args)}
 if eval_tasks is None:
     harness_table = pd.DataFrame({c: {t: r[t].get("exact_match,answer", np.nan) for t in r}
                                   for c, r in harness_results.items()})
@@ -290,21 +350,33 @@ display(harness_table.round(3))
 # %% [markdown]
 # ## The paper's headline beside this profile's
 # Accuracy change in points and reasoning-length change in percent of the unsteered length (the
-# interval is the paired interval of the length difference divided by the unsteered mean). The
-# "best in sweep" row picks its strength on these same problems, so it is optimistic.
+# interval is the paired interval of the length difference divided by the unsteered mean), on the
+# test problems. The chosen rows were picked on validation problems (above), so their test
+# numbers are honest; the "best in the test sweep" row picks its strength on the test problems
+# themselves and is optimistic. `evaluation/headline.json` holds the chosen feature's and the
+# chosen control's numbers.
 
 # %%
 best = sweep.dropna(subset=["strength"]).nlargest(1, "is_correct").condition.iloc[0]
 paper_strength = name(top[0], 2.0) if 2.0 in eval_strengths else name(top[0], max(eval_strengths))
-rows = {paper_strength: f"{profile}: top feature at the paper's strength",
-        name(top[0], eval_strength): f"{profile}: top feature at eval_strength",
-        best: f"{profile}: best strength in the sweep"}
+rows = {chosen: f"{profile}: chosen on {chosen_on}",
+        chosen_control: f"{profile}: random control, chosen the same way",
+        paper_strength: f"{profile}: top feature at the paper's strength",
+        best: f"{profile}: best strength in the test sweep (optimistic)"}
 headlines = pd.DataFrame([{"": "paper: R1-Distill-Llama-8B, feature 46379 x2 (AIME/MATH/GPQA)",
                            "accuracy change (points)": "+2.2", "length change (%)": "+20.5"}]
                          + [{"": f"{label} ({c})", **evaluation.headline(table, c)}
                             for c, label in rows.items()]
                          ).set_index("")
 display(headlines)
+headline_record = {
+    **{"feature_idx": int(chosen_feature), "strength": float(chosen_strength)},
+    **evaluation.headline_numbers(table, chosen), "chosen_on": chosen_on,
+    "candidates": {"features": [int(f) for f in top], "strengths": list(eval_strengths)},
+    "mode": eval_mode, "site": eval_site,
+    "control": {"feature_idx": int(control_feature), "strength": float(chosen_strength),
+                **evaluation.headline_numbers(table, chosen_control)}}
+print(json.dumps(headline_record, indent=1))
 
 # %% [markdown]
 # ## Two steering sites: the paper's text and the paper's code
@@ -337,6 +409,9 @@ config = {"features": top, "controls": controls, "strengths": eval_strengths,
           "n_problems": len(test), "eval_tasks": eval_tasks}
 run.write(K.EVAL_COMPLETIONS, frame.drop(columns="generated_ids"), config=config)
 run.write(K.EVAL_CONDITIONS, table, config=config)
+run.write(K.EVAL_HEADLINE, headline_record, config=config)
+if val_table is not None:
+    run.write(K.EVAL_VALIDATION, val_table, config=config | {"n_val_problems": len(val)})
 run.write(K.EVAL_SITES, site_table, config=config | {"site_strength": 2.0,
                                                       "n_site_problems": len(site_test)})
 if diff is not None:

@@ -120,7 +120,7 @@ step_vote_problems = 100  # held-out problems to vote on (0: skip voting)
 step_vote_k = 8  # ours: sampled solutions per problem
 step_vote_temperature = 0.6  # ours; at 1.0 the toy's samples are mostly wrong
 step_vote_tau = 1.0  # ours
-step_vote_max_new_tokens = 160  # ours
+step_vote_max_new_tokens = 256  # ours
 step_ref_vote_k = 16  # the reference's (its temperature, top-p, top-k, penalty and tau are fixed)
 step_ref_vote_max_new_tokens = 256
 step_n_examples_shown = 8
@@ -547,7 +547,9 @@ for mode in step_modes:
         summary = vote_summary[mode]
         run.write(K.STEP_VOTING.format(mode=mode), {
             "table": votes[mode]["table"].to_dict("records"),
-            "weighted_minus_majority": votes[mode]["difference"],
+            "weighted_minus_majority": float(votes[mode]["difference"]["difference"]),
+            "weighted_minus_majority_ci": [float(votes[mode]["difference"]["ci_low"]),
+                                           float(votes[mode]["difference"]["ci_high"])],
             "sample_accuracy": float(summary["samples correct"]),
             "pass_at_k": float(summary["pass@k"]),
             "weight_auc": float(summary["AUC of the weights"]),

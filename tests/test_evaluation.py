@@ -119,13 +119,31 @@ def test_headline_reports_points_and_percent_of_the_reference_length():
 
     from reasonlens import evaluation
     table = pd.DataFrame([
-        {"condition": "unsteered", "reasoning_tokens": 50.0, **{f"{m}_diff{s}": 0.0 for m in (
-            "is_correct", "reasoning_tokens") for s in ("", "_low", "_high")}},
-        {"condition": "up", "reasoning_tokens": 60.0, "is_correct_diff": 0.022,
-         "is_correct_diff_low": -0.01, "is_correct_diff_high": 0.05, "reasoning_tokens_diff": 10.0,
-         "reasoning_tokens_diff_low": 5.0, "reasoning_tokens_diff_high": 15.0}])
+        {"condition": "unsteered", "n": 500, "is_correct": 0.4, "reasoning_tokens": 50.0,
+         **{f"{m}_diff{s}": 0.0 for m in ("is_correct", "reasoning_tokens")
+            for s in ("", "_low", "_high")}},
+        {"condition": "up", "n": 500, "is_correct": 0.422, "reasoning_tokens": 60.0,
+         "is_correct_diff": 0.022, "is_correct_diff_low": -0.01, "is_correct_diff_high": 0.05,
+         "reasoning_tokens_diff": 10.0, "reasoning_tokens_diff_low": 5.0,
+         "reasoning_tokens_diff_high": 15.0}])
     assert evaluation.headline(table, "up") == {"accuracy change (points)": "+2.2 [-1.0, +5.0]",
                                                 "length change (%)": "+20.0 [+10.0, +30.0]"}
+    numbers = evaluation.headline_numbers(table, "up")
+    assert numbers["delta_accuracy_ci"] == [-0.01, 0.05] and numbers["n_problems"] == 500
+    assert numbers["delta_length_pct"] == 20.0 and numbers["delta_length_pct_ci"] == [10.0, 30.0]
+    assert numbers["accuracy"] == 0.422 and numbers["reference_accuracy"] == 0.4
+
+
+def test_best_condition_takes_the_most_accurate_candidate_and_the_first_of_ties():
+    import pandas as pd
+
+    from reasonlens import evaluation
+    table = pd.DataFrame({"condition": ["unsteered", "a", "b", "c"],
+                          "is_correct": [0.9, 0.5, 0.7, 0.7]})
+    assert evaluation.best_condition(table, ["a", "b", "c"]) == "b"  # unsteered is no candidate
+    assert evaluation.best_condition(table, ["c", "b"]) == "c"
+    with pytest.raises(ValueError, match="none of the candidates"):
+        evaluation.best_condition(table, ["z"])
 
 
 # --- independent oracles --------------------------------------------------------------------------

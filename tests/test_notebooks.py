@@ -39,7 +39,8 @@ def test_every_notebook_runs_on_the_smoke_profile(smoke_run):
                  K.MODEL_EVAL, K.CONTEXTS.format(split="reasoning_train"), K.SAE_DIR, K.SAE_EVAL,
                  K.REASON_SCORES, K.WINDOW_SHARES, K.MAX_ACTIVATIONS, K.FEATURE_MAP,
                  K.DASHBOARDS_DIR, K.STEERED_COMPLETIONS,
-                 K.EVAL_COMPLETIONS, K.EVAL_CONDITIONS, K.MODEL_DIFF, K.INJECTION,
+                 K.EVAL_COMPLETIONS, K.EVAL_CONDITIONS, K.EVAL_VALIDATION, K.EVAL_HEADLINE,
+                 K.MODEL_DIFF, K.INJECTION,
                  K.INJECTION_EFFECTS, K.HARNESS_RESULTS, K.STEP_PROBES,
                  *(name.format(mode=mode) for mode in ("ours", "reference")
                    for name in (K.STEP_SAE_DIR, K.STEP_SAE_HISTORY, K.STEP_SAE_EVAL,
@@ -59,6 +60,12 @@ def test_every_notebook_runs_on_the_smoke_profile(smoke_run):
     table = run.read_parquet(K.EVAL_CONDITIONS)
     assert table.condition.iloc[0] == "unsteered" and (table.n == table.n.iloc[0]).all()
     assert {"ablate top 2", "ablate random 2"} <= set(table.condition)
+    headline = run.read_json(K.EVAL_HEADLINE)
+    assert {"feature_idx", "strength", "delta_accuracy", "delta_accuracy_ci", "delta_length_pct",
+            "n_problems", "control"} <= set(headline)
+    assert headline["strength"] in (-1.0, 2.0) and len(headline["delta_accuracy_ci"]) == 2
+    assert headline["chosen_on"].startswith("validation")
+    assert {"feature_idx", "delta_accuracy", "delta_accuracy_ci"} <= set(headline["control"])
     step_probes = run.read_parquet(K.STEP_PROBES)
     ours, reference = (step_probes[step_probes.rules == rules] for rules in ("ours", "reference"))
     assert set(ours.features) == {"statistics", "step_sae[ours]", "step_sae[reference]",
@@ -73,6 +80,8 @@ def test_every_notebook_runs_on_the_smoke_profile(smoke_run):
         assert [row["method"] for row in step_voting["table"]] == ["greedy", "majority",
                                                                    "weighted"]
         assert 0 <= step_voting["sample_accuracy"] <= step_voting["pass_at_k"] <= 1
+        low, high = step_voting["weighted_minus_majority_ci"]
+        assert low <= step_voting["weighted_minus_majority"] <= high
     assert set(run.read_parquet(K.STEP_PATTERNS.format(mode="ours")).anchor) <= {"end", "start"}
     micro = run.read_parquet(K.STEP_PATTERN_EVAL.format(mode="reference")).query(
         "scope == 'micro'")

@@ -310,3 +310,30 @@ def test_check_claims_agrees_with_the_generators_labels(every_family_world):
             assert found == (True if row.family == "counting" else bool(row.is_correct)), row.text
         else:
             assert found is None, row.text
+
+
+def test_compute_step_outcomes_read_a_models_own_trace():
+    """Hand-made completion: an easy step, a looks-hard carry that slips and is repaired, a
+    looks-easy carry that slips unrepaired, and an unrelated error."""
+    from reasonlens.world import compute_step_outcomes, outcome_table
+    text = "\n".join([
+        "Let me do it one step at a time.",
+        "50 + 3 = 53, three to go.",  # easy, right
+        "53 + 8 = 51, two to go.",  # carry, operand 8: looks hard; slipped (dropped carry)
+        "Wait. 53 + 10 = 63, 63 - 2 = 61. So 53 + 8 = 61, not 51.",
+        "Hmm, 61 + 9 = 60, one to go.",  # looks hard, slipped, not reflected
+        "58 + 3 = 61, done.",  # carry with 3: looks easy; right
+        "Therefore the answer is 61."])
+    own = compute_step_outcomes(["arithmetic"], [text])
+    assert own.line_idx.tolist() == [1, 2, 4, 5]  # the check's claims are not compute lines
+    assert own.hardness.tolist() == [0, 2, 2, 1]
+    assert own.outcome.tolist() == ["right", "slip", "slip", "right"]
+    assert own.is_reflected.tolist() == [False, True, False, False]
+    table = outcome_table(own)
+    assert table.loc[2, "slip"] == 1.0 and table.loc[2, "reflected"] == 0.5
+    assert table.loc[0, "n"] == 1 and table.loc[1, "right"] == 1.0
+    other = compute_step_outcomes(["arithmetic"], ["54 + 8 = 72, done."]).outcome.tolist()
+    assert other == ["other"]
+    assert outcome_table(compute_step_outcomes(["arithmetic"], ["no steps"])).empty
+    with pytest.raises(ValueError, match="one family per completion"):
+        compute_step_outcomes(["arithmetic"], [])

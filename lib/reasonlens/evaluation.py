@@ -307,20 +307,56 @@ def condition_table(frame: pd.DataFrame, reference: str = "unsteered",
     return pd.DataFrame(rows)
 
 
-def headline(table: pd.DataFrame, condition: str, reference: str = "unsteered") -> dict[str, str]:
-    """Accuracy change in points and length change in % of the reference, with 95% intervals.
-
-    The length interval is the paired interval of the difference divided by the reference mean.
+def headline_numbers(table: pd.DataFrame, condition: str,
+                     reference: str = "unsteered") -> dict[str, float | list[float] | int]:
+    """A condition's change against the reference, as numbers.
 
     Args:
         table: ``condition_table`` output.
         condition: the steered condition.
         reference: the unsteered condition.
+
+    Returns:
+        ``delta_accuracy`` (fraction) and ``delta_accuracy_ci`` (its paired 95% interval, two
+        numbers); ``delta_length_pct`` and ``delta_length_pct_ci``, the reasoning-length change in
+        % of the reference's mean length (the paired interval of the difference divided by that
+        mean); ``accuracy`` and ``reference_accuracy``; ``n_problems``.
+
+    Raises:
+        KeyError: a condition the table lacks.
     """
     rows = table.set_index("condition")
-    row, base = rows.loc[condition], rows.loc[reference, "reasoning_tokens"]
-    fmt = lambda v, lo, hi: f"{v:+.1f} [{lo:+.1f}, {hi:+.1f}]"  # noqa: E731
-    return {"accuracy change (points)": fmt(*(100 * row[f"is_correct_diff{s}"]
-                                               for s in ("", "_low", "_high"))),
-            "length change (%)": fmt(*(100 * row[f"reasoning_tokens_diff{s}"] / base
-                                       for s in ("", "_low", "_high")))}
+    row, base = rows.loc[condition], rows.loc[reference]
+    pct = 100 / base["reasoning_tokens"]
+    return {"delta_accuracy": float(row["is_correct_diff"]),
+            "delta_accuracy_ci": [float(row["is_correct_diff_low"]),
+                                  float(row["is_correct_diff_high"])],
+            "delta_length_pct": float(row["reasoning_tokens_diff"] * pct),
+            "delta_length_pct_ci": [float(row["reasoning_tokens_diff_low"] * pct),
+                                    float(row["reasoning_tokens_diff_high"] * pct)],
+            "accuracy": float(row["is_correct"]), "reference_accuracy": float(base["is_correct"]),
+            "n_problems": int(row["n"])}
+
+
+def headline(table: pd.DataFrame, condition: str, reference: str = "unsteered") -> dict[str, str]:
+    """``headline_numbers`` as text: accuracy change in points and length change in % of the
+    reference, each with its 95% interval."""
+    h = headline_numbers(table, condition, reference)
+    fmt = lambda v, ci, k: f"{k * v:+.1f} [{k * ci[0]:+.1f}, {k * ci[1]:+.1f}]"  # noqa: E731
+    return {"accuracy change (points)": fmt(h["delta_accuracy"], h["delta_accuracy_ci"], 100),
+            "length change (%)": fmt(h["delta_length_pct"], h["delta_length_pct_ci"], 1)}
+
+
+def best_condition(table: pd.DataFrame, candidates: Sequence[str]) -> str:
+    """The candidate condition with the highest accuracy (the first listed among ties): how a
+    strength is chosen on validation problems before it is reported on test problems.
+
+    Raises:
+        ValueError: no candidate is in the table.
+    """
+    rows = table.set_index("condition")
+    present = [c for c in candidates if c in rows.index]
+    if not present:
+        raise ValueError(f"none of the candidates {list(candidates)} is a condition of the table; "
+                         f"conditions are {list(rows.index)}.")
+    return max(present, key=lambda c: (rows.loc[c, "is_correct"], -present.index(c)))

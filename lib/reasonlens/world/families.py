@@ -41,9 +41,15 @@ class Family:
     def sample(self, rng: random.Random, n_items: int) -> Problem:
         raise NotImplementedError
 
+    def read_claim(self, match: re.Match) -> tuple[int, object, int] | None:
+        """``(state, item, result)`` of one claim matched by ``claim_re``; None when the claim
+        does not state them all."""
+        raise NotImplementedError
+
     def claim_holds(self, match: re.Match) -> bool:
         """Whether one claim matched by ``claim_re`` is true."""
-        raise NotImplementedError
+        state, item, result = self.read_claim(match)
+        return self.update(None, state, item) == result
 
     def check_claims(self, text: str) -> bool | None:
         """Whether every claim of this family's form in ``text`` (a step, e.g. one a model wrote)
@@ -135,9 +141,9 @@ class Arithmetic(Family):
     def claim(self, problem, state, item, result):
         return f"{state} {item[0]} {item[1]} = {result}."
 
-    def claim_holds(self, match):
+    def read_claim(self, match):
         state, sign, d, result = match.groups()
-        return self.update(None, int(state), (sign, int(d))) == int(result)
+        return int(state), (sign, int(d)), int(result)
 
     def wrong(self, rng, problem, state, item):
         return self.update(problem, state, item) + rng.choice((-1, 1))
@@ -221,9 +227,8 @@ class Clock(Family):
     def claim(self, problem, state, item, result):
         return f"{state} and {item} hours make {result}."
 
-    def claim_holds(self, match):
-        state, item, result = map(int, match.groups())
-        return self.update(None, state, item) == result
+    def read_claim(self, match):
+        return tuple(map(int, match.groups()))
 
     def wrong(self, rng, problem, state, item):
         right = self.update(problem, state, item)
@@ -273,9 +278,8 @@ class Maximum(Family):
     def claim(self, problem, state, item, result):
         return f"{state} or {item}: {result} is larger."
 
-    def claim_holds(self, match):
-        state, item, result = map(int, match.groups())
-        return self.update(None, state, item) == result
+    def read_claim(self, match):
+        return tuple(map(int, match.groups()))
 
     def wrong(self, rng, problem, state, item):
         return min(state, item)
@@ -310,6 +314,10 @@ class Counting(Family):
 
     def claim(self, problem, state, item, result):
         return f"{item} is {'even' if item % 2 == 0 else 'odd'}, so {result}."
+
+    def read_claim(self, match):
+        """None: the count after "so" depends on the count before the step."""
+        return None
 
     def claim_holds(self, match):
         """Only the parity: the count after "so" depends on the count before the step."""
