@@ -65,6 +65,7 @@ eval_units = "folded"  # max activations in ReasonScore's units; "raw": the SAE'
 n_site_problems = 200  # problems for the comparison of steering sites at the paper's strength 2
 n_eval_problems = 500  # test problems
 n_val_problems = 300  # validation problems on which the feature and strength are chosen (0: none)
+n_mechanism_traces = 300  # validation traces whose decision points score every feature (0: none)
 control_exclude_top = 100  # controls are drawn outside this many top ReasonScore features
 eval_max_new_tokens = 256
 eval_batch_size = 100
@@ -90,8 +91,8 @@ import pandas as pd
 from IPython.display import display
 from sae_lens import SAE
 
-from reasonlens import (artifacts, data, diffing, evaluation, harness, injection, models,
-                        plotting, scoring, steering)
+from reasonlens import (artifacts, data, diffing, evaluation, harness, injection, mechanism,
+                        models, plotting, scoring, steering)
 from reasonlens import constants as K
 from reasonlens.sae import evaluate_sae
 from reasonlens.tasks import TASK_NAMES
@@ -122,6 +123,42 @@ display(scores.set_index("feature_idx").loc[top + controls,
         .assign(role=["top"] * len(top) + ["random control"] * len(controls)).round(4))
 
 # %% [markdown]
+# ## Does ReasonScore find the mechanism?
+# The world is built so that the decision to reflect depends on one thing the model can see: whether
+# the step it just wrote *looks* hard (a carry with an operand of 6 or more; notebook 01). A model
+# that imitates the traces makes that decision at the newline ending each compute line
+# (`mechanism.decision_points`). Every SAE feature is scored by how well its activation there
+# separates steps that look hard from the others (ROC AUC over the validation traces'
+# decision points, `mechanism.decision_feature_auc`). The decision features are the mechanism;
+# the question is whether ReasonScore, which looks at the reflection *words*, ranks them at the top.
+# The best decision feature is also steered below, beside the top ReasonScore features.
+
+# %%
+decision = mechanism_feature = None
+if eval_tasks is None and n_mechanism_traces > 0:
+    documents = run.read_parquet(K.DOCUMENTS)
+    val_traces = documents[(documents.kind == "trace") & (documents.split == "val")].head(
+        n_mechanism_traces).reset_index(drop=True)
+    points = mechanism.decision_points(val_traces, run.read_parquet(K.STEPS), model.tokenizer)
+    if points.looks_hard.nunique() < 2:
+        print("Skipped: the validation traces lack decision points of one kind; raise "
+              "n_mechanism_traces.")
+    else:
+        decision = mechanism.decision_feature_auc(model, sae, val_traces, points).merge(
+            scores[["feature_idx", "reason_score"]], on="feature_idx")
+        decision["reason_score_rank"] = decision.reason_score.rank(
+            ascending=False, method="first").astype(int)
+        decision["decision_rank"] = decision.auc.rank(ascending=False, method="first").astype(int)
+        best_decision = int(decision.nlargest(1, "auc").feature_idx.iloc[0])
+        print(f"{len(points)} decision points in {len(val_traces)} validation traces, "
+              f"{points.looks_hard.mean():.0%} after a step that looks hard")
+        display(decision.set_index("feature_idx").loc[
+            top + [best_decision], ["reason_score_rank", "reason_score", "decision_rank", "auc",
+                                    "mean_looks_hard", "mean_other"]].round(3)
+            .assign(role=["top ReasonScore"] * len(top) + ["best decision"]))
+        mechanism_feature = None if best_decision in top else best_decision  # else steered already
+
+# %% [markdown]
 # ## Choosing the feature and strength on validation problems
 # A strength picked on the problems it is reported on overstates its effect. So each of the top
 # `n_eval_features` features is steered at every strength of `eval_strengths` on `n_val_problems`
@@ -133,61 +170,70 @@ display(scores.set_index("feature_idx").loc[top + controls,
 
 # %%
 name = lambda f, s: f"f{f} x{s:g}"  # noqa: E731
+candidates = {name(f, s): {f: s} for f in top for s in eval_strengths}
+mechanism_candidates = ({} if decision is None or mechanism_feature is None else
+                        {f"decision {name(mechanism_feature, s)}": {mechanism_feature: s}
+                         for s in eval_strengths})
+all_candidates = candidates | mechanism_candidates
 if eval_tasks is None and n_val_problems > 0:
     val = problems[problems.split == "val"].head(n_val_problems).reset_index(drop=True)
     val["prompt"] = [prompt(q, reasoning=True, tokenizer=model.tokenizer) for q in val.question]
-    candidates = {name(f, s): {f: s} for f in top for s in eval_strengths}
-    val_conditions = {"unsteered": None} | candidates
-    val_frame = steering.run_conditions(model, sae, val.prompt.tolist(), val_conditions,
-                                        max_activations, eval_mode, eval_max_new_tokens,
-                                        eval_batch_size, site=eval_site, units=eval_units)
-    val_table = evaluation.condition_table(task_problems.score_problems(val_frame, val,
-                                                                        model.tokenizer),
-                                           n_boot=n_boot, seed=seed)
+    run_on_val = lambda conds: steering.run_conditions(  # noqa: E731
+        model, sae, val.prompt.tolist(), conds, max_activations, eval_mode, eval_max_new_tokens,
+        eval_batch_size, site=eval_site, units=eval_units)
+    score_val = lambda frames: evaluation.condition_table(  # noqa: E731
+        task_problems.score_problems(pd.concat(frames, ignore_index=True), val, model.tokenizer),
+        n_boot=n_boot, seed=seed)
+    val_frames = [run_on_val({"unsteered": None} | all_candidates)]
+    val_table = score_val(val_frames)
     chosen = evaluation.best_condition(val_table, list(candidates))
     chosen_feature, chosen_strength = next(iter(candidates[chosen].items()))
     control_candidates = {f"random {name(c, chosen_strength)}": {c: chosen_strength}
                           for c in controls}
-    control_frame = steering.run_conditions(model, sae, val.prompt.tolist(), control_candidates,
-                                            max_activations, eval_mode, eval_max_new_tokens,
-                                            eval_batch_size, site=eval_site, units=eval_units)
-    val_frame = pd.concat([val_frame, control_frame], ignore_index=True)
-    val_table = evaluation.condition_table(task_problems.score_problems(val_frame, val,
-                                                                        model.tokenizer),
-                                           n_boot=n_boot, seed=seed)
+    val_frames.append(run_on_val(control_candidates))
+    val_table = score_val(val_frames)
     chosen_control = evaluation.best_condition(val_table, list(control_candidates))
     control_feature = next(iter(control_candidates[chosen_control]))
+    chosen_mechanism = (evaluation.best_condition(val_table, list(mechanism_candidates))
+                        if mechanism_candidates else None)
     chosen_on = f"validation ({len(val)} problems)"
-    accuracy_grid = val_table[val_table.condition.isin(candidates)].assign(
-        feature=lambda t: t.condition.map(lambda c: next(iter(candidates[c]))),
-        strength=lambda t: t.condition.map(lambda c: next(iter(candidates[c].values()))))
-    display(accuracy_grid.pivot(index="feature", columns="strength", values="is_correct")
-            .round(3).rename_axis(index="feature (validation accuracy)"))
+    grid = val_table[val_table.condition.isin(all_candidates)].assign(
+        feature=lambda t: t.condition.map(lambda c: next(iter(all_candidates[c]))),
+        strength=lambda t: t.condition.map(lambda c: next(iter(all_candidates[c].values()))))
+    display(grid.pivot(index="feature", columns="strength", values="is_correct").round(3)
+            .rename_axis(index="feature (validation accuracy)"))
     print(f"unsteered on validation: {val_table.set_index('condition').is_correct['unsteered']:.3f}"
-          f"; chosen: {chosen}; chosen control: {chosen_control}")
+          f"; chosen: {chosen}; chosen control: {chosen_control}; decision feature: "
+          f"{chosen_mechanism}")
 else:
     val_table = None
     chosen_feature, chosen_strength = top[0], eval_strength
     chosen = name(chosen_feature, chosen_strength)
     control_feature = controls[0]
     chosen_control = f"random {name(control_feature, chosen_strength)}"
+    chosen_mechanism = None
     chosen_on = "not chosen: no validation problems (the top feature at eval_strength)"
     print(chosen_on)
 
 # %% [markdown]
-# ## The conditions
+# ## The conditions, on the test problems
 # One greedy completion per problem and condition, with a KV cache; the steering hook acts on the
 # prompt and on every generated token. `f<i> x<s>` clamps feature i to s times its largest
 # activation on the scoring data; strength 0 in clamp mode is zero-ablation (the SAE's error term
 # keeps everything else). Controls are random features of about the same activation density,
-# chosen outside the top 100 by ReasonScore.
+# chosen outside the top 100 by ReasonScore, steered at the chosen strength. With validation
+# problems, the test problems see the chosen conditions, every control and the ablations (the
+# sweep lives on the validation problems); without, the sweep of the top feature and the top
+# features at `eval_strength` run here.
 
 # %%
-conditions = {"unsteered": None, chosen: {chosen_feature: chosen_strength},
-              chosen_control: {control_feature: chosen_strength}}
-conditions |= {name(top[0], s): {top[0]: s} for s in eval_strengths}
-conditions |= {name(f, eval_strength): {f: eval_strength} for f in top}
-conditions |= {f"random {name(c, eval_strength)}": {c: eval_strength} for c in controls}
+conditions = {"unsteered": None, chosen: {chosen_feature: chosen_strength}}
+if chosen_mechanism:
+    conditions[chosen_mechanism] = mechanism_candidates[chosen_mechanism]
+if val_table is None:
+    conditions |= {name(top[0], s): {top[0]: s} for s in eval_strengths}
+    conditions |= {name(f, eval_strength): {f: eval_strength} for f in top}
+conditions |= {f"random {name(c, chosen_strength)}": {c: chosen_strength} for c in controls}
 conditions |= {f"ablate top {len(top)}": {f: 0.0 for f in top},
                f"ablate random {len(controls)}": {c: 0.0 for c in controls}}
 frame = steering.run_conditions(model, sae, test.prompt.tolist(), conditions, max_activations,
@@ -195,25 +241,27 @@ frame = steering.run_conditions(model, sae, test.prompt.tolist(), conditions, ma
                                 units=eval_units)
 frame = task_problems.score_problems(frame, test, model.tokenizer)
 table = evaluation.condition_table(frame, n_boot=n_boot, seed=seed)
-strength_of = {c: (next(iter(f.values())) if f and len(f) == 1 and top[0] in f else np.nan)
-               for c, f in conditions.items()}
-table["strength"] = table.condition.map(strength_of)
 columns = ["condition", "n", "is_correct", "is_correct_low", "is_correct_high", "is_correct_diff",
            "reasoning_tokens", "reasoning_tokens_diff", "reasoning_words", "reasoning_words_diff"]
 display(table[columns].round(3).set_index("condition"))
 
 # %% [markdown]
 # ## Accuracy, length and reasoning words against strength
-# The top feature alone, from negative strengths (pushing it below zero) to the paper's 2.
+# The top feature alone, from negative strengths (pushing it below zero) to the paper's 2, on the
+# validation problems when there are (else on the test problems).
 
 # %%
-sweep = table[table.condition.isin(["unsteered"] + [name(top[0], s) for s in eval_strengths])]
+swept = val_table if val_table is not None else table
+sweep_names = {name(top[0], s): s for s in eval_strengths}
+sweep = swept[swept.condition.isin(["unsteered", *sweep_names])].assign(
+    strength=lambda t: t.condition.map(sweep_names))
 plotting.strength_sweep(sweep, save_to=run.figure("07_strength_sweep"));
 
 # %% [markdown]
-# ## Top features against random features of matched density, and ablation
-# Paired differences to the unsteered model (blue: top features and their ablation; red: random
-# controls). A reasoning feature should move length and reasoning words more than its control.
+# ## The chosen features against random features of matched density, and ablation
+# Paired differences to the unsteered model on the test problems (blue: top features and their
+# ablation; red: random controls). A reasoning feature should move accuracy, length and reasoning
+# words more than its controls.
 
 # %%
 compared = table[~table.condition.isin(["unsteered"] + [name(top[0], s) for s in eval_strengths
@@ -222,12 +270,12 @@ plotting.difference_bars(compared, save_to=run.figure("07_controls"));
 
 # %% [markdown]
 # ## Side by side: unsteered, steered, ablated
-# The first problems, under the top feature at the sweep's strengths and with the top features
-# zeroed.
+# The first problems, unsteered, at the chosen feature and strength, steered on the best decision
+# feature, and with the top features zeroed.
 
 # %%
-shown = ["unsteered", chosen, name(top[0], eval_strength), name(top[0], max(eval_strengths)),
-         f"ablate top {len(top)}"]
+shown = [c for c in ("unsteered", chosen, chosen_mechanism, f"ablate top {len(top)}")
+         if c in conditions]
 for i in range(min(2, len(test))):
     print(f"Q: {test.question[i]}  (answer {test.answer[i]})")
     for c in dict.fromkeys(shown):
@@ -352,21 +400,19 @@ display(harness_table.round(3))
 # Accuracy change in points and reasoning-length change in percent of the unsteered length (the
 # interval is the paired interval of the length difference divided by the unsteered mean), on the
 # test problems. The chosen rows were picked on validation problems (above), so their test
-# numbers are honest; the "best in the test sweep" row picks its strength on the test problems
-# themselves and is optimistic. `evaluation/headline.json` holds the chosen feature's and the
-# chosen control's numbers.
+# numbers are honest. `evaluation/headline.json` holds the chosen feature's, the chosen control's
+# and the decision feature's numbers.
 
 # %%
-best = sweep.dropna(subset=["strength"]).nlargest(1, "is_correct").condition.iloc[0]
-paper_strength = name(top[0], 2.0) if 2.0 in eval_strengths else name(top[0], max(eval_strengths))
-rows = {chosen: f"{profile}: chosen on {chosen_on}",
+paper_strength = name(top[0], 2.0)
+rows = {paper_strength: f"{profile}: top feature at the paper's strength",
+        chosen: f"{profile}: chosen on {chosen_on}",
         chosen_control: f"{profile}: random control, chosen the same way",
-        paper_strength: f"{profile}: top feature at the paper's strength",
-        best: f"{profile}: best strength in the test sweep (optimistic)"}
+        chosen_mechanism: f"{profile}: best decision feature, strength chosen the same way"}
 headlines = pd.DataFrame([{"": "paper: R1-Distill-Llama-8B, feature 46379 x2 (AIME/MATH/GPQA)",
                            "accuracy change (points)": "+2.2", "length change (%)": "+20.5"}]
                          + [{"": f"{label} ({c})", **evaluation.headline(table, c)}
-                            for c, label in rows.items()]
+                            for c, label in rows.items() if c in set(table.condition)]
                          ).set_index("")
 display(headlines)
 headline_record = {
@@ -376,6 +422,13 @@ headline_record = {
     "mode": eval_mode, "site": eval_site,
     "control": {"feature_idx": int(control_feature), "strength": float(chosen_strength),
                 **evaluation.headline_numbers(table, chosen_control)}}
+if chosen_mechanism:
+    feature, strength = next(iter(mechanism_candidates[chosen_mechanism].items()))
+    row = decision.set_index("feature_idx").loc[feature]
+    headline_record["decision_feature"] = {
+        "feature_idx": int(feature), "strength": float(strength), "auc": float(row.auc),
+        "reason_score_rank": int(row.reason_score_rank),
+        **evaluation.headline_numbers(table, chosen_mechanism)}
 print(json.dumps(headline_record, indent=1))
 
 # %% [markdown]
@@ -410,6 +463,8 @@ config = {"features": top, "controls": controls, "strengths": eval_strengths,
 run.write(K.EVAL_COMPLETIONS, frame.drop(columns="generated_ids"), config=config)
 run.write(K.EVAL_CONDITIONS, table, config=config)
 run.write(K.EVAL_HEADLINE, headline_record, config=config)
+if decision is not None:
+    run.write(K.EVAL_DECISION, decision, config=config | {"n_traces": len(val_traces)})
 if val_table is not None:
     run.write(K.EVAL_VALIDATION, val_table, config=config | {"n_val_problems": len(val)})
 run.write(K.EVAL_SITES, site_table, config=config | {"site_strength": 2.0,

@@ -26,6 +26,7 @@ STEERED_COMPLETIONS = "steering/completions.parquet"  # notebook 06: per conditi
 EVAL_COMPLETIONS = "evaluation/completions.parquet"  # notebook 07: scored, per condition and problem
 EVAL_CONDITIONS = "evaluation/conditions.parquet"  # accuracy, length, word rate with intervals
 EVAL_VALIDATION = "evaluation/validation.parquet"  # notebook 07: strengths tried on val problems
+EVAL_DECISION = "evaluation/decision_features.parquet"  # each feature's AUC for the reflect decision
 EVAL_HEADLINE = "evaluation/headline.json"  # the chosen feature and strength on test, and a control
 EVAL_SITES = "evaluation/sites.parquet"  # notebook 07: the top feature x2 at each steering site
 MODEL_DIFF = "evaluation/model_diff.parquet"  # top features on the base vs the reasoning model

@@ -95,13 +95,18 @@ def decision_feature_auc(model, sae, documents: pd.DataFrame, points: pd.DataFra
                          "use more documents.")
     tokenizer = model.tokenizer
     ids = tokenizer(documents.text.tolist(), add_special_tokens=False)["input_ids"]
-    width = max(map(len, ids))
-    tokens = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i in ids])
-    d_sae = sae.cfg.d_sae
-    acts = feature_activations(model, folded_sae(sae), tokens, list(range(d_sae)),
-                               batch_size=batch_size, progress=False)  # [docs, pos, d_sae]
-    at_points = acts[torch.tensor(points.doc_idx.to_numpy()),
-                     torch.tensor(points.position.to_numpy())].numpy()  # [points, d_sae]
+    d_sae, folded = sae.cfg.d_sae, folded_sae(sae)
+    at_points = np.zeros((len(points), d_sae), dtype=np.float32)
+    for start in range(0, len(ids), batch_size):  # one batch of documents at a time, in memory
+        batch = ids[start:start + batch_size]
+        width = max(map(len, batch))
+        tokens = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i in batch])
+        acts = feature_activations(model, folded, tokens, list(range(d_sae)),
+                                   batch_size=batch_size, progress=False)  # [docs, pos, d_sae]
+        inside = (points.doc_idx >= start).to_numpy() & (points.doc_idx < start + len(batch)
+                                                         ).to_numpy()
+        at_points[inside] = acts[torch.tensor(points.doc_idx[inside].to_numpy() - start),
+                                 torch.tensor(points.position[inside].to_numpy())].numpy()
     label = points.looks_hard.to_numpy(bool)
     auc = np.array([roc_auc_score(label, at_points[:, f]) if at_points[:, f].any() else 0.5
                     for f in range(d_sae)])
