@@ -46,6 +46,7 @@
 profile = "default"
 data_source = "synthetic"  # or "openthoughts_lmsys" (real models)
 seed = 0
+data_seed = None  # the world's and the packing's seed; None: seed (a --seeds run fixes it)
 # synthetic world (reasonlens.world.WorldConfig)
 families = ["arithmetic", "alternating"]  # also: "clock", "maximum", "counting"
 n_problems = 20000
@@ -95,11 +96,12 @@ run
 # exchanges are written in the toy's markers, or in a pretrained model's chat template.
 
 # %%
+data_seed = seed if data_seed is None else data_seed
 if data_source not in ("synthetic", "openthoughts_lmsys"):
     raise ValueError(f"data_source={data_source!r}; use 'synthetic' or 'openthoughts_lmsys'.")
 if data_source == "synthetic":
     world_cfg = WorldConfig(
-        seed=seed, families=tuple(families), n_problems=n_problems, min_items=min_items,
+        seed=data_seed, families=tuple(families), n_problems=n_problems, min_items=min_items,
         max_items=max_items, mistake_rate=mistake_rate, slip_rate=slip_rate,
         reflect_rates=tuple(reflect_rates), hesitation_rate=hesitation_rate,
         explore_rate=explore_rate,
@@ -117,9 +119,9 @@ else:
         openthoughts_source=openthoughts_source, lmsys_source=lmsys_source,
         domains=tuple(openthoughts_domains), n_reasoning=n_reasoning, n_chat=n_chat,
         reasoning_fraction=reasoning_fraction, is_english_only=is_english_only,
-        is_stripped=is_text_stripped, seed=seed, chat_eos_token=tokenizer.eos_token)
+        is_stripped=is_text_stripped, seed=data_seed, chat_eos_token=tokenizer.eos_token)
     documents = data.real_documents(sources.load_mixed_texts(mix_cfg), tokenizer,
-                                    split_fractions=tuple(split_fractions), seed=seed)
+                                    split_fractions=tuple(split_fractions), seed=data_seed)
 documents.groupby(["kind", "split"]).size().unstack()
 
 # %% [markdown]
@@ -196,7 +198,7 @@ plotting.length_histogram(lengths, xlabel="tokens per document", save_to=run.fig
 
 # %%
 if data_source == "synthetic":
-    context_cfg = data.ContextConfig(context_size=context_size, seed=seed)
+    context_cfg = data.ContextConfig(context_size=context_size, seed=data_seed)
     contexts = {}
     for mix, kinds in data.MIXES.items():
         for split in ("train", "val", "test"):
@@ -207,7 +209,7 @@ if data_source == "synthetic":
 else:
     context_cfg = data.RealContextConfig(
         context_size=context_size, packing=packing, n_shards=n_tl_shards,
-        max_tokens_per_source=max_tokens_per_source, shuffle_seed=shuffle_seed, seed=seed)
+        max_tokens_per_source=max_tokens_per_source, shuffle_seed=shuffle_seed, seed=data_seed)
     contexts = data.real_contexts(documents, tokenizer, context_cfg)
 pd.Series({name: len(frame) for name, frame in contexts.items()}, name="contexts")
 

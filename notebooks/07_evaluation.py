@@ -286,17 +286,14 @@ for i in range(min(2, len(test))):
 # %% [markdown]
 # ## Model diffing: do these features exist in the base model?
 # The reasoning model's SAE reads the base model's residual stream on the same reasoning contexts.
-# Both models share architecture, seed, tokenizer and problems; only the base model never trained
-# on traces. If the top features encode reasoning learned from traces, they should lose their
-# ReasonScore rank and their activation on reasoning words in the base model.
+# As in the paper, the reasoning model is a fine-tune of the base model (notebook 02 continues the
+# base model on traces), so their residual streams share a basis; only the base model never
+# trained on traces. If the top features encode reasoning learned from traces, they should lose
+# their ReasonScore rank and their activation on reasoning words in the base model.
 #
-# Read the SAE's reconstruction of the base model's activations before the feature table. In the
-# paper the reasoning model is a fine-tune of the base model, so their residual streams share a
-# basis. Here both toy models are trained from the same initialisation but separately; if the SAE
-# reconstructs the base model's activations poorly, the two streams do not share a basis, and a
-# feature's absence from the base model says less: it is not evidence that the base model lacks
-# the computation. Training the reasoning model as a fine-tune of the base model would remove this
-# confound.
+# Read the SAE's reconstruction of the base model's activations (explained variance on both
+# models) before the feature table: a feature's absence from the base model means something only
+# where the SAE still reconstructs the base model's activations well.
 
 # %%
 cfg = scoring.ReasonScoreConfig()

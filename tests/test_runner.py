@@ -491,3 +491,45 @@ def test_every_page_says_which_profile_and_model_it_shows(tmp_path, monkeypatch)
     assert shown["cells"][1]["id"] == "profile-banner" and len(notebook["cells"]) == 2
     no_title = runner.with_banner({"cells": [{"cell_type": "code", "source": "x"}]}, "B")
     assert no_title["cells"][0]["source"] == "B\n"
+
+
+SEEDED_01 = """
+    # %% [markdown]
+    # # 1. A seeded run
+
+    # %% tags=["parameters"]
+    profile = "default"
+    seed = 0
+    data_seed = None
+
+    # %%
+    from reasonlens.artifacts import RunDir
+    run = RunDir(profile)
+    run.write("data.json", {"data_seed": data_seed})
+    run.write("models/eval.json", {"overall": [{"model": "reasoning", "accuracy": seed / 10}]})
+    """
+
+
+def test_seeds_run_once_per_seed_with_the_data_fixed_and_tabulate(tmp_path, monkeypatch):
+    """``--seeds``: one run directory per seed, the profile's seed kept as ``data_seed``, and
+    the headline numbers per seed in one CSV (NaN for what these runs lack)."""
+    import pandas as pd
+
+    from reasonlens.artifacts import RunDir
+    notebooks_dir = tmp_path / "notebooks"
+    notebooks_dir.mkdir()
+    (notebooks_dir / "01_seeded.py").write_text(textwrap.dedent(SEEDED_01).lstrip())
+    write_profile(tmp_path / "profiles" / "tiny.yaml", seed=7)
+    monkeypatch.setenv("REASONLENS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("REASONLENS_PROFILES", str(tmp_path / "profiles"))
+    assert runner.main(["--profile", "tiny", "--seeds", "1", "2", "--no-book",
+                        "--notebooks-dir", str(notebooks_dir)]) == 0
+    for seed in (1, 2):
+        run = RunDir(f"tiny-seed{seed}")
+        assert run.read_json("data.json") == {"data_seed": 7}
+        assert run.manifest("data.json")["profile"] == f"tiny-seed{seed}"
+    table = pd.read_csv(tmp_path / "home" / "data" / "runs" / "tiny-seeds.csv", index_col="seed")
+    assert table.accuracy_reasoning.to_dict() == {1: 0.1, 2: 0.2}
+    assert table.steer_delta_accuracy.isna().all()
+    assert runner.main(["--profile", "tiny", "--seeds", "1", "1", "--no-book",
+                        "--notebooks-dir", str(notebooks_dir)]) == 1  # repeated seeds

@@ -56,7 +56,7 @@ import yaml
 from papermill.exceptions import PapermillExecutionError
 from tqdm.auto import tqdm
 
-from reasonlens import __version__, artifacts, config, constants
+from reasonlens import __version__, artifacts, config, constants, seeds
 
 logger = logging.getLogger("reasonlens.runner")  # also when run as __main__
 
@@ -849,6 +849,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-book", action="store_true", help="do not build the Jupyter Book")
     parser.add_argument("--notebooks-dir", type=Path, default=None,
                         help="directory of NN_name.py notebooks (default: <repo>/notebooks)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                        help="repeat the selected notebooks once per training seed (profile "
+                             "<name>-seed<s>, the data fixed at the profile's seed) and tabulate "
+                             "the headline numbers per seed in data/runs/<name>-seeds.csv")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     args = parser.parse_args(argv)
     if args.only is not None and (args.start is not None or args.stop is not None):
@@ -866,9 +870,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
+        kwargs = dict(notebooks_dir=args.notebooks_dir, only=args.only, start=args.start,
+                      stop=args.stop, force=args.force, build=not args.no_book)
         with logging_redirect_tqdm():
-            run(args.profile, notebooks_dir=args.notebooks_dir, only=args.only, start=args.start,
-                stop=args.stop, force=args.force, build=not args.no_book)
+            if args.seeds:
+                seeds.run_seeds(args.profile, args.seeds, run, **kwargs)
+            else:
+                run(args.profile, **kwargs)
     except (NotebookError, ValueError, FileNotFoundError, RuntimeError) as exc:
         logger.error("%s", exc)
         return 1
