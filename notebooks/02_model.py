@@ -47,7 +47,7 @@ n_heads = 4
 d_mlp = 384
 # training (reasonlens.lm_training.LMTrainConfig): the toy base model's, then for
 # `finetune_steps` the reasoning model's continuation of it; for a pretrained model, its fine-tune
-n_steps = 600
+n_steps = 400
 finetune_steps = 600
 batch_size = 32
 lr = 4e-3

@@ -23,7 +23,7 @@
 # - the **feature and strength chosen on validation problems**: each of the top-N features at
 #   every strength of the sweep, the most accurate reported on the test problems beside random
 #   features of matched density chosen the same way (`evaluation/headline.json`);
-# - a **sweep of strengths** on the top feature, negative ones included;
+# - a **sweep of strengths** on the top feature;
 # - the **top-N features one at a time**, each beside a **random feature of matched density**;
 # - **zero-ablation** of the top features (and of their random controls);
 # - **model diffing**: the same SAE features on the base model, which never saw a trace;
@@ -57,14 +57,14 @@ model_device = "cpu"
 model_dtype = "float32"
 eval_features = None  # None: the top ReasonScore features
 n_eval_features = 5  # top-N, steered one at a time
-eval_strengths = [-1.0, 0.5, 0.75, 1.0, 1.5, 2.0]  # sweep on the top feature
+eval_strengths = [0.5, 1.0, 2.0]  # tried on validation problems for each top feature
 eval_strength = 1.0  # for the top-N features and their controls
 eval_mode = "clamp"  # the paper's intervention
 eval_site = "resid_post"  # "resid_post": the SAE's hook point; "reference": its layer's MLP output
 eval_units = "folded"  # max activations in ReasonScore's units; "raw": the SAE's own
-n_site_problems = 200  # problems for the comparison of steering sites at the paper's strength 2
-n_eval_problems = 500  # test problems
-n_val_problems = 300  # validation problems on which the feature and strength are chosen (0: none)
+n_site_problems = 100  # problems for the comparison of steering sites at the paper's strength 2
+n_eval_problems = 400  # test problems
+n_val_problems = 150  # validation problems on which the feature and strength are chosen (0: none)
 n_mechanism_traces = 300  # validation traces whose decision points score every feature (0: none)
 control_exclude_top = 100  # controls are drawn outside this many top ReasonScore features
 eval_max_new_tokens = 256
@@ -247,8 +247,8 @@ display(table[columns].round(3).set_index("condition"))
 
 # %% [markdown]
 # ## Accuracy, length and reasoning words against strength
-# The top feature alone, from negative strengths (pushing it below zero) to the paper's 2, on the
-# validation problems when there are (else on the test problems).
+# The top feature alone at each strength of `eval_strengths` (a negative one pushes it below
+# zero; 2 is the paper's), on the validation problems when there are (else on the test problems).
 
 # %%
 swept = val_table if val_table is not None else table
