@@ -249,5 +249,6 @@ sorted(str(p.relative_to(run.root)) for p in run.root.rglob("*.parquet"))
 
 # %% [markdown]
 # **Summary.** The world gives problems whose answers can be checked, traces whose reasoning
-# words sit in their real roles, and step labels for free. Notebook 02 trains the toy reasoning
-# model on the reasoning mix and a base model on the same problems without traces.
+# words sit in their real roles, a built-in mechanism (hard steps slip, reflections follow steps
+# that look hard and repair them), and step labels for free. Notebook 02 trains a base model on
+# the problems without traces and continues it on the reasoning mix as the reasoning model.
