@@ -533,3 +533,36 @@ def test_seeds_run_once_per_seed_with_the_data_fixed_and_tabulate(tmp_path, monk
     assert table.steer_delta_accuracy.isna().all()
     assert runner.main(["--profile", "tiny", "--seeds", "1", "1", "--no-book",
                         "--notebooks-dir", str(notebooks_dir)]) == 1  # repeated seeds
+
+
+def test_headline_row_reads_every_headline_artifact(tmp_path):
+    """Written as the notebooks write them, read back into one row."""
+    import pandas as pd
+
+    from reasonlens import constants as K
+    from reasonlens import seeds
+    from reasonlens.artifacts import RunDir
+    run = RunDir("any", root=tmp_path)
+    run.write(K.MODEL_EVAL, {"overall": [{"model": "reasoning", "accuracy": 0.6},
+                                         {"model": "base", "accuracy": 0.1}]})
+    change = {"delta_accuracy": 0.2, "delta_accuracy_ci": [0.1, 0.3], "delta_length_pct": 40.0}
+    run.write(K.EVAL_HEADLINE, {"feature_idx": 5, "strength": 1.0, **change,
+                                "control": {**change, "delta_accuracy": -0.01},
+                                "decision_feature": {**change, "auc": 0.97,
+                                                     "reason_score_rank": 40}})
+    run.write(K.MODEL_DIFF, pd.DataFrame({"feature_idx": [5]}), config={
+        "sae_reconstruction": {"reasoning": {"explained_variance": 0.9},
+                               "base": {"explained_variance": 0.8}}})
+    run.write(K.STEP_VOTING.format(mode="ours"), {"own_step_auc": 0.7,
+                                                  "weighted_minus_majority": 0.02,
+                                                  "weighted_minus_majority_ci": [-0.01, 0.05]})
+    row = seeds.headline_row(run)
+    assert row == {"accuracy_reasoning": 0.6, "accuracy_base": 0.1, "steer_feature": 5,
+                   "steer_strength": 1.0, "steer_delta_accuracy": 0.2,
+                   "steer_delta_accuracy_low": 0.1, "steer_delta_accuracy_high": 0.3,
+                   "steer_delta_length_pct": 40.0, "control_delta_accuracy": -0.01,
+                   "decision_auc": 0.97, "decision_reason_score_rank": 40,
+                   "decision_delta_accuracy": 0.2, "sae_explained_variance_reasoning": 0.9,
+                   "sae_explained_variance_base": 0.8, "step_own_auc": 0.7,
+                   "weighted_minus_majority": 0.02, "weighted_minus_majority_low": -0.01,
+                   "weighted_minus_majority_high": 0.05}
