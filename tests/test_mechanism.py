@@ -12,7 +12,7 @@ from reasonlens.scoring import folded_sae
 
 @pytest.fixture(scope="module")
 def traces(world):
-    return world.documents[world.documents.kind == "trace"].head(40).reset_index(drop=True)
+    return world.documents[world.documents.kind == "trace"].head(16).reset_index(drop=True)
 
 
 def test_decision_points_sit_on_the_newline_after_each_compute_line(world, traces, tokenizer):
