@@ -49,6 +49,7 @@ d_mlp = 384
 # `finetune_steps` the reasoning model's continuation of it; for a pretrained model, its fine-tune
 n_steps = 400
 finetune_steps = 600
+finetune_lr = None  # the reasoning model's peak learning rate; None: lr
 batch_size = 32
 lr = 4e-3
 warmup_steps = 50
@@ -102,7 +103,8 @@ if model_name is None and pretrained_model is None:
     model_cfg = models.ToyModelConfig(d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                                       d_mlp=d_mlp,
                                       n_ctx=max(512, contexts["reasoning_train"].shape[1]))
-    finetune_cfg = dataclasses.replace(train_cfg, n_steps=finetune_steps)
+    finetune_cfg = dataclasses.replace(train_cfg, n_steps=finetune_steps,
+                                       lr=lr if finetune_lr is None else finetune_lr)
     train_cfgs["reasoning"] = finetune_cfg
     trained = {"base": models.build_toy_model(model_cfg, tokenizer, seed=seed)}
     histories = {"base": lm_training.train_lm(trained["base"], contexts["base_train"],

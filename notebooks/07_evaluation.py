@@ -57,7 +57,7 @@ model_device = "cpu"
 model_dtype = "float32"
 eval_features = None  # None: the top ReasonScore features
 n_eval_features = 5  # top-N, steered one at a time
-eval_strengths = [0.5, 1.0, 2.0]  # tried on validation problems for each top feature
+eval_strengths = [0.0, 0.5, 1.0, 2.0]  # tried on validation problems per top feature (0: ablation)
 eval_strength = 1.0  # for the top-N features and their controls
 eval_mode = "clamp"  # the paper's intervention
 eval_site = "resid_post"  # "resid_post": the SAE's hook point; "reference": its layer's MLP output
@@ -97,6 +97,7 @@ from reasonlens import constants as K
 from reasonlens.sae import evaluate_sae
 from reasonlens.tasks import TASK_NAMES
 from reasonlens.tasks import problems as task_problems
+from reasonlens import world
 from reasonlens.world import chat_format, prompt
 
 run = artifacts.RunDir(profile)
@@ -131,7 +132,10 @@ display(scores.set_index("feature_idx").loc[top + controls,
 # separates steps that look hard from the others (ROC AUC over the validation traces'
 # decision points, `mechanism.decision_feature_auc`). The decision features are the mechanism;
 # the question is whether ReasonScore, which looks at the reflection *words*, ranks them at the top.
-# The best decision feature is also steered below, beside the top ReasonScore features.
+# A high AUC says a feature *reads* the decision variable at this layer, not that it *drives* the
+# decision (later layers may read the operand again): so the best decision feature is also steered
+# below, beside the top ReasonScore features, and "What each condition does to the mechanism"
+# shows what that changes.
 
 # %%
 decision = mechanism_feature = None
@@ -246,9 +250,31 @@ columns = ["condition", "n", "is_correct", "is_correct_low", "is_correct_high", 
 display(table[columns].round(3).set_index("condition"))
 
 # %% [markdown]
+# ## What each condition does to the mechanism
+# The world's rules read every compute step of every test completion back
+# (`world.compute_step_outcomes`): per condition, the share of steps reflected on after an easy
+# step, a carry that looks easy and one that looks hard, and the share of hard steps that slipped.
+# Steering that helps by the papers' route makes the model reflect after the carries that look easy
+# (unsteered: almost never); steering can also move accuracy another way, by changing the slips.
+
+# %%
+if eval_tasks is None:
+    mechanism_rows = {}
+    for c in conditions:
+        done = frame[frame.condition == c].sort_values("prompt_idx")
+        own = world.compute_step_outcomes(test.family[done.prompt_idx].tolist(),
+                                          done.completion.tolist())
+        by_hardness = world.outcome_table(own)
+        mechanism_rows[c] = {**{f"reflected after hardness {h}": by_hardness.reflected.get(h)
+                                for h in (0, 1, 2)},
+                             "hard steps slipped": (own[own.hardness > 0].outcome == "slip").mean()}
+    display(pd.DataFrame(mechanism_rows).T.round(3))
+
+# %% [markdown]
 # ## Accuracy, length and reasoning words against strength
-# The top feature alone at each strength of `eval_strengths` (a negative one pushes it below
-# zero; 2 is the paper's), on the validation problems when there are (else on the test problems).
+# The top feature alone at each strength of `eval_strengths` (0 ablates it, a negative one pushes
+# it below zero; 2 is the paper's), on the validation problems when there are (else on the test
+# problems).
 
 # %%
 swept = val_table if val_table is not None else table
