@@ -195,7 +195,8 @@ if is_trained:
 # %%
 if is_trained:
     completions = results["reasoning"].completion
-    own = world.outcome_table(world.compute_step_outcomes(test.family.tolist(), completions.tolist()))
+    own = world.outcome_table(world.compute_step_outcomes(test.family.tolist(),
+                                                          completions.tolist()))
     display(own.round(3))
     reflects = completions.map(lambda text: any(map(world.is_reflection, text.split("\n"))))
     by_reflection = results["reasoning"].groupby(reflects.to_numpy()).is_correct.agg(

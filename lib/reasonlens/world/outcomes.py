@@ -25,7 +25,7 @@ OUTCOMES = ("right", "slip", "other")
 
 
 def is_reflection(line: str) -> bool:
-    """Whether a trace line opens with one of the world's reflections ("Wait", "Let me check" ...)."""
+    """Whether a trace line opens with one of the world's reflections ("Wait", "Let me check")."""
     return _REFLECTION.match(line.strip()) is not None
 
 
