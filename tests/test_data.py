@@ -173,7 +173,10 @@ def test_pack_transformer_lens_matches_a_plain_computation(bos_tokenizer):
     with_bos = data.pack_transformer_lens(texts, bos_tokenizer, 16, is_bos_added=True)
     with_bos = np.stack(with_bos.tokens.to_numpy())
     assert (with_bos[:, 0] == bos_tokenizer.bos_token_id).all()
-    assert with_bos[:, 1:].ravel().tolist() == flat[:with_bos[:, 1:].size].tolist()
+    # the same stream in rows of 15 after the BOS; each packing drops its own partial last row
+    stream = with_bos[:, 1:].ravel()
+    n = min(stream.size, flat.size)
+    assert stream[:n].tolist() == flat[:n].tolist() and abs(stream.size - flat.size) < 16
 
 
 def test_pack_transformer_lens_shards_and_batches_like_the_reference(bos_tokenizer):
