@@ -17,6 +17,7 @@ import pytest
 import torch
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
 
+import helpers
 from reasonlens import data, models, scoring
 from reference.reason_score_reference import (folded_feature_acts, reference_prompt_score,
                                               reference_reason_score, reference_window_share)
@@ -297,8 +298,11 @@ W_DEC_NORMS = (2.0, 1.0, 1.0)
 
 
 @pytest.fixture(scope="module")
-def table(toy_model, tokenizer):
+def table(toy_model, world):
     """The table model, its 3-feature SAE and two hand-laid contexts of 10 tokens.
+
+    Its tokenizer is trained on the world with a vocabulary of 380 (inside the toy model's 400
+    embeddings), small enough that "wait", "Wait" and "Let me" are two tokens each.
 
     row 0: BOS d0 [wait] d1 d2 [Let me] d3 PAD       (each bracketed word is two tokens)
     row 1: d4 d5 d6 d7 d8 d9 d10 [Wait] EOS
@@ -308,6 +312,9 @@ def table(toy_model, tokenizer):
       f1: d2 1, last token of "Let me" 2
       f2: d0 1, d4..d9 0.5, BOS/EOS/PAD 5 (ignored tokens: they must count nowhere)
     """
+    tokenizer = data.train_tokenizer(data.mix_documents(world.documents, "train",
+                                                        data.MIXES["reasoning"]),
+                                     helpers.build_tokenizer_config(vocab_size=380))
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
     wait, cap_wait, let_me = encode("wait"), encode("Wait"), encode("Let me")
     digits = [encode(str(i)) for i in range(10)] + [encode("=")]

@@ -315,7 +315,10 @@ def test_reference_site_clamps_the_mlp_output_on_every_kv_cached_step_by_hand(
                                    rtol=1e-5)
         assert moved.abs().max() > 0.1  # far beyond the tolerance, on every step
         if step == 0:  # the same clamp on the prompt's residual stream (the default site) moves
-            # it otherwise: the two sites are different interventions
-            on_stream = _clamp_displacement_by_hand(sae, stream, FEATURES, max_act, units)
-            assert (on_stream - moved).abs().max() > 0.01
+            # it otherwise: the two sites are different interventions (for some feature: one
+            # silent at both sites moves both by the same target * W_dec)
+            every = {k: 1.0 for k in range(sae.cfg.d_sae)}
+            on_stream = _clamp_displacement_by_hand(sae, stream, every, max_act, units)
+            on_mlp = _clamp_displacement_by_hand(sae, m, every, max_act, units)
+            assert (on_stream - on_mlp).abs().max() > 0.01
     assert not any(m._forward_hooks for m in getattr(model.model, "modules")())

@@ -833,3 +833,10 @@ def test_pooled_token_features_bring_the_sae_to_the_model_first(toy_model, token
                                    tokenizer, 20, 16)
     with pytest.raises(ValueError, match="SAE is on meta and the model on cpu"):
         probes.pooled_token_features(model, sae, examples)
+
+
+def test_solution_weights_take_an_empty_step_table():
+    """No sample stated a step: an empty column of object dtype gives every solution weight 0."""
+    import pandas as pd
+    empty = pd.DataFrame({"solution_idx": []}, dtype=object).solution_idx.to_numpy()
+    assert voting.solution_weights(3, empty, np.zeros(0), tau=1.0).tolist() == [0.0, 0.0, 0.0]

@@ -290,7 +290,9 @@ def solution_weights(n_solutions: int, solution_idx: np.ndarray, p_correct: np.n
     Returns:
         ``[n_solutions]`` weights.
     """
-    sums = np.bincount(solution_idx, weights=np.asarray(p_correct) ** tau, minlength=n_solutions)
+    solution_idx = np.asarray(solution_idx, dtype=np.int64)  # an empty step table's is object
+    sums = np.bincount(solution_idx, weights=np.asarray(p_correct, dtype=float) ** tau,
+                       minlength=n_solutions)
     counts = np.bincount(solution_idx, minlength=n_solutions)
     return np.divide(sums, counts, out=np.zeros(n_solutions), where=counts > 0)
 
