@@ -82,7 +82,7 @@ def test_train_returns_inference_sae_and_history(trained):
     assert sae.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
     assert list(history["step"]) == list(range(1, 7))
     assert {"mse_loss", "l1_loss", "explained_variance", "l0"} <= set(history.columns)
-    loss = history["mse_loss"] + history["l1_loss"]  # the objective (MSE alone may rise as L1 falls)
+    loss = history["mse_loss"] + history["l1_loss"]  # the objective; MSE alone may rise as L1 falls
     assert loss.iloc[-1] < loss.iloc[0]
 
 
