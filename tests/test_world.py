@@ -1,7 +1,6 @@
 import dataclasses
 import re
 
-import pandas as pd
 import pytest
 from helpers import build_world_config
 
