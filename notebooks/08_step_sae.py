@@ -89,7 +89,8 @@ step_lm_lr = 3e-4  # the encoder and decoder LMs (None: step_lr, one rate as the
 step_warmup_steps = 50
 step_min_lr = 0.0  # reference mode: where the cosine decay ends
 step_lr_decay_steps = None  # reference mode: where it ends (None: at the last step)
-step_checkpoint_every = 100
+step_checkpoint_every = 100  # 0: one checkpoint, at the end; only the latest one is kept
+step_is_checkpointed = True  # False: no checkpoints (a run cut short starts over)
 step_head_n_steps = 200
 step_head_lr = 2e-3
 step_n_decoded = 3  # steps decoded from their own, a sampled and edited latents
@@ -175,7 +176,8 @@ print(f"{len(train_table):,} training steps, {len(test_table):,} held-out steps;
 # %% [markdown]
 # ## Phase 1: train the autoencoders
 # Both LMs start from the same causal LM (a `<sep>` token is added when the tokenizer has none).
-# Training checkpoints into the run directory, so an interrupted run resumes where it stopped.
+# Training checkpoints into the run directory, so an interrupted run resumes where it stopped;
+# only the latest checkpoint is kept (it holds both LMs and their optimiser state).
 # The reference's data sources keep the reference's own token limits (which end of the context
 # is kept differs by data set).
 #
@@ -231,7 +233,8 @@ train_configs = {
         min_lr=step_min_lr, lr_decay_steps=step_lr_decay_steps, **rates)}
 histories = {mode: training.train_step_sae(
     saes[mode], train_examples, train_configs[mode], restart_if_changed=True,
-    checkpoint_dir=run.path(K.STEP_SAE_CHECKPOINTS_DIR.format(mode=mode)))
+    checkpoint_dir=(run.path(K.STEP_SAE_CHECKPOINTS_DIR.format(mode=mode))
+                    if step_is_checkpointed else None))
     for mode in step_modes}
 pd.concat({mode: h.tail(2) for mode, h in histories.items()})
 

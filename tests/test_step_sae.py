@@ -455,7 +455,8 @@ def test_a_changed_run_can_restart_instead_of_resuming(caplog, tmp_path, toy_mod
     assert len(again) == 3 and [p.name for p in tmp_path.iterdir()] == ["step_000003"]
     # unchanged settings and data: it resumes, even when allowed to restart; checkpoints every 2
     more = training.train_step_sae(build_sae(toy_model, copy.deepcopy(step_tokenizer)), examples,
-                                   build_train_config(n_steps=6, lr=1e-4, checkpoint_every=2),
+                                   build_train_config(n_steps=6, lr=1e-4, checkpoint_every=2,
+                                                      keep_checkpoints=None),
                                    checkpoint_dir=tmp_path, progress=False,
                                    restart_if_changed=True)
     pd.testing.assert_frame_equal(more.head(3), again)
@@ -731,9 +732,24 @@ def test_checkpoints_are_written_every_checkpoint_every_steps_and_at_the_end(
         tmp_path, toy_model, step_tokenizer, step_table):
     sae = build_sae(toy_model, step_tokenizer)
     examples = examples_of(step_table.head(4), step_tokenizer, sae.cfg)
-    training.train_step_sae(sae, examples, build_train_config(n_steps=4, checkpoint_every=3),
-                            checkpoint_dir=tmp_path, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000003", "step_000004"]
+    training.train_step_sae(sae, examples, build_train_config(
+        n_steps=4, checkpoint_every=3, keep_checkpoints=None), checkpoint_dir=tmp_path / "all",
+        progress=False)
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["step_000003", "step_000004"]
+    training.train_step_sae(build_sae(toy_model, step_tokenizer), examples, build_train_config(
+        n_steps=5, checkpoint_every=2), checkpoint_dir=tmp_path / "latest", progress=False)
+    assert [p.name for p in (tmp_path / "latest").iterdir()] == ["step_000005"]  # keeps 1
+
+
+def test_pruning_keeps_the_latest_checkpoints_by_step_count(tmp_path):
+    for name in ("step_000010", "step_000002", "step_1000000", ".step_000020.tmp", "notes"):
+        (tmp_path / name).mkdir()
+    assert training.prune_checkpoints(tmp_path, None) == []
+    assert training.prune_checkpoints(tmp_path, 2) == [tmp_path / "step_000002"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".step_000020.tmp", "notes", "step_000010", "step_1000000"]
+    with pytest.raises(ValueError, match="keep_checkpoints"):
+        build_train_config(keep_checkpoints=0)
 
 
 def test_phase_two_logs_the_gaussian_nll_by_its_formula(toy_model, step_tokenizer, step_table):

@@ -47,7 +47,7 @@ from reasonlens.step_sae.model import StepSAE, StepSAEConfig
 log = logging.getLogger(__name__)
 CHECKPOINT_RE = re.compile(r"step_(\d+)$")
 # Fields that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = ("n_steps", "checkpoint_every", "n_threads")
+RESUMABLE_CHANGES = ("n_steps", "checkpoint_every", "keep_checkpoints", "n_threads")
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -88,6 +88,9 @@ class StepSAETrainConfig(Config):
         beta1, beta2: AdamW's betas (R: 0.9, 0.95; ours torch's default 0.9, 0.999).
         grad_clip: the gradient norm is clipped to this (0: no clipping).
         checkpoint_every: phase-1 steps between checkpoints (0: only at the end).
+        keep_checkpoints: how many of the latest checkpoints stay on disk; older ones are deleted
+            as each new one is written (None: keep all; as ``save_total_limit`` in HF's Trainer).
+            A checkpoint holds both LMs and their AdamW state: 3.2 GB for SmolLM2-135M.
         head_n_steps: phase-2 optimiser steps.
         head_lr: phase-2 learning rate.
         seed: batch order (and, with ``seed + 2``, the token masks and latent noise).
@@ -110,6 +113,7 @@ class StepSAETrainConfig(Config):
     beta2: float = 0.999
     grad_clip: float = 1.0
     checkpoint_every: int = 0
+    keep_checkpoints: int | None = 1
     head_n_steps: int = 300
     head_lr: float = 2e-3
     seed: int = 0
@@ -126,6 +130,8 @@ class StepSAETrainConfig(Config):
             check_range(name, getattr(self, name), 0, 1)
         if self.lm_lr is not None:
             check_range("lm_lr", self.lm_lr, 0)
+        if self.keep_checkpoints is not None:
+            check_range("keep_checkpoints", self.keep_checkpoints, 1)
         if self.lr_decay_steps is not None:
             check_range("lr_decay_steps", self.lr_decay_steps, self.warmup_steps + 1,
                         hint="The decay must end after the warm-up.")
@@ -257,6 +263,17 @@ def latest_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
         return None
     found = [p for p in Path(checkpoint_dir).iterdir() if CHECKPOINT_RE.match(p.name)]
     return max(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)), default=None)
+
+
+def prune_checkpoints(checkpoint_dir: str | Path, keep: int | None) -> list[Path]:
+    """Delete all but the ``keep`` latest checkpoints under ``checkpoint_dir`` (None: none);
+    return the deleted paths."""
+    found = sorted((p for p in Path(checkpoint_dir).iterdir() if CHECKPOINT_RE.match(p.name)),
+                   key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
+    old = [] if keep is None else found[:-keep]
+    for path in old:
+        shutil.rmtree(path)
+    return old
 
 
 def examples_fingerprint(examples: StepExamples) -> str:
@@ -434,6 +451,7 @@ def train_step_sae(model: StepSAE, examples: StepExamples, cfg: StepSAETrainConf
             if rank == 0:
                 save_checkpoint(checkpoint_dir, step + 1, model, optimizer, schedule, generator,
                                 history, cfg, fingerprint, noise_generator, l1_weight)
+                prune_checkpoints(checkpoint_dir, cfg.keep_checkpoints)
             if world > 1:
                 dist.barrier()
     model.eval()
