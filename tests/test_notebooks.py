@@ -7,6 +7,7 @@ datasets with the OpenThoughts-114k and LMSYS-Chat-1M schemas (nothing is downlo
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -189,6 +190,9 @@ def test_every_notebook_runs_on_the_real_smollm2_weights(tmp_path, monkeypatch):
     assert len(scores) == 2 * 576 and scores.reason_score.notna().all()  # expansion_factor 2
     assert run.read_parquet(K.EVAL_CONDITIONS).condition.iloc[0] == "unsteered"
     assert {"step_sae[ours]", "token_sae"} <= set(run.read_parquet(K.STEP_PROBES).features)
+    for mode in ("ours", "reference"):  # step_is_checkpointed: false
+        assert not run.path(K.STEP_SAE_CHECKPOINTS_DIR.format(mode=mode)).exists()
+    shutil.rmtree(tmp_path / "data")  # 3.9 GB of weights: keep the suite's disk use small
 
 
 def test_notebook_08_reads_a_gsm8k_file_by_the_reference_rules(smoke_run, tmp_path, monkeypatch):
