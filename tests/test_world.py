@@ -1,11 +1,13 @@
 import dataclasses
 import re
 
+import pandas as pd
 import pytest
 from helpers import build_world_config
 
 from reasonlens import constants as K
-from reasonlens.world import FAMILIES, WorldConfig, generate_world, get_family
+from reasonlens.world import (FAMILIES, WorldConfig, generate_world, get_family,
+                              is_followed_by_reflection)
 
 
 def test_same_seed_gives_byte_identical_tables(tmp_path):
@@ -210,14 +212,20 @@ def test_slip_and_reflect_rates_shape_the_traces():
     assert always.n_corrections.sum() == always.n_mistakes.sum() > 0
 
 
+def test_a_step_is_reflected_on_when_the_next_line_of_its_own_trace_checks_it():
+    steps = pd.DataFrame({"problem_id": [7, 7, 7, 7, 8, 8],
+                          "kind": ["compute", "check", "compute", "compute", "correct", "compute"]})
+    assert is_followed_by_reflection(steps).tolist() == [True, False, False, False, False, False]
+
+
 def test_reflection_follows_how_hard_a_step_looks_not_whether_it_slipped():
     """Reflection rates per hardness match ``reflect_rates``; on hard steps they are the same
     after a slip as after a right step (the writer cannot see its slip), and every reflection
     after a hard step goes by the route and ends right."""
     world = generate_world(build_world_config(n_problems=2000))
     steps = world.steps
-    compute = steps[steps.kind == "compute"].assign(
-        is_reflected=steps.kind.shift(-1).isin(["check", "correct"])[steps.kind == "compute"])
+    compute = steps.assign(is_reflected=is_followed_by_reflection(steps))[
+        steps.kind == "compute"]
     rates = compute.groupby("hardness").is_reflected.mean()
     for hardness, expected in enumerate(WorldConfig().reflect_rates):
         assert abs(rates[hardness] - expected) < 0.05, rates

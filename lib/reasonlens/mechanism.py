@@ -22,6 +22,7 @@ from sklearn.metrics import roc_auc_score
 
 from reasonlens.explorer import feature_activations
 from reasonlens.scoring import folded_sae
+from reasonlens.world.outcomes import is_followed_by_reflection
 
 
 def decision_points(documents: pd.DataFrame, steps: pd.DataFrame, tokenizer) -> pd.DataFrame:
@@ -45,14 +46,15 @@ def decision_points(documents: pd.DataFrame, steps: pd.DataFrame, tokenizer) -> 
     """
     encoded = tokenizer(documents.text.tolist(), add_special_tokens=False,
                         return_offsets_mapping=True)
-    by_problem = dict(tuple(steps.sort_values(["problem_id", "step_idx"]).groupby("problem_id")))
+    steps = steps.sort_values(["problem_id", "step_idx"])
+    steps = steps.assign(is_reflected=is_followed_by_reflection(steps))
+    by_problem = dict(tuple(steps.groupby("problem_id")))
     rows = []
     for doc_idx, (problem_id, text) in enumerate(zip(documents.problem_id, documents.text)):
         trace = by_problem[problem_id]
         ends = [end for _, end in encoded["offset_mapping"][doc_idx]]
         cursor = 0
-        kinds = trace.kind.tolist()
-        for i, step in enumerate(trace.itertuples()):
+        for step in trace.itertuples():
             start = text.find(step.text + "\n", cursor)
             if start < 0:
                 raise ValueError(f"document {doc_idx} (problem {problem_id}) does not contain step "
@@ -65,9 +67,7 @@ def decision_points(documents: pd.DataFrame, steps: pd.DataFrame, tokenizer) -> 
             position = int(np.searchsorted(ends, newline + 1))  # the token ending past it
             rows.append(dict(doc_idx=doc_idx, problem_id=problem_id, step_idx=step.step_idx,
                              position=position, hardness=step.hardness,
-                             looks_hard=step.hardness == 2,
-                             is_reflected=i + 1 < len(kinds) and kinds[i + 1] in ("check",
-                                                                                  "correct")))
+                             looks_hard=step.hardness == 2, is_reflected=step.is_reflected))
     return pd.DataFrame(rows)
 
 

@@ -22,11 +22,20 @@ _PROGRESS = re.compile(r", (?:\w+ to go|done)\.\s*$")
 _REFLECTION = re.compile("|".join(re.escape(r.split(".")[0]) for r in REFLECTIONS))
 
 OUTCOMES = ("right", "slip", "other")
+REFLECTION_KINDS = ("check", "correct")  # the step kinds of a reflection in the world's traces
 
 
 def is_reflection(line: str) -> bool:
     """Whether a trace line opens with one of the world's reflections ("Wait", "Let me check")."""
     return _REFLECTION.match(line.strip()) is not None
+
+
+def is_followed_by_reflection(steps: pd.DataFrame) -> pd.Series:
+    """Per row of the world's step table: whether the next line of the same trace reflects on
+    it (a ``check`` or a ``correct`` step). Rows must be in trace order (``problem_id``,
+    ``step_idx``); the last step of each trace is never followed."""
+    following = steps.groupby("problem_id", sort=False).kind.shift(-1)
+    return following.isin(REFLECTION_KINDS)
 
 
 def compute_step_outcomes(families: Sequence[str], completions: Sequence[str]) -> pd.DataFrame:
