@@ -85,7 +85,7 @@ from IPython.display import display
 
 from reasonlens import artifacts, data, plotting, pretrained, sources
 from reasonlens import constants as K
-from reasonlens.world import WorldConfig, chat_format, generate_world
+from reasonlens.world import WorldConfig, chat_format, generate_world, is_followed_by_reflection
 
 run = artifacts.RunDir(profile)
 run
@@ -148,7 +148,7 @@ if data_source == "synthetic":
         reflections_per_trace=("n_reflections", "mean"),
         trace_accuracy=("trace_is_correct", "mean")).round(3))
     steps = world.steps
-    is_reflected = world.is_followed_by_reflection(steps)
+    is_reflected = is_followed_by_reflection(steps)
     compute = steps.kind == "compute"
     display(steps[compute].assign(is_reflected=is_reflected[compute]).groupby("hardness").agg(
         n=("is_correct", "size"), right=("is_correct", "mean"),

@@ -48,7 +48,7 @@ d_mlp = 384
 # training (reasonlens.lm_training.LMTrainConfig): the toy base model's, then for
 # `finetune_steps` the reasoning model's continuation of it; for a pretrained model, its fine-tune
 n_steps = 400
-finetune_steps = 600
+finetune_steps = 1000
 finetune_lr = None  # the reasoning model's peak learning rate; None: lr
 batch_size = 32
 lr = 4e-3

@@ -226,12 +226,14 @@ else:
 # activation on the scoring data; strength 0 in clamp mode is zero-ablation (the SAE's error term
 # keeps everything else). Controls are random features of about the same activation density,
 # chosen outside the top 100 by ReasonScore, steered at the chosen strength. With validation
-# problems, the test problems see the chosen conditions, every control and the ablations (the
-# sweep lives on the validation problems); without, the sweep of the top feature and the top
-# features at `eval_strength` run here.
+# problems, the test problems see the chosen conditions, the paper's condition (the top feature
+# at strength 2), every control and the ablations (the sweep lives on the validation problems);
+# without, the sweep of the top feature and the top features at `eval_strength` run here.
 
 # %%
-conditions = {"unsteered": None, chosen: {chosen_feature: chosen_strength}}
+paper_condition = name(top[0], 2.0)  # the paper's: the top feature at strength 2
+conditions = {"unsteered": None, chosen: {chosen_feature: chosen_strength},
+              paper_condition: {top[0]: 2.0}}
 if chosen_mechanism:
     conditions[chosen_mechanism] = mechanism_candidates[chosen_mechanism]
 if val_table is None:
@@ -427,8 +429,7 @@ display(harness_table.round(3))
 # and the decision feature's numbers.
 
 # %%
-paper_strength = name(top[0], 2.0)
-rows = {paper_strength: f"{profile}: top feature at the paper's strength",
+rows = {paper_condition: f"{profile}: top feature at the paper's strength",
         chosen: f"{profile}: chosen on {chosen_on}",
         chosen_control: f"{profile}: random control, chosen the same way",
         chosen_mechanism: f"{profile}: best decision feature, strength chosen the same way"}

@@ -39,7 +39,7 @@
 # | training | pre-encoder bias, squared pull of L1 toward the target, GELU projection, prefix right before the step (after `<sep>`) | no pre-bias, an L1 weight that adapts every 100 micro-batches, noise on the latent, ReLU projection, prefix before the context, 10% of step tokens masked, AdamW (0.9, 0.95) with a cosine schedule, a trainable context encoder for phase 2 |
 # | probes | logistic regressions on the world's ground truth (correct, length bins, top first tokens) | an MLP (LayerNorm, ReLU, dropout) with a validation-chosen checkpoint; correctness = the SSAE's greedy reconstruction of the step ends in the step's last number; length by regression; first token over the whole vocabulary |
 # | N2G | step *effect* (latent with the step minus with an empty step), step-anchored suffix/prefix | normalised activation, shortest suffix of the whole sequence, pad wildcards, windowed matching, F1; labels from an LLM (or an offline stand-in) |
-# | voting | k samples of the notebook-02 model, a probe fitted on the world's true step labels | k = 16 samples of the SSAE's own decoder from the raw question (T 0.7, top-p 0.9, top-k 200, repetition penalty 1.1), MLP probe, tau 0.8, last number with a float tolerance |
+# | voting | k samples of the notebook-02 model, a probe fitted on the model's own sampled steps, labelled by the world's rules | k = 16 samples of the SSAE's own decoder from the raw question (T 0.7, top-p 0.9, top-k 200, repetition penalty 1.1), MLP probe, tau 0.8, last number with a float tolerance |
 #
 # Every reference rule cites its file and line in the docstrings of `StepSAEConfig.reference`,
 # `StepSAETrainConfig.reference`, `step_sae.classifier`, `step_sae.n2g_reference` and
@@ -122,6 +122,9 @@ step_vote_k = 8  # ours: sampled solutions per problem
 step_vote_temperature = 0.6  # ours; at 1.0 the toy's samples are mostly wrong
 step_vote_tau = 1.0  # ours
 step_vote_max_new_tokens = 256  # ours
+step_own_probe_problems = 100  # ours: validation problems whose sampled steps, labelled by the
+# world's rules, train the voting probe on the model's own errors (0: the world's planted labels)
+step_vote_probe_labels = "own"  # ours: which probe weights the vote ("own" or "world")
 step_ref_vote_k = 16  # the reference's (its temperature, top-p, top-k, penalty and tau are fixed)
 step_ref_vote_max_new_tokens = 256
 step_n_examples_shown = 8
@@ -146,6 +149,9 @@ lm_path = step_model_name or run.model_path(model_name)
 tokenizer = AutoTokenizer.from_pretrained(lm_path)
 world_format = chat_format(AutoTokenizer.from_pretrained(run.require(K.TOKENIZER_DIR))
                            if step_data_source == "synthetic" else None)  # as notebook 01 wrote
+if step_vote_probe_labels not in ("own", "world"):
+    raise ValueError(f"step_vote_probe_labels={step_vote_probe_labels!r}: use 'own' (the "
+                     "model's own sampled steps) or 'world' (the generator's planted labels).")
 if not step_modes or set(step_modes) - {"ours", "reference"}:
     raise ValueError(f"step_modes={step_modes!r}: give one or both of 'ours' and 'reference'.")
 if step_data_source == "synthetic":
@@ -153,6 +159,7 @@ if step_data_source == "synthetic":
     train_table = step_data.world_step_table(steps, problems, ["train"], world_format)
     test_table = step_data.world_step_table(steps, problems, ["test"], world_format)
     vote_problems = problems[problems.split == "test"].head(step_vote_problems)
+    own_probe_problems = problems[problems.split == "val"].head(step_own_probe_problems)
 elif step_data_source in ("jsonl", *readers.FORMATS):
     table = (step_data.read_jsonl_steps(step_jsonl_path) if step_data_source == "jsonl"
              else readers.read_steps(step_jsonl_path, step_data_source))
@@ -417,7 +424,11 @@ if "reference" in step_modes:
 # ## Probe-guided weighted voting
 # k sampled solutions per held-out problem; each votes for its answer with weight = mean over
 # its steps of p(correct)^tau. Ours: samples of the notebook-02 model in its chat format, the
-# world's steps and answer parser, our ground-truth correctness probe. The reference's: samples
+# world's steps and answer parser, and a correctness probe on the step SAE's latents. That probe
+# is fitted on the model's *own* sampled steps for `step_own_probe_problems` validation problems,
+# each labelled by the world's rules (does every claim of the step hold?), so it learns the
+# errors this model makes; the probe fitted on the generator's planted labels (the probes above)
+# votes beside it as *ours (world labels)*. The reference's: samples
 # of the SSAE's own decoder LM prompted with the raw question, its steps split as the reference
 # splits them, the MLP correctness probe (trained on the reconstruction labels above), the last
 # number compared with a tolerance of 1e-3.
@@ -430,19 +441,35 @@ if step_vote_problems and "ours" in step_modes and "correctness" in targets:
                                    tau=step_vote_tau, max_new_tokens=step_vote_max_new_tokens)
     greedy = evaluation.evaluate_answers(lm, lm_tokenizer, vote_problems, reasoning=True,
                                          max_new_tokens=step_vote_max_new_tokens)
+    sampled_steps = lambda sampled: step_data.tokenize_steps(  # noqa: E731
+        step_data.trace_step_table(sampled, sampled.completion, chat_format(lm_tokenizer)),
+        tokenizer, step_max_context_tokens, step_max_step_tokens)
     solutions = voting.sample_solutions(lm, lm_tokenizer, vote_problems, vote_cfg)
-    solution_steps = step_data.tokenize_steps(
-        step_data.trace_step_table(solutions, solutions.completion,
-                                   chat_format(lm_tokenizer)), tokenizer,
-        step_max_context_tokens, step_max_step_tokens)
-    correctness_probe = probes.fit_probe(probe_latents["ours"], targets["correctness"][0],
-                                         probe_cfg)
-    p_correct = correctness_probe.predict_proba(inference.encode_steps(saes["ours"],
-                                                                       solution_steps))[
-        :, list(correctness_probe.classes_).index(True)]
-    votes["ours"] = dict(cfg=vote_cfg, greedy=greedy, solutions=solutions, p_correct=p_correct,
-                         step_owner=solution_steps.table.solution_idx.to_numpy(),
-                         step_is_correct=solution_steps.table.get("is_claim_correct"))
+    solution_steps = sampled_steps(solutions)
+    probe_data = {"world": (probe_latents["ours"], targets["correctness"][0])}
+    if step_own_probe_problems and "family" in vote_problems:
+        own_steps = sampled_steps(voting.sample_solutions(lm, lm_tokenizer, own_probe_problems,
+                                                          vote_cfg))
+        own_labels = own_steps.table.is_claim_correct
+        own_steps = own_steps.subset(np.flatnonzero(own_labels.notna().to_numpy()))
+        if own_labels.nunique() == 2:
+            probe_data["own"] = (inference.encode_steps(saes["ours"], own_steps),
+                                 own_steps.table.is_claim_correct.to_numpy(bool))
+        print(f"own-step labels: {len(own_steps):,} steps with claims from "
+              f"{len(own_probe_problems)} validation problems, "
+              f"{(~own_labels.dropna()).sum():,} of them wrong"
+              + ("" if "own" in probe_data else "; one class only, so no own-label probe"))
+    solution_latents = inference.encode_steps(saes["ours"], solution_steps)
+    for labels_from, (features, is_correct) in probe_data.items():
+        correctness_probe = probes.fit_probe(features, is_correct, probe_cfg)
+        p_correct = correctness_probe.predict_proba(solution_latents)[
+            :, list(correctness_probe.classes_).index(True)]
+        is_main = labels_from == step_vote_probe_labels or len(probe_data) == 1
+        votes["ours" if is_main else f"ours ({labels_from} labels)"] = dict(
+            cfg=vote_cfg, greedy=greedy, solutions=solutions, p_correct=p_correct,
+            step_owner=solution_steps.table.solution_idx.to_numpy(),
+            step_is_correct=solution_steps.table.get("is_claim_correct"),
+            probe_labels=labels_from)
 if step_vote_problems and "reference" in step_modes and vote_problems is not None:
     vote_cfg = voting.VotingConfig.reference(n_samples=step_ref_vote_k,
                                              max_new_tokens=step_ref_vote_max_new_tokens)
@@ -465,7 +492,8 @@ for mode, v in votes.items():
     v["table"], v["difference"] = voting.voting_table(vote_problems, v["greedy"],
                                                       v["solutions"], v["weights"],
                                                       rules=v["cfg"].rules)
-    plotting.voting_bars(v["table"], save_to=run.figure(f"08_voting_{mode}"))
+    if mode in step_modes:
+        plotting.voting_bars(v["table"], save_to=run.figure(f"08_voting_{mode}"))
 if votes:
     display(pd.concat({mode: v["table"] for mode, v in votes.items()}, names=["mode", None])
             .droplevel(1).reset_index().round(3))
@@ -557,5 +585,12 @@ for mode in step_modes:
             "pass_at_k": float(summary["pass@k"]),
             "weight_auc": float(summary["AUC of the weights"]),
             "own_step_auc": float(summary["AUC on own steps"]),
+            "probe_labels": votes[mode].get("probe_labels", "reference"),
+            "other_probes": {v["probe_labels"]: {
+                "weighted_minus_majority": float(v["difference"]["difference"]),
+                "weighted_minus_majority_ci": [float(v["difference"]["ci_low"]),
+                                               float(v["difference"]["ci_high"])],
+                "own_step_auc": float(vote_summary[key]["AUC on own steps"])}
+                for key, v in votes.items() if key.startswith(f"{mode} (")},
             "tau_sweep": taus[mode].to_dict("records")}, config=votes[mode]["cfg"])
 run.write(K.STEP_PROBES, probe_results, config=probe_cfg)

@@ -62,6 +62,8 @@ def test_every_notebook_runs_on_the_smoke_profile(smoke_run):
     assert table.condition.iloc[0] == "unsteered" and (table.n == table.n.iloc[0]).all()
     assert {"ablate top 2", "ablate random 2"} <= set(table.condition)
     headline = run.read_json(K.EVAL_HEADLINE)
+    top_feature = headline["candidates"]["features"][0]
+    assert f"f{top_feature} x2" in set(table.condition)  # the paper's condition, on test too
     assert {"feature_idx", "strength", "delta_accuracy", "delta_accuracy_ci", "delta_length_pct",
             "n_problems", "control"} <= set(headline)
     assert headline["strength"] in (-1.0, 2.0) and len(headline["delta_accuracy_ci"]) == 2
@@ -83,6 +85,8 @@ def test_every_notebook_runs_on_the_smoke_profile(smoke_run):
         assert 0 <= step_voting["sample_accuracy"] <= step_voting["pass_at_k"] <= 1
         low, high = step_voting["weighted_minus_majority_ci"]
         assert low <= step_voting["weighted_minus_majority"] <= high
+        assert step_voting["probe_labels"] == ("reference" if mode == "reference" else
+                                               "own" if step_voting["other_probes"] else "world")
     assert set(run.read_parquet(K.STEP_PATTERNS.format(mode="ours")).anchor) <= {"end", "start"}
     micro = run.read_parquet(K.STEP_PATTERN_EVAL.format(mode="reference")).query(
         "scope == 'micro'")

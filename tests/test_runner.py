@@ -553,9 +553,10 @@ def test_headline_row_reads_every_headline_artifact(tmp_path):
     run.write(K.MODEL_DIFF, pd.DataFrame({"feature_idx": [5]}), config={
         "sae_reconstruction": {"reasoning": {"explained_variance": 0.9},
                                "base": {"explained_variance": 0.8}}})
-    run.write(K.STEP_VOTING.format(mode="ours"), {"own_step_auc": 0.7,
-                                                  "weighted_minus_majority": 0.02,
-                                                  "weighted_minus_majority_ci": [-0.01, 0.05]})
+    run.write(K.STEP_VOTING.format(mode="ours"), {
+        "own_step_auc": 0.7, "weighted_minus_majority": 0.02,
+        "weighted_minus_majority_ci": [-0.01, 0.05], "probe_labels": "own",
+        "other_probes": {"world": {"own_step_auc": 0.6, "weighted_minus_majority": 0.01}}})
     row = seeds.headline_row(run)
     assert row == {"accuracy_reasoning": 0.6, "accuracy_base": 0.1, "steer_feature": 5,
                    "steer_strength": 1.0, "steer_delta_accuracy": 0.2,
@@ -565,4 +566,6 @@ def test_headline_row_reads_every_headline_artifact(tmp_path):
                    "decision_delta_accuracy": 0.2, "sae_explained_variance_reasoning": 0.9,
                    "sae_explained_variance_base": 0.8, "step_own_auc": 0.7,
                    "weighted_minus_majority": 0.02, "weighted_minus_majority_low": -0.01,
-                   "weighted_minus_majority_high": 0.05}
+                   "weighted_minus_majority_high": 0.05, "step_probe_labels": "own",
+                   "world_label_probe_own_auc": 0.6,
+                   "world_label_probe_weighted_minus_majority": 0.01}

@@ -65,8 +65,9 @@ def headline_row(run: artifacts.RunDir) -> dict[str, Any]:
     strength, accuracy change with its interval, and length change (07, ``headline.json``), the
     chosen random control's accuracy change, and the best decision feature's AUC, ReasonScore rank
     and accuracy change; the SAE's explained variance on both models (model diffing); and our step
-    SAE's probe AUC on the model's own steps and weighted-minus-majority voting with its interval
-    (08).
+    SAE's probe AUC on the model's own steps and weighted-minus-majority voting with its interval,
+    which labels that probe was fitted on, and the same two numbers for the probe fitted on the
+    world's planted labels (08).
     """
     model_eval = _read(run, K.MODEL_EVAL)
     accuracy = {row["model"]: row["accuracy"] for row in model_eval.get("overall", [])}
@@ -94,6 +95,10 @@ def headline_row(run: artifacts.RunDir) -> dict[str, Any]:
         "weighted_minus_majority": _get(voting, "weighted_minus_majority"),
         "weighted_minus_majority_low": ci(voting, "weighted_minus_majority_ci")[0],
         "weighted_minus_majority_high": ci(voting, "weighted_minus_majority_ci")[1],
+        "step_probe_labels": _get(voting, "probe_labels", default=None),
+        "world_label_probe_own_auc": _get(voting, "other_probes", "world", "own_step_auc"),
+        "world_label_probe_weighted_minus_majority": _get(voting, "other_probes", "world",
+                                                          "weighted_minus_majority"),
     }
 
 
