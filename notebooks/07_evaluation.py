@@ -198,8 +198,12 @@ if eval_tasks is None and n_val_problems > 0:
     val_table = score_val(val_frames)
     chosen_control = evaluation.best_condition(val_table, list(control_candidates))
     control_feature = next(iter(control_candidates[chosen_control]))
-    chosen_mechanism = (evaluation.best_condition(val_table, list(mechanism_candidates))
-                        if mechanism_candidates else None)
+    # the best decision feature's strength, from its own grid, or from the top features' grid
+    # when it is one of them
+    decision_conditions = (mechanism_candidates or {
+        c: v for c, v in candidates.items() if best_decision in v}) if decision is not None else {}
+    chosen_mechanism = (evaluation.best_condition(val_table, list(decision_conditions))
+                        if decision_conditions else None)
     chosen_on = f"validation ({len(val)} problems)"
     grid = val_table[val_table.condition.isin(all_candidates)].assign(
         feature=lambda t: t.condition.map(lambda c: next(iter(all_candidates[c]))),
@@ -235,7 +239,7 @@ paper_condition = name(top[0], 2.0)  # the paper's: the top feature at strength 
 conditions = {"unsteered": None, chosen: {chosen_feature: chosen_strength},
               paper_condition: {top[0]: 2.0}}
 if chosen_mechanism:
-    conditions[chosen_mechanism] = mechanism_candidates[chosen_mechanism]
+    conditions[chosen_mechanism] = all_candidates[chosen_mechanism]
 if val_table is None:
     conditions |= {name(top[0], s): {top[0]: s} for s in eval_strengths}
     conditions |= {name(f, eval_strength): {f: eval_strength} for f in top}
@@ -447,7 +451,7 @@ headline_record = {
     "control": {"feature_idx": int(control_feature), "strength": float(chosen_strength),
                 **evaluation.headline_numbers(table, chosen_control)}}
 if chosen_mechanism:
-    feature, strength = next(iter(mechanism_candidates[chosen_mechanism].items()))
+    feature, strength = next(iter(all_candidates[chosen_mechanism].items()))
     row = decision.set_index("feature_idx").loc[feature]
     headline_record["decision_feature"] = {
         "feature_idx": int(feature), "strength": float(strength), "auc": float(row.auc),
