@@ -319,8 +319,11 @@ for i in range(min(2, len(test))):
 # ## Model diffing: do these features exist in the base model?
 # The reasoning model's SAE reads the base model's residual stream on the same reasoning contexts.
 # As in the paper, the reasoning model is a fine-tune of the base model (notebook 02 continues the
-# base model on traces), so their residual streams share a basis; only the base model never
-# trained on traces. If the top features encode reasoning learned from traces, they should lose
+# base model on traces), so their residual streams start from one basis; only the base model never
+# trained on traces. How far the fine-tune moved that basis, the SAE's explained variance on each
+# model says: on the toy, whose base model never learned the arithmetic that the fine-tune then
+# teaches, it moves far (explained variance near zero on the base model at the default's 1000
+# fine-tune steps), and the feature table below is then no evidence either way. If the top features encode reasoning learned from traces, they should lose
 # their ReasonScore rank and their activation on reasoning words in the base model.
 #
 # Read the SAE's reconstruction of the base model's activations (explained variance on both
