@@ -526,7 +526,8 @@ def test_ddp_with_two_processes_matches_one_process(tmp_path, saved_toy_model, t
     table = step_table.head(24)
     table.to_parquet(tmp_path / "steps.parquet")
     sae_cfg = build_step_sae_config()
-    train_cfg = build_train_config(n_steps=3, batch_size=8, checkpoint_every=2)
+    train_cfg = build_train_config(n_steps=3, batch_size=8, checkpoint_every=2,
+                                   keep_checkpoints=None)  # every checkpoint rank 0 writes
     # the subprocesses import reasonlens from where this process did (under mutmut: the mutants)
     lib = Path(training.__file__).parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
