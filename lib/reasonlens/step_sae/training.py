@@ -261,15 +261,20 @@ def latest_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
     """The checkpoint with the most steps under ``checkpoint_dir``, or None."""
     if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
         return None
-    found = [p for p in Path(checkpoint_dir).iterdir() if CHECKPOINT_RE.match(p.name)]
-    return max(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)), default=None)
+    found = _checkpoints(checkpoint_dir)
+    return found[-1] if found else None
+
+
+def _checkpoints(checkpoint_dir: str | Path) -> list[Path]:
+    """The checkpoints under ``checkpoint_dir``, by step count."""
+    return sorted((p for p in Path(checkpoint_dir).iterdir() if CHECKPOINT_RE.match(p.name)),
+                  key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
 
 
 def prune_checkpoints(checkpoint_dir: str | Path, keep: int | None) -> list[Path]:
     """Delete all but the ``keep`` latest checkpoints under ``checkpoint_dir`` (None: none);
     return the deleted paths."""
-    found = sorted((p for p in Path(checkpoint_dir).iterdir() if CHECKPOINT_RE.match(p.name)),
-                   key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
+    found = _checkpoints(checkpoint_dir)
     old = [] if keep is None else found[:-keep]
     for path in old:
         shutil.rmtree(path)
