@@ -198,10 +198,9 @@ if eval_tasks is None and n_val_problems > 0:
     val_table = score_val(val_frames)
     chosen_control = evaluation.best_condition(val_table, list(control_candidates))
     control_feature = next(iter(control_candidates[chosen_control]))
-    # the best decision feature's strength, from its own grid, or from the top features' grid
-    # when it is one of them
-    decision_conditions = (mechanism_candidates or {
-        c: v for c, v in candidates.items() if best_decision in v}) if decision is not None else {}
+    # the best decision feature's grid: its own, or the top features' when it is one of them
+    decision_conditions = {c: v for c, v in all_candidates.items()
+                           if decision is not None and best_decision in v}
     chosen_mechanism = (evaluation.best_condition(val_table, list(decision_conditions))
                         if decision_conditions else None)
     chosen_on = f"validation ({len(val)} problems)"
@@ -323,8 +322,9 @@ for i in range(min(2, len(test))):
 # trained on traces. How far the fine-tune moved that basis, the SAE's explained variance on each
 # model says: on the toy, whose base model never learned the arithmetic that the fine-tune then
 # teaches, it moves far (explained variance near zero on the base model at the default's 1000
-# fine-tune steps), and the feature table below is then no evidence either way. If the top features encode reasoning learned from traces, they should lose
-# their ReasonScore rank and their activation on reasoning words in the base model.
+# fine-tune steps), and the feature table below is then no evidence either way. If the top
+# features encode reasoning learned from traces, they should lose their ReasonScore rank and
+# their activation on reasoning words in the base model.
 #
 # Read the SAE's reconstruction of the base model's activations (explained variance on both
 # models) before the feature table: a feature's absence from the base model means something only
