@@ -26,7 +26,8 @@
 # - a **sweep of strengths** on the top feature;
 # - the **top-N features one at a time**, each beside a **random feature of matched density**;
 # - **zero-ablation** of the top features (and of their random controls);
-# - **model diffing**: the same SAE features on the base model, which never saw a trace;
+# - **model diffing**: the same SAE features on the base model, which never saw a trace, read by
+#   the SAE as it is and by the SAE fine-tuned on the base model;
 # - a **token-injection control**: reasoning words put into plain answers and taken out of traces;
 # - the **lm-evaluation-harness path** used for real models, run here on a task built from the
 #   world, steered and unsteered.
@@ -73,6 +74,7 @@ n_boot = 2000
 seed = 0
 score_split = "reasoning_val"
 n_score_contexts = 256
+diff_adapt_tokens = 250_000  # base-model activations the SAE is fine-tuned on to diff (0: none)
 n_injection = 200  # problems per text kind in the injection control
 n_injected_words = 3  # reasoning words put into each plain answer (traces have about 3)
 lm_eval_tasks = None  # real profiles: the paper's tasks; None: a task built from the world
@@ -94,7 +96,7 @@ from sae_lens import SAE
 from reasonlens import (artifacts, data, diffing, evaluation, harness, injection, mechanism,
                         models, plotting, scoring, steering)
 from reasonlens import constants as K
-from reasonlens.sae import evaluate_sae
+from reasonlens.sae import SAETrainConfig, evaluate_sae
 from reasonlens.tasks import TASK_NAMES
 from reasonlens.tasks import problems as task_problems
 from reasonlens import world
@@ -316,19 +318,25 @@ for i in range(min(2, len(test))):
 
 # %% [markdown]
 # ## Model diffing: do these features exist in the base model?
-# The reasoning model's SAE reads the base model's residual stream on the same reasoning contexts.
 # As in the paper, the reasoning model is a fine-tune of the base model (notebook 02 continues the
 # base model on traces), so their residual streams start from one basis; only the base model never
-# trained on traces. How far the fine-tune moved that basis, the SAE's explained variance on each
-# model says: on the toy, whose base model never learned the arithmetic that the fine-tune then
-# teaches, it moves far (explained variance near zero on the base model at the default's 1000
-# fine-tune steps), and the feature table below is then no evidence either way. If the top
-# features encode reasoning learned from traces, they should lose their ReasonScore rank and
-# their activation on reasoning words in the base model.
+# trained on traces. Two readings of the base model's residual stream on the same reasoning
+# contexts:
 #
-# Read the SAE's reconstruction of the base model's activations (explained variance on both
-# models) before the feature table: a feature's absence from the base model means something only
-# where the SAE still reconstructs the base model's activations well.
+# - **transfer**: the reasoning model's SAE as it is. Its features keep their meaning only while
+#   it still reconstructs the base model's activations; on the toy, whose base model never
+#   learned the arithmetic that the fine-tune then teaches, the fine-tune moves layer 2 far
+#   (explained variance near zero on the base model), and this reading is then no evidence.
+# - **adapted**: the same SAE fine-tuned for `diff_adapt_tokens` activations of the base model
+#   on the SAE's own training contexts (`diffing.adapt_sae`), as stage-wise model diffing
+#   fine-tunes one SAE from model to model (Bricken et al., 2024). Each feature keeps its index;
+#   the cosine between its decoder directions before and after says how far it moved, and its
+#   activation on reasoning words in the base model whether the base model uses it there.
+#
+# If the top features encode reasoning learned from traces, they should lose their ReasonScore
+# rank and their activation on reasoning words in the base model. Read the explained variance on
+# each model first: a feature's absence means something only in a basis that reconstructs the
+# model it is absent from.
 
 # %%
 cfg = scoring.ReasonScoreConfig()
@@ -344,14 +352,30 @@ else:
                                       device=model_device, dtype=model_dtype)
     tokens = data.contexts_tensor(run.read_parquet(K.CONTEXTS.format(split=score_split)))
     tokens = tokens[:n_score_contexts]
-    base_scores, _ = scoring.reason_score(base, sae, tokens, cfg)
-    diff = diffing.feature_diff(scores, base_scores, top)
-    reconstruction = pd.DataFrame({label: evaluate_sae(m, sae, tokens[:32]).metrics()
-                                   for label, m in (("reasoning", reasoning_tl), ("base", base))})
-    display(diff.set_index("feature_idx").round(4))
+    compared = top + ([] if decision is None or best_decision in top else [best_decision])
+    bases = {"transfer": sae}
+    if diff_adapt_tokens:
+        bases["adapted"], _ = diffing.adapt_sae(
+            base, sae, run.read_parquet(K.CONTEXTS.format(split="reasoning_train")),
+            SAETrainConfig.from_dict(run.manifest(K.SAE_DIR)["config"]),
+            diff_adapt_tokens)
+    base_scores = {label: scoring.reason_score(base, basis, tokens, cfg)[0]
+                   for label, basis in bases.items()}
+    diff = pd.concat([diffing.feature_diff(scores, base_scores[label], compared).assign(
+        basis=label, decoder_cosine=diffing.decoder_cosine(sae, basis)[compared])
+        for label, basis in bases.items()], ignore_index=True)
+    reconstruction = pd.DataFrame(
+        {"reasoning": evaluate_sae(reasoning_tl, sae, tokens[:32]).metrics()}
+        | {f"base, {label}": evaluate_sae(base, basis, tokens[:32]).metrics()
+           for label, basis in bases.items()})
     display(reconstruction.loc[["explained_variance", "mean_l0", "ce_loss_recovered"]].round(3))
-    plotting.paired_bars(diff.set_index("feature_idx"), ("mu_pos_reasoning", "mu_pos_base"),
-                         "mean activation on reasoning words",
+    display(diff.set_index(["basis", "feature_idx"])[
+        ["rank_reasoning", "rank_base", "mu_pos_reasoning", "mu_pos_base", "mu_pos_ratio",
+         "decoder_cosine"]].round(4))
+    wide = diff.pivot(index="feature_idx", columns="basis", values="mu_pos_base").loc[compared]
+    wide.columns = [f"base, {c}" for c in wide.columns]
+    wide.insert(0, "reasoning", diff.groupby("feature_idx").mu_pos_reasoning.first())
+    plotting.paired_bars(wide, list(wide.columns), "mean activation on reasoning words",
                          "Top features on the reasoning vs the base model",
                          save_to=run.figure("07_model_diff"))
 

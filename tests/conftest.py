@@ -51,6 +51,34 @@ def saved_toy_model(tmp_path_factory, toy_model, tokenizer):
 
 
 @pytest.fixture(scope="session")
+def hooked(saved_toy_model):
+    """``toy_model`` through TransformerLens."""
+    return models.load_hooked(saved_toy_model, backend="transformer_lens")
+
+
+@pytest.fixture(scope="session")
+def contexts(world, tokenizer):
+    """24 packed contexts of the world's reasoning mix (64 tokens each)."""
+    texts = data.mix_documents(world.documents, "train", data.MIXES["reasoning"])
+    frame = data.pack_contexts(data.tokenize(tokenizer, texts), helpers.build_context_config())
+    return data.contexts_tensor(frame)[:24]
+
+
+@pytest.fixture(scope="session")
+def fitted(hooked, contexts):
+    """``hooked`` after 30 Adam steps on 8 contexts (about a second): unlike the random one, its
+    next-token loss is far below uniform, and zero-ablating a layer costs a lot of it."""
+    fitted = copy.deepcopy(hooked)
+    optimizer = torch.optim.Adam(fitted.model.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = fitted.model(contexts[:8], return_type="loss")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return fitted
+
+
+@pytest.fixture(scope="session")
 def sae():
     """A random SAE (d_sae 64) at blocks.1.hook_resid_post of ``toy_model``, decoder not unit-norm."""
     cfg = StandardSAEConfig(d_in=32, d_sae=64)

@@ -1,9 +1,16 @@
+"""Model diffing: feature tables, decoder cosines and the SAE adapted to the base model."""
+
+import copy
+import dataclasses
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from reasonlens import diffing
+from reasonlens import sae as sae_mod
 
 
 def _scores(values, mu_pos=None):
@@ -47,3 +54,59 @@ def test_feature_diff_errors():
         diffing.feature_diff(reasoning, _scores([0.1]), [0])
     with pytest.raises(ValueError, match=r"features \[7\] are not in the scores \(d_sae=3\)"):
         diffing.feature_diff(reasoning, _scores([0.1, 0.2, 0.3]), [7])
+
+
+def test_decoder_cosine_compares_directions_not_norms(sae):
+    other = copy.deepcopy(sae)
+    with torch.no_grad():
+        other.W_dec[0] *= 3.0  # longer, same direction
+        other.W_dec[1] *= -1.0  # reversed
+        other.W_dec[2] = torch.randn(32, generator=torch.Generator().manual_seed(0))
+    cosine = diffing.decoder_cosine(sae, other)
+    assert cosine.shape == (64,)
+    np.testing.assert_allclose(cosine[[0, 1]], [1.0, -1.0], atol=1e-6)
+    np.testing.assert_allclose(cosine[3:], 1.0, atol=1e-6)
+    expected = torch.nn.functional.cosine_similarity(sae.W_dec[2], other.W_dec[2], dim=0).detach()
+    assert cosine[2] == pytest.approx(expected.item(), abs=1e-6)
+    with pytest.raises(ValueError, match=r"decoders of shapes \(64, 32\) and \(32, 32\): compare "
+                                         r"an SAE with its own fine-tune \(adapt_sae\)\.$"):
+        diffing.decoder_cosine(sae, type(sae)(type(sae.cfg)(d_in=32, d_sae=32)))
+
+
+@pytest.fixture(scope="module")
+def reasoning_sae(hooked, contexts):
+    cfg = sae_mod.SAETrainConfig(hook_name="blocks.1.hook_resid_post", expansion_factor=2,
+                                 l1_coefficient=1.0, training_tokens=20 * 128, batch_size=128,
+                                 lr=1e-2, context_size=64, store_batch_size_prompts=4,
+                                 lr_decay_steps=10)
+    return sae_mod.train_sae(hooked, contexts, cfg)[0], cfg
+
+
+def test_the_adapted_sae_reconstructs_the_base_model_and_keeps_its_features(
+        reasoning_sae, hooked, fitted, contexts):
+    """``fitted`` plays the base model: the same architecture, weights moved by training."""
+    sae, cfg = reasoning_sae
+    transfer = sae_mod.evaluate_sae(fitted, sae, contexts).explained_variance
+    adapted, history = diffing.adapt_sae(fitted, sae, contexts, cfg, 10 * 128)
+    assert history.step.iloc[-1] == 10  # training_tokens // batch_size steps
+    assert sae_mod.evaluate_sae(fitted, adapted, contexts).explained_variance > transfer + 0.1
+    # Fine-tuned, not retrained: most features stay nearer their own old direction than any other
+    # feature's (about 1 in 64 would by chance), so feature k means the same feature in both.
+    unit = lambda w: w / w.norm(dim=1, keepdim=True)  # noqa: E731
+    cross = unit(sae.W_dec.detach()) @ unit(adapted.W_dec.detach()).T
+    np.testing.assert_allclose(cross.diagonal().numpy(), diffing.decoder_cosine(sae, adapted),
+                               atol=1e-6)
+    assert (cross.diagonal() >= cross.max(dim=1).values - 1e-6).float().mean() > 0.5
+
+
+def test_the_fine_tune_keeps_the_sae_settings_but_its_warm_ups(reasoning_sae):
+    _, cfg = reasoning_sae
+    cfg = sae_mod.SAETrainConfig.from_dict({**cfg.to_dict(), "lr_warm_up_steps": 4,
+                                            "l1_warm_up_steps": 7, "n_checkpoints": 2,
+                                            "normalize_activations": "expected_average_only_in"})
+    assert diffing.adapt_config(cfg, 6 * 128) == dataclasses.replace(
+        cfg, training_tokens=6 * 128, lr_warm_up_steps=0, l1_warm_up_steps=0, n_checkpoints=0,
+        normalize_activations="none", lr_decay_steps=3)  # 10 cut to half of the 6 steps
+    assert diffing.adapt_config(cfg, 40 * 128).lr_decay_steps == 10  # kept where it fits
+    with pytest.raises(ValueError, match="training_tokens=64"):
+        diffing.adapt_config(cfg, 64)  # less than one batch of 128

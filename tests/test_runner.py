@@ -548,11 +548,14 @@ def test_headline_row_reads_every_headline_artifact(tmp_path):
     change = {"delta_accuracy": 0.2, "delta_accuracy_ci": [0.1, 0.3], "delta_length_pct": 40.0}
     run.write(K.EVAL_HEADLINE, {"feature_idx": 5, "strength": 1.0, **change,
                                 "control": {**change, "delta_accuracy": -0.01},
-                                "decision_feature": {**change, "auc": 0.97,
+                                "decision_feature": {**change, "feature_idx": 9, "auc": 0.97,
                                                      "reason_score_rank": 40}})
-    run.write(K.MODEL_DIFF, pd.DataFrame({"feature_idx": [5]}), config={
+    run.write(K.MODEL_DIFF, pd.DataFrame({
+        "feature_idx": [5, 9, 5, 9], "basis": ["transfer"] * 2 + ["adapted"] * 2,
+        "mu_pos_ratio": [0.5, 0.4, 0.25, 0.0]}), config={
         "sae_reconstruction": {"reasoning": {"explained_variance": 0.9},
-                               "base": {"explained_variance": 0.8}}})
+                               "base, transfer": {"explained_variance": 0.1},
+                               "base, adapted": {"explained_variance": 0.8}}})
     run.write(K.STEP_VOTING.format(mode="ours"), {
         "own_step_auc": 0.7, "weighted_minus_majority": 0.02,
         "weighted_minus_majority_ci": [-0.01, 0.05], "probe_labels": "own",
@@ -564,8 +567,28 @@ def test_headline_row_reads_every_headline_artifact(tmp_path):
                    "steer_delta_length_pct": 40.0, "control_delta_accuracy": -0.01,
                    "decision_auc": 0.97, "decision_reason_score_rank": 40,
                    "decision_delta_accuracy": 0.2, "sae_explained_variance_reasoning": 0.9,
-                   "sae_explained_variance_base": 0.8, "step_own_auc": 0.7,
+                   "sae_explained_variance_base": 0.1,
+                   "sae_explained_variance_base_adapted": 0.8,
+                   "steer_feature_mu_pos_ratio_adapted": 0.25,
+                   "decision_mu_pos_ratio_adapted": 0.0, "step_own_auc": 0.7,
                    "weighted_minus_majority": 0.02, "weighted_minus_majority_low": -0.01,
                    "weighted_minus_majority_high": 0.05, "step_probe_labels": "own",
                    "world_label_probe_own_auc": 0.6,
                    "world_label_probe_weighted_minus_majority": 0.01}
+
+
+def test_headline_row_of_a_diff_without_an_adapted_basis_has_no_ratios(tmp_path):
+    """A model diff written before the adapted basis existed (no ``basis`` column) reads as NaN."""
+    import math
+
+    import pandas as pd
+
+    from reasonlens import constants as K
+    from reasonlens import seeds
+    from reasonlens.artifacts import RunDir
+    run = RunDir("any", root=tmp_path)
+    run.write(K.EVAL_HEADLINE, {"feature_idx": 5})
+    run.write(K.MODEL_DIFF, pd.DataFrame({"feature_idx": [5], "mu_pos_ratio": [0.5]}))
+    row = seeds.headline_row(run)
+    assert math.isnan(row["steer_feature_mu_pos_ratio_adapted"])
+    assert math.isnan(row["sae_explained_variance_base_adapted"])

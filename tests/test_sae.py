@@ -14,7 +14,7 @@ import torch
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
 
 import helpers
-from reasonlens import data, models
+from reasonlens import models
 from reasonlens import sae as sae_mod
 
 D_MODEL = helpers.build_toy_model_config().d_model
@@ -25,18 +25,6 @@ def build_sae_train_config(**overrides) -> sae_mod.SAETrainConfig:
         "hook_name": "blocks.1.hook_resid_post", "expansion_factor": 2, "l1_coefficient": 1.0,
         "training_tokens": 6 * 128, "batch_size": 128, "lr": 1e-3, "context_size": 64,
         "store_batch_size_prompts": 4, "log_every": 1, **overrides})
-
-
-@pytest.fixture(scope="module")
-def hooked(saved_toy_model):
-    return models.load_hooked(saved_toy_model, backend="transformer_lens")
-
-
-@pytest.fixture(scope="module")
-def contexts(world, tokenizer):
-    texts = data.mix_documents(world.documents, "train", data.MIXES["reasoning"])
-    frame = data.pack_contexts(data.tokenize(tokenizer, texts), helpers.build_context_config())
-    return data.contexts_tensor(frame)[:24]
 
 
 @pytest.fixture(scope="module")
@@ -329,22 +317,6 @@ def hand_evaluation(ht, tokens, hook_name, threshold, n_dead, ignore):
                 ce_spliced=spliced, ce_zero_ablation=zero,
                 ce_loss_recovered=(zero - spliced) / (zero - clean),
                 n_tokens=int(keep.sum())), density.numpy()
-
-
-@pytest.fixture(scope="module")
-def fitted(hooked, contexts):
-    """The toy model after 30 Adam steps on 8 contexts (about a second): unlike the random one,
-    its next-token loss is far below uniform, and zero-ablating a layer costs a lot of it."""
-    import copy
-
-    fitted = copy.deepcopy(hooked)
-    optimizer = torch.optim.Adam(fitted.model.parameters(), lr=1e-2)
-    for _ in range(30):
-        loss = fitted.model(contexts[:8], return_type="loss")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return fitted
 
 
 def test_evaluation_metrics_match_a_hand_computation(fitted, contexts):
@@ -897,3 +869,37 @@ def test_input_errors_in_full():
                                 "models.load_hooked(path, 'transformer_lens').")
     narrow = sae_mod._tokens_tensor(torch.arange(6, dtype=torch.int32).reshape(2, 3))
     assert narrow.dtype == torch.long and narrow.tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_training_from_an_init_sae_continues_from_its_weights(hooked, contexts, sae):
+    cfg = build_sae_train_config(training_tokens=128, lr=1e-8)  # one step that barely moves
+    continued, _ = sae_mod.train_sae(hooked, contexts, cfg, init_sae=sae)
+    for name, weight in sae.state_dict().items():
+        torch.testing.assert_close(continued.state_dict()[name], weight, atol=1e-5, rtol=0)
+    fresh, _ = sae_mod.train_sae(hooked, contexts, cfg)  # SAELens's own initialisation
+    assert (fresh.W_dec - sae.W_dec).abs().max() > 0.1
+
+
+def test_an_init_sae_of_another_width_is_a_clear_error(hooked, contexts, trained):
+    trained, _ = trained
+    cfg = build_sae_train_config(expansion_factor=4)
+    with pytest.raises(ValueError, match=r"init_sae has weights .*'W_dec': \(64, 32\).* but the "
+                                         r"config trains .*'W_dec': \(128, 32\).*same architecture"
+                                         r" and expansion_factor\.$"):
+        sae_mod.train_sae(hooked, contexts, cfg, init_sae=trained)
+
+
+def test_another_init_sae_starts_a_checkpointed_run_over(hooked, contexts, trained, tmp_path):
+    trained, _ = trained
+    cfg = build_sae_train_config()
+    steps = []
+
+    def stop_after_first(n_steps):
+        steps.append(n_steps)
+        raise KeyboardInterrupt
+
+    for init in (trained, trained, None):
+        with pytest.raises(KeyboardInterrupt):
+            sae_mod.train_sae(hooked, contexts, cfg, tmp_path, on_step=stop_after_first,
+                              init_sae=init)
+    assert steps == [1, 2, 1]  # the same init resumes; none (another start) starts over

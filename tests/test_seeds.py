@@ -158,11 +158,6 @@ def test_step_sae_initialisation_depends_on_its_seed_alone(toy_model, tokenizer)
     assert_leaves_global_rng_alone(lambda: build(0))
 
 
-@pytest.fixture(scope="module")
-def hooked(saved_toy_model):
-    return models.load_hooked(saved_toy_model, backend="transformer_lens")
-
-
 def test_sae_training_depends_on_its_seed_alone(hooked, world, tokenizer):
     texts = data.mix_documents(world.documents, "train", data.MIXES["reasoning"])
     frame = data.pack_contexts(data.tokenize(tokenizer, texts), helpers.build_context_config())

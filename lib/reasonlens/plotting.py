@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -324,13 +325,13 @@ def difference_bars(table: pd.DataFrame, metrics=tuple(METRIC_LABELS), save_to=N
     return _finish(fig, save_to)
 
 
-def paired_bars(frame: pd.DataFrame, columns: tuple[str, str], ylabel: str, title: str = "",
+def paired_bars(frame: pd.DataFrame, columns: Sequence[str], ylabel: str, title: str = "",
                 save_to=None):
-    """Two bars per feature (e.g. reasoning vs base model), indexed by feature."""
-    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(frame) + 2), 3.5))
-    x = np.arange(len(frame))
+    """One bar per column for each feature (e.g. reasoning vs base model), indexed by feature."""
+    fig, ax = plt.subplots(figsize=(max(5, 0.4 * len(columns) * len(frame) + 2), 3.5))
+    x, width = np.arange(len(frame)), 0.8 / len(columns)
     for i, column in enumerate(columns):
-        ax.bar(x + (i - 0.5) * 0.4, frame[column], 0.4, label=column)
+        ax.bar(x + (i - (len(columns) - 1) / 2) * width, frame[column], width, label=column)
     ax.set_xticks(x, [f"f{f}" for f in frame.index])
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -354,8 +354,9 @@ def _runner_class():
         log_every: int = 10
         on_step: Callable[[int], None] | None = None
 
-        def __init__(self, cfg, override_dataset, override_model):
-            super().__init__(cfg, override_dataset=override_dataset, override_model=override_model)
+        def __init__(self, cfg, override_dataset, override_model, override_sae=None):
+            super().__init__(cfg, override_dataset=override_dataset, override_model=override_model,
+                             override_sae=override_sae)
             # Replace SAELens's store by one whose checkpoint holds its shuffling buffer.
             store = _store_class().from_config(self.model, cfg, override_dataset=override_dataset)
             self.activations_store = self.evaluator.activations_store = store
@@ -475,7 +476,7 @@ def _restore_signal_handlers(previous: dict) -> None:
 
 
 def train_sae(model, tokens, cfg: SAETrainConfig, checkpoint_dir: str | Path | None = None,
-              resume: bool = True, on_step: Callable[[int], None] | None = None):
+              resume: bool = True, on_step: Callable[[int], None] | None = None, init_sae=None):
     """Train an SAE on ``model``'s activations at ``cfg.hook_name`` over ``tokens``, with SAELens.
 
     Checkpoints (``cfg.n_checkpoints`` during training, one whenever training is interrupted by
@@ -498,6 +499,9 @@ def train_sae(model, tokens, cfg: SAETrainConfig, checkpoint_dir: str | Path | N
         resume: continue from the latest matching checkpoint in ``checkpoint_dir``.
         on_step: called with the number of finished steps after every step (e.g. to stop early
             by raising ``KeyboardInterrupt``, which writes a checkpoint first).
+        init_sae: an ``sae_lens.SAE`` of ``cfg``'s architecture and width to start from instead
+            of SAELens's initialisation (fine-tuning an SAE, as in stage-wise model diffing;
+            ``diffing.adapt_sae``); its weights join the checkpoint fingerprint.
 
     Returns:
         ``(sae, history)``: the trained inference ``sae_lens.SAE`` (normalisation folded in) and
@@ -506,8 +510,8 @@ def train_sae(model, tokens, cfg: SAETrainConfig, checkpoint_dir: str | Path | N
         current_learning_rate, ...), measured on the training batch.
 
     Raises:
-        ValueError: a hook point the model lacks, empty tokens, or contexts shorter than
-            ``cfg.context_size``.
+        ValueError: a hook point the model lacks, empty tokens, contexts shorter than
+            ``cfg.context_size``, or an ``init_sae`` of another width or architecture.
         KeyboardInterrupt: training was stopped by a signal or by ``on_step`` (after writing a
             checkpoint when ``checkpoint_dir`` is set).
 
@@ -527,6 +531,8 @@ def train_sae(model, tokens, cfg: SAETrainConfig, checkpoint_dir: str | Path | N
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     fingerprint = {"config": cfg.to_dict(), "data": _fingerprint(tokens, ht),
                    "checkpoint_format": CHECKPOINT_FORMAT}
+    if init_sae is not None:
+        fingerprint["init_sae"] = _weights_digest(init_sae)
     resume_from = _prepare_checkpoint_dir(checkpoint_dir, fingerprint, resume)
     if resume_from is not None and resume_from.name.startswith("final_"):
         log.info("training already finished in %s; loading it", resume_from)
@@ -560,7 +566,9 @@ def train_sae(model, tokens, cfg: SAETrainConfig, checkpoint_dir: str | Path | N
         warnings.filterwarnings("ignore", message=".*fewer samples.*")
         warnings.filterwarnings("ignore", message=".*exhausted.*")
         warnings.filterwarnings("ignore", message="To copy construct from a tensor")
-        runner = _runner_class()(runner_cfg, override_dataset=dataset, override_model=ht)
+        override_sae = None if init_sae is None else _training_sae_from(init_sae, runner_cfg)
+        runner = _runner_class()(runner_cfg, override_dataset=dataset, override_model=ht,
+                                 override_sae=override_sae)
         runner.history = _read_history(resume_from)
         runner.log_every, runner.on_step = cfg.log_every, on_step
         if resume_from is not None:
@@ -594,6 +602,30 @@ def _fingerprint(tokens: torch.Tensor, ht) -> dict[str, Any]:
     return {"tokens": hashlib.sha1(tokens.numpy().tobytes()).hexdigest(),
             "shape": list(tokens.shape), "model": hashlib.sha1(weights).hexdigest(),
             "d_model": ht.cfg.d_model, "n_layers": ht.cfg.n_layers}
+
+
+def _weights_digest(sae) -> str:
+    """A hash of an SAE's weights (for the checkpoint fingerprint)."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(sae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _training_sae_from(init_sae, runner_cfg):
+    """A SAELens ``TrainingSAE`` configured by ``runner_cfg``, holding ``init_sae``'s weights."""
+    from sae_lens import TrainingSAE, TrainingSAEConfig
+
+    training_sae = TrainingSAE.from_dict(
+        TrainingSAEConfig.from_dict(runner_cfg.get_training_sae_cfg_dict()).to_dict())
+    want = {name: tuple(t.shape) for name, t in training_sae.state_dict().items()}
+    have = {name: tuple(t.shape) for name, t in init_sae.state_dict().items()}
+    if want != have:
+        raise ValueError(f"init_sae has weights {have}, but the config trains {want}: start from "
+                         "an SAE of the same architecture and expansion_factor.")
+    training_sae.load_state_dict(init_sae.state_dict())
+    return training_sae
 
 
 def _prepare_checkpoint_dir(checkpoint_dir: Path | None, fingerprint: dict[str, Any],

@@ -58,13 +58,27 @@ def _read(run: artifacts.RunDir, name: str, manifest: bool = False) -> dict:
         return {}
 
 
+def _mu_pos_ratio(run: artifacts.RunDir, feature) -> float:
+    """A feature's activation on reasoning words, base / reasoning model, in the adapted basis."""
+    try:
+        diff = run.read_parquet(K.MODEL_DIFF)
+    except FileNotFoundError:
+        return float("nan")
+    if "basis" not in diff:  # written before the adapted basis existed
+        return float("nan")
+    rows = diff[(diff.basis == "adapted") & (diff.feature_idx == feature)]
+    return float(rows.mu_pos_ratio.iloc[0]) if len(rows) else float("nan")
+
+
 def headline_row(run: artifacts.RunDir) -> dict[str, Any]:
     """One run's headline numbers, NaN where the run lacks the artifact.
 
     Columns: the reasoning and base models' held-out accuracy (02); the chosen steering feature,
     strength, accuracy change with its interval, and length change (07, ``headline.json``), the
     chosen random control's accuracy change, and the best decision feature's AUC, ReasonScore rank
-    and accuracy change; the SAE's explained variance on both models (model diffing); and our step
+    and accuracy change; the SAE's explained variance on both models and, fine-tuned on the base
+    model (model diffing, ``diffing.adapt_sae``), on the base model, with the chosen and the
+    decision feature's base / reasoning activation on reasoning words in that basis; and our step
     SAE's probe AUC on the model's own steps and weighted-minus-majority voting with its interval,
     which labels that probe was fitted on, and the same two numbers for the probe fitted on the
     world's planted labels (08).
@@ -90,7 +104,11 @@ def headline_row(run: artifacts.RunDir) -> dict[str, Any]:
         "decision_reason_score_rank": _get(headline, "decision_feature", "reason_score_rank"),
         "decision_delta_accuracy": _get(headline, "decision_feature", "delta_accuracy"),
         "sae_explained_variance_reasoning": _get(diff, "reasoning", "explained_variance"),
-        "sae_explained_variance_base": _get(diff, "base", "explained_variance"),
+        "sae_explained_variance_base": _get(diff, "base, transfer", "explained_variance"),
+        "sae_explained_variance_base_adapted": _get(diff, "base, adapted", "explained_variance"),
+        "steer_feature_mu_pos_ratio_adapted": _mu_pos_ratio(run, _get(headline, "feature_idx")),
+        "decision_mu_pos_ratio_adapted": _mu_pos_ratio(
+            run, _get(headline, "decision_feature", "feature_idx")),
         "step_own_auc": _get(voting, "own_step_auc"),
         "weighted_minus_majority": _get(voting, "weighted_minus_majority"),
         "weighted_minus_majority_low": ci(voting, "weighted_minus_majority_ci")[0],
