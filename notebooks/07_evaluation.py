@@ -74,7 +74,8 @@ n_boot = 2000
 seed = 0
 score_split = "reasoning_val"
 n_score_contexts = 256
-diff_adapt_tokens = 250_000  # base-model activations the SAE is fine-tuned on to diff (0: none)
+diff_adapt_tokens = 250_000  # base-model activations to fine-tune the SAE on (0: none; a
+#                             published SAE, sae_release of 03, is only read as it is)
 n_injection = 200  # problems per text kind in the injection control
 n_injected_words = 3  # reasoning words put into each plain answer (traces have about 3)
 lm_eval_tasks = None  # real profiles: the paper's tasks; None: a task built from the world
@@ -329,14 +330,19 @@ for i in range(min(2, len(test))):
 #   (explained variance near zero on the base model), and this reading is then no evidence.
 # - **adapted**: the same SAE fine-tuned for `diff_adapt_tokens` activations of the base model
 #   on the SAE's own training contexts (`diffing.adapt_sae`), as stage-wise model diffing
-#   fine-tunes one SAE from model to model (Bricken et al., 2024). Each feature keeps its index;
-#   the cosine between its decoder directions before and after says how far it moved, and its
-#   activation on reasoning words in the base model whether the base model uses it there.
+#   fine-tunes one SAE from model to model (Bricken et al., 2024; they carry the earlier model's
+#   SAE forward, we carry the reasoning model's back, since its features are the ones asked
+#   about). Each feature keeps its index. Its `decoder_cosine` (before vs after) says whether it
+#   is still the same direction: where it is high, the feature's activation on reasoning words in
+#   the base model says whether the base model uses that direction there; where it is low, the
+#   fine-tune turned it into another feature and its base-model numbers are about that one.
 #
-# If the top features encode reasoning learned from traces, they should lose their ReasonScore
-# rank and their activation on reasoning words in the base model. Read the explained variance on
-# each model first: a feature's absence means something only in a basis that reconstructs the
-# model it is absent from.
+# Activations are in ReasonScore's folded units (decoder norm included), so the two SAEs' numbers
+# compare. If the top features encode reasoning learned from traces, they should lose their
+# ReasonScore rank and their activation on reasoning words in the base model. Read the explained
+# variance on each model first: a feature's absence means something only in a basis that
+# reconstructs the model it is absent from. The table and figure add the best decision feature
+# when it is not among the top features.
 
 # %%
 cfg = scoring.ReasonScoreConfig()
@@ -354,7 +360,7 @@ else:
     tokens = tokens[:n_score_contexts]
     compared = top + ([] if decision is None or best_decision in top else [best_decision])
     bases = {"transfer": sae}
-    if diff_adapt_tokens:
+    if diff_adapt_tokens and run.read_json(K.SAE_EVAL).get("sae_release") is None:
         bases["adapted"], _ = diffing.adapt_sae(
             base, sae, run.read_parquet(K.CONTEXTS.format(split="reasoning_train")),
             SAETrainConfig.from_dict(run.manifest(K.SAE_DIR)["config"]),
@@ -376,7 +382,7 @@ else:
     wide.columns = [f"base, {c}" for c in wide.columns]
     wide.insert(0, "reasoning", diff.groupby("feature_idx").mu_pos_reasoning.first())
     plotting.paired_bars(wide, list(wide.columns), "mean activation on reasoning words",
-                         "Top features on the reasoning vs the base model",
+                         "Top (and decision) features on the reasoning vs the base model",
                          save_to=run.figure("07_model_diff"))
 
 # %% [markdown]
@@ -525,7 +531,8 @@ if val_table is not None:
 run.write(K.EVAL_SITES, site_table, config=config | {"site_strength": 2.0,
                                                       "n_site_problems": len(site_test)})
 if diff is not None:
-    run.write(K.MODEL_DIFF, diff, config=config | {"sae_reconstruction": reconstruction.to_dict()})
+    run.write(K.MODEL_DIFF, diff, config=config | {"sae_reconstruction": reconstruction.to_dict(),
+                                                   "diff_adapt_tokens": diff_adapt_tokens})
 if measured is not None:
     run.write(K.INJECTION, measured, config=config | {"n_injected_words": n_injected_words})
     run.write(K.INJECTION_EFFECTS, effects, config=config)

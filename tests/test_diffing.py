@@ -50,7 +50,8 @@ def test_ratio_is_undefined_where_the_feature_is_silent_on_reasoning_words():
 
 def test_feature_diff_errors():
     reasoning = _scores([0.9, 0.1, 0.5])
-    with pytest.raises(ValueError, match=r"reasoning has 3 features and base 1.*same SAE\.$"):
+    with pytest.raises(ValueError, match=r"reasoning has 3 features and base 1.*same SAE "
+                                         r"\(or with its fine-tune, adapt_sae\)\.$"):
         diffing.feature_diff(reasoning, _scores([0.1]), [0])
     with pytest.raises(ValueError, match=r"features \[7\] are not in the scores \(d_sae=3\)"):
         diffing.feature_diff(reasoning, _scores([0.1, 0.2, 0.3]), [7])
@@ -99,14 +100,40 @@ def test_the_adapted_sae_reconstructs_the_base_model_and_keeps_its_features(
     assert (cross.diagonal() >= cross.max(dim=1).values - 1e-6).float().mean() > 0.5
 
 
-def test_the_fine_tune_keeps_the_sae_settings_but_its_warm_ups(reasoning_sae):
+def test_the_fine_tune_keeps_the_sae_settings_but_its_l1_warm_up(reasoning_sae):
     _, cfg = reasoning_sae
     cfg = sae_mod.SAETrainConfig.from_dict({**cfg.to_dict(), "lr_warm_up_steps": 4,
                                             "l1_warm_up_steps": 7, "n_checkpoints": 2,
                                             "normalize_activations": "expected_average_only_in"})
+    # 6 steps: the lr warm-up (4) and decay (10) are cut to 3 each; normalisation is kept
     assert diffing.adapt_config(cfg, 6 * 128) == dataclasses.replace(
-        cfg, training_tokens=6 * 128, lr_warm_up_steps=0, l1_warm_up_steps=0, n_checkpoints=0,
-        normalize_activations="none", lr_decay_steps=3)  # 10 cut to half of the 6 steps
-    assert diffing.adapt_config(cfg, 40 * 128).lr_decay_steps == 10  # kept where it fits
+        cfg, training_tokens=6 * 128, lr_warm_up_steps=3, l1_warm_up_steps=0, n_checkpoints=0,
+        lr_decay_steps=3)
+    longer = diffing.adapt_config(cfg, 40 * 128)
+    assert (longer.lr_warm_up_steps, longer.lr_decay_steps) == (4, 10)  # kept where they fit
     with pytest.raises(ValueError, match="training_tokens=64"):
         diffing.adapt_config(cfg, 64)  # less than one batch of 128
+
+
+def test_a_normalised_sae_fine_tuned_on_its_own_model_stays_as_it_was(hooked, contexts):
+    """Saved SAEs have the normalisation folded in; training again must unfold it first, or the
+    first steps would read scaled activations with raw-unit weights and wreck the SAE."""
+    loud = copy.deepcopy(hooked)  # residual norms far from sqrt(d_model): a scale far from 1
+    with torch.no_grad():
+        loud.model.embed.W_E.mul_(20.0)
+    cfg = sae_mod.SAETrainConfig(hook_name="blocks.1.hook_resid_post", expansion_factor=2,
+                                 l1_coefficient=1.0, training_tokens=20 * 128, batch_size=128,
+                                 lr=1e-2, context_size=64, store_batch_size_prompts=4,
+                                 normalize_activations="expected_average_only_in",
+                                 n_batches_for_norm_estimate=4)
+    sae = sae_mod.train_sae(loud, contexts, cfg)[0]
+    before = sae_mod.evaluate_sae(loud, sae, contexts)
+    again, history = diffing.adapt_sae(loud, sae, contexts, dataclasses.replace(cfg, lr=1e-6),
+                                       2 * 128)
+    after = sae_mod.evaluate_sae(loud, again, contexts)
+    assert again.cfg.normalize_activations == "none"  # folded back: it reads raw activations
+    assert after.explained_variance == pytest.approx(before.explained_variance, abs=1e-3)
+    assert after.mean_l0 == pytest.approx(before.mean_l0, rel=1e-2)
+    # The first step's loss is the trained SAE's, in the units it was trained in.
+    assert history.mse_loss.iloc[0] < 0.5 * sae_mod.train_sae(
+        loud, contexts, dataclasses.replace(cfg, training_tokens=128))[1].mse_loss.iloc[0]

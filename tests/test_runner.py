@@ -578,7 +578,8 @@ def test_headline_row_reads_every_headline_artifact(tmp_path):
 
 
 def test_headline_row_of_a_diff_without_an_adapted_basis_has_no_ratios(tmp_path):
-    """A model diff written before the adapted basis existed (no ``basis`` column) reads as NaN."""
+    """A model diff written before the adapted basis existed (no ``basis`` column, one ``base``
+    reconstruction) gives its explained variance and NaN for what it lacks."""
     import math
 
     import pandas as pd
@@ -588,7 +589,9 @@ def test_headline_row_of_a_diff_without_an_adapted_basis_has_no_ratios(tmp_path)
     from reasonlens.artifacts import RunDir
     run = RunDir("any", root=tmp_path)
     run.write(K.EVAL_HEADLINE, {"feature_idx": 5})
-    run.write(K.MODEL_DIFF, pd.DataFrame({"feature_idx": [5], "mu_pos_ratio": [0.5]}))
+    run.write(K.MODEL_DIFF, pd.DataFrame({"feature_idx": [5], "mu_pos_ratio": [0.5]}), config={
+        "sae_reconstruction": {"base": {"explained_variance": 0.3}}})
     row = seeds.headline_row(run)
+    assert row["sae_explained_variance_base"] == 0.3  # its one base reading, the transfer one
     assert math.isnan(row["steer_feature_mu_pos_ratio_adapted"])
     assert math.isnan(row["sae_explained_variance_base_adapted"])

@@ -883,13 +883,18 @@ def test_training_from_an_init_sae_continues_from_its_weights(hooked, contexts, 
 def test_an_init_sae_of_another_width_is_a_clear_error(hooked, contexts, trained):
     trained, _ = trained
     cfg = build_sae_train_config(expansion_factor=4)
-    with pytest.raises(ValueError, match=r"init_sae has weights .*'W_dec': \(64, 32\).* but the "
-                                         r"config trains .*'W_dec': \(128, 32\).*same architecture"
-                                         r" and expansion_factor\.$"):
+    with pytest.raises(ValueError, match=r"init_sae is a 'standard' SAE with weights .*'W_dec': "
+                                         r"\(64, 32\).* but the config trains a 'standard' one "
+                                         r"with .*'W_dec': \(128, 32\).*same architecture and "
+                                         r"expansion_factor\.$"):
         sae_mod.train_sae(hooked, contexts, cfg, init_sae=trained)
+    topk = build_sae_train_config(architecture="topk", k=4)  # the same weights, another SAE
+    with pytest.raises(ValueError, match=r"init_sae is a 'standard' SAE .* trains a 'topk' one"):
+        sae_mod.train_sae(hooked, contexts, topk, init_sae=trained)
 
 
-def test_another_init_sae_starts_a_checkpointed_run_over(hooked, contexts, trained, tmp_path):
+def test_another_init_sae_starts_a_checkpointed_run_over(hooked, contexts, trained, sae,
+                                                          tmp_path):
     trained, _ = trained
     cfg = build_sae_train_config()
     steps = []
@@ -898,8 +903,8 @@ def test_another_init_sae_starts_a_checkpointed_run_over(hooked, contexts, train
         steps.append(n_steps)
         raise KeyboardInterrupt
 
-    for init in (trained, trained, None):
+    for init in (trained, trained, sae, sae, None):
         with pytest.raises(KeyboardInterrupt):
             sae_mod.train_sae(hooked, contexts, cfg, tmp_path, on_step=stop_after_first,
                               init_sae=init)
-    assert steps == [1, 2, 1]  # the same init resumes; none (another start) starts over
+    assert steps == [1, 2, 1, 2, 1]  # the same init resumes; another one, or none, starts over

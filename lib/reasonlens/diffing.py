@@ -30,8 +30,10 @@ def adapt_sae(base_model, sae, tokens, train_cfg: SAETrainConfig, training_token
     """``sae`` fine-tuned on the base model's activations: the diffing basis of the base model.
 
     Training continues from ``sae``'s weights with SAELens (``sae.train_sae(init_sae=...)``) and
-    the settings that trained it (``adapt_config``): no warm-ups, as the SAE is trained already,
-    and no input normalisation, as its weights are in the activations' units.
+    the settings that trained it, input normalisation included, with the changes of
+    ``adapt_config``. The direction is the reverse of Bricken et al.'s (there an SAE of the earlier
+    model is fine-tuned onto the later one): the reasoning model's features are the ones asked
+    about, so its SAE is carried back to the base model.
 
     Args:
         base_model: the base model (``TLHookedModel`` or ``HookedTransformer``).
@@ -54,16 +56,18 @@ def adapt_sae(base_model, sae, tokens, train_cfg: SAETrainConfig, training_token
 
 def adapt_config(train_cfg: SAETrainConfig, training_tokens: int) -> SAETrainConfig:
     """The fine-tuning settings of ``adapt_sae``: ``train_cfg`` for ``training_tokens`` more
-    activations, no warm-ups, no normalisation, no periodic checkpoints, and its lr decay cut to at
-    most half the steps.
+    activations, with no L1 warm-up (the SAE is sparse already; ramping its penalty up from 0
+    would first undo that), no periodic checkpoints, and its lr warm-up and decay each cut to at
+    most half the fine-tune's steps so that both fit in it.
 
     Raises:
         ValueError: as ``SAETrainConfig`` (e.g. fewer tokens than one batch).
     """
-    n_steps = training_tokens // train_cfg.batch_size
-    return dataclasses.replace(train_cfg, training_tokens=training_tokens, lr_warm_up_steps=0,
-                               l1_warm_up_steps=0, normalize_activations="none", n_checkpoints=0,
-                               lr_decay_steps=min(train_cfg.lr_decay_steps, n_steps // 2))
+    half = training_tokens // train_cfg.batch_size // 2
+    return dataclasses.replace(train_cfg, training_tokens=training_tokens, l1_warm_up_steps=0,
+                               n_checkpoints=0,
+                               lr_warm_up_steps=min(train_cfg.lr_warm_up_steps, half),
+                               lr_decay_steps=min(train_cfg.lr_decay_steps, half))
 
 
 def decoder_cosine(sae, other) -> np.ndarray:
@@ -82,11 +86,13 @@ def decoder_cosine(sae, other) -> np.ndarray:
 
 def feature_diff(reasoning: pd.DataFrame, base: pd.DataFrame, features: Sequence[int]
                  ) -> pd.DataFrame:
-    """Side by side statistics of ``features`` from two ReasonScore frames of one SAE.
+    """Side by side statistics of ``features`` from two ReasonScore frames of one dictionary.
 
     Args:
         reasoning: ``scoring.reason_score`` frame on the reasoning model.
-        base: the same on the base model (same SAE, same tokens).
+        base: the same on the base model and the same tokens, read by the same SAE or by its
+            fine-tune on the base model (``adapt_sae``: same width, feature k is feature k).
+            ReasonScore folds decoder norms in, so activations compare across the two SAEs.
         features: the features to compare (e.g. the top ReasonScore features).
 
     Returns:
@@ -95,11 +101,11 @@ def feature_diff(reasoning: pd.DataFrame, base: pd.DataFrame, features: Sequence
         (base / reasoning activation on reasoning words).
 
     Raises:
-        ValueError: frames of different SAEs (lengths differ) or a feature not in them.
+        ValueError: frames of different widths or a feature not in them.
     """
     if len(reasoning) != len(base):
         raise ValueError(f"reasoning has {len(reasoning)} features and base {len(base)}: score "
-                         "both models with the same SAE.")
+                         "both models with the same SAE (or with its fine-tune, adapt_sae).")
     missing = [f for f in features if f not in set(reasoning.feature_idx)]
     if missing:
         raise ValueError(f"features {missing} are not in the scores (d_sae={len(reasoning)}).")

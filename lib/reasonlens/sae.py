@@ -353,6 +353,7 @@ def _runner_class():
         history: list[dict[str, Any]]
         log_every: int = 10
         on_step: Callable[[int], None] | None = None
+        unfold_init: bool = False  # the SAE holds init_sae's weights, in raw activation units
 
         def __init__(self, cfg, override_dataset, override_model, override_sae=None):
             super().__init__(cfg, override_dataset=override_dataset, override_model=override_model,
@@ -362,6 +363,8 @@ def _runner_class():
             self.activations_store = self.evaluator.activations_store = store
 
         def run_trainer_with_interruption_handling(self, trainer):
+            if self.unfold_init:
+                _unfold_for_normalised_training(trainer)
             stop = _StopRequest()
             self._install_recorder(trainer, stop)
             with _interrupt_signals(stop):
@@ -420,6 +423,25 @@ def _runner_class():
             trainer._checkpoint_if_needed = lambda: None  # run by after_step instead
 
     return RecordingRunner
+
+
+def _unfold_for_normalised_training(trainer) -> None:
+    """Put an initial SAE's raw-unit weights into the units normalised training reads.
+
+    A saved SAE has its normalisation folded in (it reads raw activations). Trained again with
+    ``expected_average_only_in``, it would read activations scaled by a factor s, so s is
+    estimated here as SAELens's ``fit()`` would (same batches) and unfolded from the weights
+    (``fold_activation_norm_scaling_factor(1 / s)``): the SAE computes the same features as before,
+    and ``fit()`` folds s back in at the end. Nothing to do without normalisation.
+    """
+    normalize = trainer.sae.cfg.normalize_activations
+    if normalize != "expected_average_only_in":
+        return
+    trainer.activation_scaler.estimate_scaling_factor(
+        d_in=trainer.sae.cfg.d_in, data_provider=trainer.data_provider,
+        n_batches_for_norm_estimate=trainer.cfg.n_batches_for_norm_estimate)
+    trainer.sae.fold_activation_norm_scaling_factor(1 / trainer.activation_scaler.scaling_factor)
+    trainer.sae.cfg.normalize_activations = normalize  # folding marks it "none"
 
 
 class _StopRequest:
@@ -501,7 +523,9 @@ def train_sae(model, tokens, cfg: SAETrainConfig, checkpoint_dir: str | Path | N
             by raising ``KeyboardInterrupt``, which writes a checkpoint first).
         init_sae: an ``sae_lens.SAE`` of ``cfg``'s architecture and width to start from instead
             of SAELens's initialisation (fine-tuning an SAE, as in stage-wise model diffing;
-            ``diffing.adapt_sae``); its weights join the checkpoint fingerprint.
+            ``diffing.adapt_sae``), with weights that read raw activations (as saved SAEs do;
+            with ``normalize_activations`` set, the scale is unfolded from them before training
+            and folded back after). Its weights join the checkpoint fingerprint.
 
     Returns:
         ``(sae, history)``: the trained inference ``sae_lens.SAE`` (normalisation folded in) and
@@ -571,6 +595,7 @@ def train_sae(model, tokens, cfg: SAETrainConfig, checkpoint_dir: str | Path | N
                                  override_sae=override_sae)
         runner.history = _read_history(resume_from)
         runner.log_every, runner.on_step = cfg.log_every, on_step
+        runner.unfold_init = init_sae is not None and resume_from is None
         if resume_from is not None:
             log.info("resuming SAE training from %s", resume_from)
         training_sae = runner.run()
@@ -621,9 +646,11 @@ def _training_sae_from(init_sae, runner_cfg):
         TrainingSAEConfig.from_dict(runner_cfg.get_training_sae_cfg_dict()).to_dict())
     want = {name: tuple(t.shape) for name, t in training_sae.state_dict().items()}
     have = {name: tuple(t.shape) for name, t in init_sae.state_dict().items()}
-    if want != have:
-        raise ValueError(f"init_sae has weights {have}, but the config trains {want}: start from "
-                         "an SAE of the same architecture and expansion_factor.")
+    if want != have or init_sae.cfg.architecture() != training_sae.cfg.architecture():
+        raise ValueError(f"init_sae is a {init_sae.cfg.architecture()!r} SAE with weights {have}, "
+                         f"but the config trains a {training_sae.cfg.architecture()!r} one with "
+                         f"{want}: start from an SAE of the same architecture and "
+                         "expansion_factor.")
     training_sae.load_state_dict(init_sae.state_dict())
     return training_sae
 

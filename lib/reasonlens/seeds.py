@@ -104,7 +104,8 @@ def headline_row(run: artifacts.RunDir) -> dict[str, Any]:
         "decision_reason_score_rank": _get(headline, "decision_feature", "reason_score_rank"),
         "decision_delta_accuracy": _get(headline, "decision_feature", "delta_accuracy"),
         "sae_explained_variance_reasoning": _get(diff, "reasoning", "explained_variance"),
-        "sae_explained_variance_base": _get(diff, "base, transfer", "explained_variance"),
+        "sae_explained_variance_base": _get(diff, "base, transfer", "explained_variance",
+                                            default=_get(diff, "base", "explained_variance")),
         "sae_explained_variance_base_adapted": _get(diff, "base, adapted", "explained_variance"),
         "steer_feature_mu_pos_ratio_adapted": _mu_pos_ratio(run, _get(headline, "feature_idx")),
         "decision_mu_pos_ratio_adapted": _mu_pos_ratio(
