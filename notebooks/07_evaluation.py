@@ -232,17 +232,19 @@ else:
 # activation on the scoring data; strength 0 in clamp mode is zero-ablation (the SAE's error term
 # keeps everything else). Controls are random features of about the same activation density,
 # chosen outside the top 100 by ReasonScore, steered at the chosen strength. With validation
-# problems, the test problems see the chosen conditions, the paper's condition (the top feature
-# at strength 2), every control and the ablations (the sweep lives on the validation problems);
-# without, the sweep of the top feature and the top features at `eval_strength` run here.
+# problems, the test problems see the chosen conditions, every control and the ablations (the
+# sweep lives on the validation problems, and the paper's condition, the top feature at strength
+# 2, runs on the first `n_site_problems` test problems in "Two steering sites" below); without,
+# the paper's condition, the sweep of the top feature and the top features at `eval_strength`
+# run here.
 
 # %%
 paper_condition = name(top[0], 2.0)  # the paper's: the top feature at strength 2
-conditions = {"unsteered": None, chosen: {chosen_feature: chosen_strength},
-              paper_condition: {top[0]: 2.0}}
+conditions = {"unsteered": None, chosen: {chosen_feature: chosen_strength}}
 if chosen_mechanism:
     conditions[chosen_mechanism] = all_candidates[chosen_mechanism]
 if val_table is None:
+    conditions[paper_condition] = {top[0]: 2.0}
     conditions |= {name(top[0], s): {top[0]: s} for s in eval_strengths}
     conditions |= {name(f, eval_strength): {f: eval_strength} for f in top}
 conditions |= {f"random {name(c, chosen_strength)}": {c: chosen_strength} for c in controls}
@@ -458,41 +460,6 @@ else:
 display(harness_table.round(3))
 
 # %% [markdown]
-# ## The paper's headline beside this profile's
-# Accuracy change in points and reasoning-length change in percent of the unsteered length (the
-# interval is the paired interval of the length difference divided by the unsteered mean), on the
-# test problems. The chosen rows were picked on validation problems (above), so their test
-# numbers are honest. `evaluation/headline.json` holds the chosen feature's, the chosen control's
-# and the decision feature's numbers.
-
-# %%
-rows = {paper_condition: f"{profile}: top feature at the paper's strength",
-        chosen: f"{profile}: chosen on {chosen_on}",
-        chosen_control: f"{profile}: random control, chosen the same way",
-        chosen_mechanism: f"{profile}: best decision feature, strength chosen the same way"}
-headlines = pd.DataFrame([{"": "paper: R1-Distill-Llama-8B, feature 46379 x2 (AIME/MATH/GPQA)",
-                           "accuracy change (points)": "+2.2", "length change (%)": "+20.5"}]
-                         + [{"": f"{label} ({c})", **evaluation.headline(table, c)}
-                            for c, label in rows.items() if c in set(table.condition)]
-                         ).set_index("")
-display(headlines)
-headline_record = {
-    **{"feature_idx": int(chosen_feature), "strength": float(chosen_strength)},
-    **evaluation.headline_numbers(table, chosen), "chosen_on": chosen_on,
-    "candidates": {"features": [int(f) for f in top], "strengths": list(eval_strengths)},
-    "mode": eval_mode, "site": eval_site,
-    "control": {"feature_idx": int(control_feature), "strength": float(chosen_strength),
-                **evaluation.headline_numbers(table, chosen_control)}}
-if chosen_mechanism:
-    feature, strength = next(iter(all_candidates[chosen_mechanism].items()))
-    row = decision.set_index("feature_idx").loc[feature]
-    headline_record["decision_feature"] = {
-        "feature_idx": int(feature), "strength": float(strength), "auc": float(row.auc),
-        "reason_score_rank": int(row.reason_score_rank),
-        **evaluation.headline_numbers(table, chosen_mechanism)}
-print(json.dumps(headline_record, indent=1))
-
-# %% [markdown]
 # ## Two steering sites: the paper's text and the paper's code
 # The same clamp of the top feature at the paper's strength 2, at three places: `resid_post`, the
 # SAE's own hook point (the paper's text, our default); `reference`, the MLP output of that layer,
@@ -513,6 +480,48 @@ print(f"feature {top[0]}: decoder norm {float(sae.W_dec[top[0]].detach().norm())
       f"max activation {float(max_activations[top[0]]):.3f} (ReasonScore units)")
 display(site_table[columns].round(3).set_index("condition"))
 display(pd.DataFrame({c: evaluation.headline(site_table, c) for c in steering.SITE_VARIANTS}).T)
+
+# %% [markdown]
+# ## The paper's headline beside this profile's
+# Accuracy change in points and reasoning-length change in percent of the unsteered length (the
+# interval is the paired interval of the length difference divided by the unsteered mean), on the
+# test problems; where the other rows were chosen on validation problems, the paper's condition
+# ran only in "Two steering sites" (its `resid_post` row, on the first `n_site_problems`). The
+# chosen rows were picked on validation problems (above), so their test numbers are honest. `evaluation/headline.json` holds the chosen feature's, the chosen control's
+# and the decision feature's numbers.
+
+# %%
+paper_row = ((table, paper_condition) if paper_condition in set(table.condition) else
+             (site_table, "resid_post"))  # the same condition, on the first n_site_problems
+rows = [(*paper_row, f"{profile}: top feature at the paper's strength ({paper_condition})"),
+        (table, chosen, f"{profile}: chosen on {chosen_on} ({chosen})"),
+        (table, chosen_control, f"{profile}: random control, chosen the same way "
+                                f"({chosen_control})"),
+        (table, chosen_mechanism, f"{profile}: best decision feature, strength chosen the same "
+                                  f"way ({chosen_mechanism})")]
+headlines = pd.DataFrame([{"": "paper: R1-Distill-Llama-8B, feature 46379 x2 (AIME/MATH/GPQA)",
+                           "accuracy change (points)": "+2.2", "length change (%)": "+20.5",
+                           "test problems": None}]
+                         + [{"": label, **evaluation.headline(t, c),
+                             "test problems": int(t.set_index("condition").n[c])}
+                            for t, c, label in rows if c in set(t.condition)]
+                         ).set_index("").astype({"test problems": "Int64"})
+display(headlines)
+headline_record = {
+    **{"feature_idx": int(chosen_feature), "strength": float(chosen_strength)},
+    **evaluation.headline_numbers(table, chosen), "chosen_on": chosen_on,
+    "candidates": {"features": [int(f) for f in top], "strengths": list(eval_strengths)},
+    "mode": eval_mode, "site": eval_site,
+    "control": {"feature_idx": int(control_feature), "strength": float(chosen_strength),
+                **evaluation.headline_numbers(table, chosen_control)}}
+if chosen_mechanism:
+    feature, strength = next(iter(all_candidates[chosen_mechanism].items()))
+    row = decision.set_index("feature_idx").loc[feature]
+    headline_record["decision_feature"] = {
+        "feature_idx": int(feature), "strength": float(strength), "auc": float(row.auc),
+        "reason_score_rank": int(row.reason_score_rank),
+        **evaluation.headline_numbers(table, chosen_mechanism)}
+print(json.dumps(headline_record, indent=1))
 
 # %% [markdown]
 # ## Write the artifacts

@@ -63,7 +63,16 @@ def test_every_notebook_runs_on_the_smoke_profile(smoke_run):
     assert {"ablate top 2", "ablate random 2"} <= set(table.condition)
     headline = run.read_json(K.EVAL_HEADLINE)
     top_feature = headline["candidates"]["features"][0]
-    assert f"f{top_feature} x2" in set(table.condition)  # the paper's condition, on test too
+    sites = run.read_parquet(K.EVAL_SITES)  # the paper's condition (top feature x2), on test
+    assert {"unsteered", "resid_post", "reference"} <= set(sites.condition)
+    assert (f"f{top_feature} x2" in set(table.condition)) == (  # only if chosen on validation
+        (headline["feature_idx"], headline["strength"]) == (top_feature, 2.0))
+    diff = run.read_parquet(K.MODEL_DIFF)  # read by the SAE and by its fine-tune on the base
+    assert set(diff.basis) == {"transfer", "adapted"}
+    assert (diff.decoder_cosine.abs() <= 1 + 1e-6).all()
+    assert (diff[diff.basis == "transfer"].decoder_cosine - 1).abs().max() < 1e-6
+    assert set(run.manifest(K.MODEL_DIFF)["config"]["sae_reconstruction"]) == {
+        "reasoning", "base, transfer", "base, adapted"}
     assert {"feature_idx", "strength", "delta_accuracy", "delta_accuracy_ci", "delta_length_pct",
             "n_problems", "control"} <= set(headline)
     assert headline["strength"] in (-1.0, 2.0) and len(headline["delta_accuracy_ci"]) == 2
