@@ -487,8 +487,9 @@ display(pd.DataFrame({c: evaluation.headline(site_table, c) for c in steering.SI
 # interval is the paired interval of the length difference divided by the unsteered mean), on the
 # test problems; where the other rows were chosen on validation problems, the paper's condition
 # ran only in "Two steering sites" (its `resid_post` row, on the first `n_site_problems`). The
-# chosen rows were picked on validation problems (above), so their test numbers are honest. `evaluation/headline.json` holds the chosen feature's, the chosen control's
-# and the decision feature's numbers.
+# chosen rows were picked on validation problems (above), so their test numbers are honest.
+# `evaluation/headline.json` holds the chosen feature's, the chosen control's and the decision
+# feature's numbers.
 
 # %%
 paper_row = ((table, paper_condition) if paper_condition in set(table.condition) else
