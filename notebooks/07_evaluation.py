@@ -328,8 +328,9 @@ for i in range(min(2, len(test))):
 #
 # - **transfer**: the reasoning model's SAE as it is. Its features keep their meaning only while
 #   it still reconstructs the base model's activations; on the toy, whose base model never
-#   learned the arithmetic that the fine-tune then teaches, the fine-tune moves layer 2 far
-#   (explained variance near zero on the base model), and this reading is then no evidence.
+#   learned the arithmetic that the fine-tune then teaches, the fine-tune moves the default
+#   profile's layer 2 far (explained variance near zero on the base model), and this reading is
+#   then no evidence.
 # - **adapted**: the same SAE fine-tuned for `diff_adapt_tokens` activations of the base model
 #   on the SAE's own training contexts (`diffing.adapt_sae`), as stage-wise model diffing
 #   fine-tunes one SAE from model to model (Bricken et al., 2024; they carry the earlier model's
@@ -340,11 +341,12 @@ for i in range(min(2, len(test))):
 #   fine-tune turned it into another feature and its base-model numbers are about that one.
 #
 # Activations are in ReasonScore's folded units (decoder norm included), so the two SAEs' numbers
-# compare. If the top features encode reasoning learned from traces, they should lose their
-# ReasonScore rank and their activation on reasoning words in the base model. Read the explained
-# variance on each model first: a feature's absence means something only in a basis that
-# reconstructs the model it is absent from. The table and figure add the best decision feature
-# when it is not among the top features.
+# compare; `mu_pos_ratio` is the base model's activation on reasoning words over the reasoning
+# model's (undefined where the reasoning model's is 0). If the top features encode reasoning learned
+# from traces, they should lose their ReasonScore rank and their activation on reasoning words in
+# the base model. Read the explained variance on each model first: a feature's absence means
+# something only in a basis that reconstructs the model it is absent from. The table and figure add
+# the best decision feature when it is not among the top features.
 
 # %%
 cfg = scoring.ReasonScoreConfig()
@@ -485,16 +487,19 @@ display(pd.DataFrame({c: evaluation.headline(site_table, c) for c in steering.SI
 # ## The paper's headline beside this profile's
 # Accuracy change in points and reasoning-length change in percent of the unsteered length (the
 # interval is the paired interval of the length difference divided by the unsteered mean), on the
-# test problems; where the other rows were chosen on validation problems, the paper's condition
-# ran only in "Two steering sites" (its `resid_post` row, on the first `n_site_problems`). The
-# chosen rows were picked on validation problems (above), so their test numbers are honest.
+# test problems. The chosen rows were picked on validation problems (above), so their test
+# numbers are honest. The paper's condition is read from the test table when it ran there
+# (without validation problems, or when it was the chosen condition), else from "Two steering
+# sites" above (its `resid_post` row, on the first `n_site_problems`). Our rows steer at
+# `eval_site`; the paper's own numbers come from its code's site (`reference`, above).
 # `evaluation/headline.json` holds the chosen feature's, the chosen control's and the decision
 # feature's numbers.
 
 # %%
 paper_row = ((table, paper_condition) if paper_condition in set(table.condition) else
              (site_table, "resid_post"))  # the same condition, on the first n_site_problems
-rows = [(*paper_row, f"{profile}: top feature at the paper's strength ({paper_condition})"),
+rows = [(*paper_row, f"{profile}: top feature at the paper's strength, {eval_site} "
+                     f"({paper_condition})"),
         (table, chosen, f"{profile}: chosen on {chosen_on} ({chosen})"),
         (table, chosen_control, f"{profile}: random control, chosen the same way "
                                 f"({chosen_control})"),
