@@ -362,7 +362,7 @@ else:
                                       device=model_device, dtype=model_dtype)
     tokens = data.contexts_tensor(run.read_parquet(K.CONTEXTS.format(split=score_split)))
     tokens = tokens[:n_score_contexts]
-    compared = top + ([] if decision is None or best_decision in top else [best_decision])
+    compared = top + ([] if mechanism_feature is None else [mechanism_feature])
     bases = {"transfer": sae}
     if diff_adapt_tokens and run.read_json(K.SAE_EVAL).get("sae_release") is None:
         bases["adapted"], _ = diffing.adapt_sae(

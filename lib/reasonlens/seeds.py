@@ -58,16 +58,20 @@ def _read(run: artifacts.RunDir, name: str, manifest: bool = False) -> dict:
         return {}
 
 
-def _mu_pos_ratio(run: artifacts.RunDir, feature) -> float:
-    """A feature's activation on reasoning words, base / reasoning model, in the adapted basis."""
+def _adapted_diff(run: artifacts.RunDir) -> pd.DataFrame | None:
+    """The model diff's rows in the adapted basis (None: no diff, or one written without it)."""
     try:
         diff = run.read_parquet(K.MODEL_DIFF)
     except FileNotFoundError:
+        return None
+    return diff[diff.basis == "adapted"].set_index("feature_idx") if "basis" in diff else None
+
+
+def _mu_pos_ratio(adapted: pd.DataFrame | None, feature) -> float:
+    """A feature's activation on reasoning words, base / reasoning model, in the adapted basis."""
+    if adapted is None or feature not in adapted.index:
         return float("nan")
-    if "basis" not in diff:  # written before the adapted basis existed
-        return float("nan")
-    rows = diff[(diff.basis == "adapted") & (diff.feature_idx == feature)]
-    return float(rows.mu_pos_ratio.iloc[0]) if len(rows) else float("nan")
+    return float(adapted.mu_pos_ratio.loc[feature])
 
 
 def headline_row(run: artifacts.RunDir) -> dict[str, Any]:
@@ -89,6 +93,7 @@ def headline_row(run: artifacts.RunDir) -> dict[str, Any]:
     diff = _get(_read(run, K.MODEL_DIFF, manifest=True), "config", "sae_reconstruction",
                 default={})
     voting = _read(run, K.STEP_VOTING.format(mode="ours"))
+    adapted = _adapted_diff(run)
     ci = lambda data, key: _get(data, key, default=[float("nan")] * 2)  # noqa: E731
     return {
         "accuracy_reasoning": accuracy.get("reasoning", float("nan")),
@@ -107,9 +112,9 @@ def headline_row(run: artifacts.RunDir) -> dict[str, Any]:
         "sae_explained_variance_base": _get(diff, "base, transfer", "explained_variance",
                                             default=_get(diff, "base", "explained_variance")),
         "sae_explained_variance_base_adapted": _get(diff, "base, adapted", "explained_variance"),
-        "steer_feature_mu_pos_ratio_adapted": _mu_pos_ratio(run, _get(headline, "feature_idx")),
+        "steer_feature_mu_pos_ratio_adapted": _mu_pos_ratio(adapted, _get(headline, "feature_idx")),
         "decision_mu_pos_ratio_adapted": _mu_pos_ratio(
-            run, _get(headline, "decision_feature", "feature_idx")),
+            adapted, _get(headline, "decision_feature", "feature_idx")),
         "step_own_auc": _get(voting, "own_step_auc"),
         "weighted_minus_majority": _get(voting, "weighted_minus_majority"),
         "weighted_minus_majority_low": ci(voting, "weighted_minus_majority_ci")[0],
